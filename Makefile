@@ -48,8 +48,12 @@ $(CHECKOV_VENV)/.installed:
 	$(CHECKOV_VENV)/bin/pip install -q checkov
 	@touch $@
 
+# One pytest process per tier: the unit tier forbids importing Ray/vLLM (process-wide), and
+# each tier's Ray/vLLM state stays out of the next one.
 test: venv system-deps checkov-venv
-	$(BIN)/python -m pytest -q -ra tests
+	$(BIN)/python -m pytest -q -ra tests/unit
+	$(BIN)/python -m pytest -q -ra tests/integration
+	$(BIN)/python -m pytest -q -ra tests/e2e
 
 test-unit: venv
 	$(BIN)/python -m pytest -q -ra tests/unit

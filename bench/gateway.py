@@ -1,0 +1,415 @@
+"""Gateway benchmark: thawline vs direct, LiteLLM and a plain uvicorn + aiohttp forwarder.
+
+    .venv/bin/python bench/gateway.py [--duration 5] [--rounds 2] [--skip-litellm]
+
+Upstream: the loopback fake from tests/fakes/providers.py (real OpenAI wire format); model
+`gpt-fake` answers at once, `gpt-fake-d50` after 50 ms. Load: `wrk` (installed with apt-get if
+missing), one bounded run per target, interleaved A B C D, A B C D so drift hits all alike:
+
+  A direct      wrk -> upstream
+  B thawline    wrk -> the gateway replica, deployed like users deploy it (the builder behind
+                `import_path: serve_apps.gateway:app`, args {config_path: ...}), with
+                RAY_SERVE_THROUGHPUT_OPTIMIZED=1 so the replica listens itself (direct ingress);
+                limits (rpm/tpm) and the cost ledger are on, so their hot path is measured too
+  C litellm     wrk -> LiteLLM proxy, installed by this script into .bench/litellm-venv
+  D forwarder   wrk -> uvicorn + aiohttp, no Ray: about the Python ceiling for a forwarder
+
+Scenario 1: RPS with the 0 ms upstream at concurrency 32. Scenario 2: p50/p99 with the 50 ms
+upstream at concurrency 8; "added" latency is the target's minus direct's, same round. RSS
+growth: the gateway replica's RSS after a warm-up vs after every later run (>= 10k requests).
+Prints a table, then one JSON line last. Everything it starts it stops.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# Run as a script, this file's own directory is sys.path[0] and this module would shadow the
+# `gateway` package; the repository root goes there instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(REPO))
+BENCH_DIR = REPO / ".bench"
+BENCH_KEY = "tl-bench-key"
+LITELLM_KEY = "sk-bench-master"
+UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
+TARGETS = ("direct", "thawline", "litellm", "forwarder")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for port {port} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+
+
+# ---- tools -------------------------------------------------------------------------------
+def ensure_wrk() -> str:
+    w = shutil.which("wrk")
+    if w:
+        return w
+    print("installing wrk (apt-get)...", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=300)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, env=env, timeout=300,
+                   stdout=subprocess.DEVNULL)
+    w = shutil.which("wrk")
+    if not w:
+        raise RuntimeError("wrk not found after apt-get install")
+    return w
+
+
+def ensure_litellm() -> Path:
+    """LiteLLM in its own venv (it pins versions of packages the project also uses)."""
+    venv = BENCH_DIR / "litellm-venv"
+    exe = venv / "bin" / "litellm"
+    if exe.exists():
+        return exe
+    print("installing litellm[proxy] into .bench/litellm-venv ...", file=sys.stderr)
+    BENCH_DIR.mkdir(exist_ok=True)
+    subprocess.run([shutil.which("python3") or sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True, timeout=1200)
+    return exe
+
+
+_LUA = """
+wrk.method = "POST"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRKJSON {{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, ' ..
+    '"errors": %d, "non2xx": %d}}\\n', summary.requests, summary.duration, latency:percentile(50),
+    latency:percentile(99), e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+def run_wrk(wrk: str, url: str, model: str, key: str, conc: int, duration_s: float) -> dict:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hello bench"}], "max_tokens": 8})
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(_LUA.format(body=json.dumps(body), key=key))
+        script = f.name
+    try:
+        out = subprocess.run([wrk, "-t1", f"-c{conc}", f"-d{max(int(duration_s), 1)}s", "--timeout", "10s", "-s", script, url],
+                             capture_output=True, text=True, timeout=duration_s + 60)
+    finally:
+        os.unlink(script)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed for {url}: {out.stdout[-500:]} {out.stderr[-500:]}")
+    r = json.loads(line[8:])
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    return r
+
+
+# ---- servers -----------------------------------------------------------------------------
+class Procs:
+    """Every process this bench starts, stopped (by pid, process group) on exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, cmd: list[str], **kw) -> subprocess.Popen:
+        p = subprocess.Popen(cmd, start_new_session=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop_all(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                if p.stdin:
+                    try:
+                        p.stdin.close()            # the thawline server shuts Serve down on EOF
+                    except OSError:
+                        pass
+                    try:
+                        p.wait(timeout=30)
+                        continue
+                    except subprocess.TimeoutExpired:
+                        pass
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+
+
+def gateway_config(upstream: str, ledger_dir: Path) -> dict:
+    import hashlib
+
+    t = {"provider": "up", "first_token_timeout_s": 10, "timeout_s": 30}
+    limits = {"rpm": 50_000_000, "tpm": 5_000_000_000}      # on, never reached: measures the lease path
+    return {
+        "providers": {"up": {"type": "openai_compatible", "base_url": upstream + "/v1",
+                             "api_key_env": UPSTREAM_KEY_ENV,
+                             "prices": {"gpt-fake": {"input_per_1m": 1.0, "output_per_1m": 2.0}}}},
+        "routes": {"bench": {"targets": [{**t, "model": "gpt-fake"}], "limits": limits},
+                   "bench50": {"targets": [{**t, "model": "gpt-fake-d50"}], "limits": limits}},
+        "keys": [{"id": "bench", "sha256": hashlib.sha256(BENCH_KEY.encode()).hexdigest()}],
+        "ledger": {"url": f"file://{ledger_dir}", "flush_interval_s": 5},
+    }
+
+
+def serve_thawline(config_path: str) -> None:
+    """Child process: a local Ray + Serve with the gateway app; prints its direct-ingress URL and
+    the replica's pid, then serves until stdin closes."""
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+    from ray._private.test_utils import wait_for_condition
+    from ray.serve.context import _get_global_client
+
+    from serve_apps.gateway import app
+
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    try:
+        proxy_port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})
+        env = {UPSTREAM_KEY_ENV: os.environ[UPSTREAM_KEY_ENV],
+               "RAY_SERVE_THROUGHPUT_OPTIMIZED": os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"]}
+        # Exactly what `serve deploy` does with `import_path: serve_apps.gateway:app` + args.
+        application = app({"config_path": config_path,
+                           "deployment": {"ray_actor_options": {"num_cpus": 0, "runtime_env": {"env_vars": env}}}})
+        serve.run(application, name="gateway", route_prefix="/", blocking=False)
+        wait_for_condition(lambda: serve.status().applications["gateway"].status == "RUNNING", timeout=180)
+        controller = _get_global_client()._controller
+        url = None
+        for g in ray.get(controller.get_target_groups.remote("gateway")):
+            if str(g.protocol).upper().endswith("HTTP") and g.targets:
+                url = f"http://127.0.0.1:{g.targets[0].port}"
+        pid = replica_pid(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
+        if url is None or url.endswith(f":{proxy_port}"):
+            # Without direct ingress every request would take the extra proxy hop: not the
+            # deployment this bench is about, so refuse to measure it.
+            raise RuntimeError(f"direct ingress not active (target {url}, proxy port {proxy_port})")
+        print("THAWLINE " + json.dumps({"url": url, "pid": pid}), flush=True)
+        sys.stdin.read()
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def replica_pid(raylet_pid: int) -> int:
+    """The gateway replica's worker process: a child of OUR raylet (other Ray clusters may run
+    on this machine) whose title Ray sets to `ray::ServeReplica:gateway:...`."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                ppid = int(next(ln.split()[1] for ln in (d / "status").read_text().splitlines()
+                                if ln.startswith("PPid:")))
+            except (OSError, StopIteration, ValueError):
+                continue
+            if ppid == raylet_pid and cmd.startswith("ray::ServeReplica:gateway"):
+                return int(d.name)
+        time.sleep(0.5)
+    raise RuntimeError("gateway replica process not found")
+
+
+def serve_forwarder(port: int, upstream: str) -> None:
+    """Child process: the no-Ray baseline, a raw ASGI app on uvicorn forwarding with aiohttp."""
+    import aiohttp
+    import uvicorn
+
+    state: dict = {}
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    state["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await state["s"].close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body, more = b"", True
+        while more:
+            msg = await receive()
+            body += msg.get("body", b"")
+            more = msg.get("more_body", False)
+        async with state["s"].post(upstream + scope["path"], data=body,
+                                   headers={"content-type": "application/json"}) as r:
+            data = await r.read()
+            status = r.status
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+# ---- the run -----------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds per scenario")
+    ap.add_argument("--skip-litellm", action="store_true", help="no LiteLLM (its numbers are null)")
+    ap.add_argument("--serve-thawline", metavar="CONFIG", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-forwarder", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.serve_thawline:
+        return serve_thawline(a.serve_thawline)
+    if a.serve_forwarder:
+        return serve_forwarder(int(a.serve_forwarder[0]), a.serve_forwarder[1])
+
+    wrk = ensure_wrk()
+    litellm = None if a.skip_litellm else ensure_litellm()
+    BENCH_DIR.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gw-bench-", dir=BENCH_DIR))
+    env = {**os.environ, "PYTHONPATH": str(REPO), UPSTREAM_KEY_ENV: "sk-upstream-fake",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    procs = Procs()
+    try:
+        up_port = free_port()
+        upstream = f"http://127.0.0.1:{up_port}"
+        p = procs.start([sys.executable, "-m", "tests.fakes.providers", "--port", str(up_port)], cwd=REPO, env=env,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(up_port, 30, p)
+
+        fwd_port = free_port()
+        p = procs.start([sys.executable, __file__, "--serve-forwarder", str(fwd_port), upstream], cwd=REPO, env=env,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(fwd_port, 30, p)
+
+        lit_port = None
+        if litellm is not None:
+            lit_port = free_port()
+            cfg = work / "litellm.yaml"
+            cfg.write_text(json.dumps({"model_list": [
+                {"model_name": alias, "litellm_params": {"model": f"openai/{m}", "api_base": upstream + "/v1",
+                                                         "api_key": "sk-upstream-fake"}}
+                for alias, m in (("bench", "gpt-fake"), ("bench50", "gpt-fake-d50"))]}))
+            lenv = {**env, "LITELLM_MASTER_KEY": LITELLM_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                    "LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR"}
+            lenv.pop("PYTHONPATH")
+            p = procs.start([str(litellm), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(lit_port),
+                             "--num_workers", "1"], cwd=work, env=lenv,
+                            stdout=open(work / "litellm.log", "w"), stderr=subprocess.STDOUT)
+            wait_port(lit_port, 240, p)
+
+        gcfg = work / "gateway.yaml"
+        gcfg.write_text(json.dumps(gateway_config(upstream, work / "ledger")))
+        p = procs.start([sys.executable, __file__, "--serve-thawline", str(gcfg)], cwd=REPO, env=env,
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(work / "thawline.log", "w"),
+                        text=True)
+        line = ""
+        deadline = time.monotonic() + 300
+        while not line.startswith("THAWLINE ") and time.monotonic() < deadline:
+            line = p.stdout.readline()
+            if not line and p.poll() is not None:
+                raise RuntimeError(f"thawline server exited; see {work / 'thawline.log'}")
+        info = json.loads(line[9:])
+        print(f"thawline direct-ingress URL {info['url']}, replica pid {info['pid']}", file=sys.stderr)
+
+        urls = {"direct": upstream, "thawline": info["url"], "litellm": f"http://127.0.0.1:{lit_port}",
+                "forwarder": f"http://127.0.0.1:{fwd_port}"}
+        keys = {"direct": "x", "thawline": BENCH_KEY, "litellm": LITELLM_KEY, "forwarder": "x"}
+        models = {"direct": ("gpt-fake", "gpt-fake-d50"), "forwarder": ("gpt-fake", "gpt-fake-d50"),
+                  "thawline": ("bench", "bench50"), "litellm": ("bench", "bench50")}
+        targets = [t for t in TARGETS if t != "litellm" or litellm is not None]
+
+        def one(t: str, scenario: int, conc: int, dur: float) -> dict:
+            return run_wrk(wrk, urls[t] + "/v1/chat/completions", models[t][scenario], keys[t], conc, dur)
+
+        # Warm-up (connection pools, leases, JIT-ish caches), then the RSS baseline.
+        for t in targets:
+            one(t, 0, 8, 2)
+        rss0 = rss_kb(info["pid"])
+        thawline_reqs = 0
+
+        results: dict[str, dict[str, list]] = {t: {"rps": [], "p50": [], "p99": [], "err": []} for t in targets}
+        for scenario, conc in ((0, 32), (1, 8)):
+            for rnd in range(a.rounds):
+                for t in targets:
+                    r = one(t, scenario, conc, a.duration)
+                    if t == "thawline":
+                        thawline_reqs += r["requests"]
+                    results[t]["err"].append(r["errors"] + r["non2xx"])
+                    if scenario == 0:
+                        results[t]["rps"].append(r["rps"])
+                    else:
+                        results[t]["p50"].append(r["p50_us"] / 1000)
+                        results[t]["p99"].append(r["p99_us"] / 1000)
+                    print(f"  scenario={'rps' if scenario == 0 else 'latency'} round={rnd} {t:10s} "
+                          f"rps={r['rps']:8.1f} p50={r['p50_us'] / 1000:7.2f}ms p99={r['p99_us'] / 1000:7.2f}ms "
+                          f"errors={r['errors']} non2xx={r['non2xx']}", file=sys.stderr, flush=True)
+        # The RSS check needs >= 10k requests through the gateway after the baseline.
+        for _ in range(20):
+            if thawline_reqs >= 10_000:
+                break
+            thawline_reqs += one("thawline", 0, 32, a.duration)["requests"]
+        rss1 = rss_kb(info["pid"])
+    finally:
+        procs.stop_all()
+    shutil.rmtree(work, ignore_errors=True)        # kept (logs) only when the run failed
+
+    med = statistics.median
+
+    def added(t: str, q: str) -> float | None:
+        if t not in results:
+            return None
+        return round(med([x - d for x, d in zip(results[t][q], results["direct"][q])]), 2)
+
+    rps = {t: round(med(results[t]["rps"]), 1) for t in targets}
+    print(f"\ngateway bench ({a.rounds} interleaved rounds x {a.duration:.0f}s per run; wrk -t1)")
+    print(f"{'target':12s} {'rps@c32,0ms':>12s} {'p50@c8,50ms':>12s} {'p99@c8,50ms':>12s} {'added p50':>10s} "
+          f"{'added p99':>10s} {'errors':>7s}")
+    for t in targets:
+        print(f"{t:12s} {rps[t]:12.1f} {med(results[t]['p50']):12.2f} {med(results[t]['p99']):12.2f} "
+              f"{added(t, 'p50') if t != 'direct' else 0:10} {added(t, 'p99') if t != 'direct' else 0:10} "
+              f"{sum(results[t]['err']):7d}")
+    growth = round((rss1 - rss0) / rss0 * 100, 2)
+    print(f"thawline replica RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB over {thawline_reqs} requests "
+          f"({growth:+.2f}%)")
+    if any(sum(results[t]["err"]) for t in targets):
+        print("WARNING: some runs had errors or non-2xx answers; their rps is not comparable", file=sys.stderr)
+    print(json.dumps({
+        "bench": "gateway", "direct_rps": rps["direct"], "thawline_rps": rps["thawline"],
+        "litellm_rps": rps.get("litellm"), "aiohttp_forwarder_rps": rps["forwarder"],
+        "thawline_added_p50_ms": added("thawline", "p50"), "thawline_added_p99_ms": added("thawline", "p99"),
+        "litellm_added_p50_ms": added("litellm", "p50"), "litellm_added_p99_ms": added("litellm", "p99"),
+        "thawline_rss_growth_pct": growth, "thawline_requests_for_rss": thawline_reqs,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""`thawline cluster validate|up|down|status CONFIG`: validate first, then call Ray's cluster
+launcher on the resolved config. Ray and the validator are imported inside the commands."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cluster.cli.errors import CLIError, one_line_errors
+
+app = typer.Typer(
+    help="Launch and manage the Ray cluster (cluster/aws-gpu.yaml, onprem.yaml, ...).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+ConfigArg = typer.Argument(..., help="Ray cluster YAML, e.g. cluster/aws-gpu.yaml.", show_default=False)
+TfOutputsOpt = typer.Option(
+    None, "--tf-outputs", help="`terraform output -json` of infra/terraform; fills in ${tf:NAME} values."
+)
+TimeoutOpt = typer.Option(1800.0, "--timeout", help="Give up on the Ray command after this many seconds.")
+
+
+def _resolve(config: Path, tf_outputs: Optional[Path], *, allow_placeholders: bool = False) -> dict:
+    from cluster.launch import resolve_config
+
+    return resolve_config(config, tf_outputs, allow_placeholders=allow_placeholders)
+
+
+def _ray(verb: str, resolved: dict, extra: list[str], timeout: float) -> None:
+    from cluster.launch import resolved_file, run_ray
+
+    with resolved_file(resolved) as path:
+        # The config path goes before any trailing command argument (`ray exec CONFIG CMD`).
+        rc = run_ray([verb, str(path), *extra], timeout_s=timeout)
+    if rc != 0:
+        raise CLIError(f"`ray {verb}` failed with exit code {rc} (its output is above)")
+
+
+@app.command()
+@one_line_errors
+def validate(config: Path = ConfigArg, tf_outputs: Optional[Path] = TfOutputsOpt) -> None:
+    """Check CONFIG with Ray's own validator and Thawline's scale-to-zero rules."""
+    from cluster.config import find_placeholders
+
+    resolved = _resolve(config, tf_outputs, allow_placeholders=True)
+    head = resolved.get("head_node_type")
+    types = resolved.get("available_node_types") or {}
+    workers = ", ".join(
+        f"{name} ({t.get('min_workers', 0)}..{t.get('max_workers', resolved.get('max_workers', '?'))})"
+        for name, t in types.items() if name != head
+    ) or "none declared (local provider: worker_ips)"
+    typer.echo(f"ok: {config} ({resolved['provider']['type']}); workers: {workers}; "
+               f"idle_timeout_minutes: {resolved.get('idle_timeout_minutes')}")
+    unfilled = sorted(find_placeholders(resolved))
+    if unfilled:
+        typer.echo(f"note: unfilled terraform outputs ({', '.join(unfilled)}); `up` needs --tf-outputs")
+
+
+@app.command()
+@one_line_errors
+def render(
+    config: Path = ConfigArg,
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the resolved YAML."),
+    tf_outputs: Optional[Path] = TfOutputsOpt,
+) -> None:
+    """Write CONFIG with Terraform outputs filled in and validated, for plain `ray` commands
+    (`ray exec`, `ray attach`, `ray dashboard`)."""
+    import yaml
+
+    resolved = _resolve(config, tf_outputs)
+    out.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+@one_line_errors
+def up(
+    config: Path = ConfigArg,
+    tf_outputs: Optional[Path] = TfOutputsOpt,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    no_config_cache: bool = typer.Option(False, "--no-config-cache", help="Pass --no-config-cache to ray up."),
+    timeout: float = TimeoutOpt,
+) -> None:
+    """Validate CONFIG, then `ray up` the head node (workers come and go with demand)."""
+    resolved = _resolve(config, tf_outputs)
+    flags = (["-y"] if yes else []) + (["--no-config-cache"] if no_config_cache else [])
+    _ray("up", resolved, flags, timeout)
+
+
+@app.command()
+@one_line_errors
+def down(
+    config: Path = ConfigArg,
+    tf_outputs: Optional[Path] = TfOutputsOpt,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    timeout: float = TimeoutOpt,
+) -> None:
+    """Validate CONFIG, then `ray down`: stop Ray on every node and release cloud nodes."""
+    resolved = _resolve(config, tf_outputs)
+    _ray("down", resolved, ["-y"] if yes else [], timeout)
+
+
+@app.command()
+@one_line_errors
+def status(
+    config: Path = ConfigArg,
+    tf_outputs: Optional[Path] = TfOutputsOpt,
+    timeout: float = typer.Option(120.0, "--timeout", help="Give up after this many seconds."),
+) -> None:
+    """Validate CONFIG, then show `ray status` (nodes, demand, autoscaler) from the head node."""
+    resolved = _resolve(config, tf_outputs)
+    # Ray 2.60 turns token auth on by default; `ray status` only uses the token when told to.
+    _ray("exec", resolved, ["RAY_AUTH_MODE=token ray status"], timeout)
+
+
+if __name__ == "__main__":  # `python -m cluster.cli.cluster_cmd ...`, same as `thawline cluster ...`
+    app(prog_name="thawline cluster")

@@ -1,0 +1,194 @@
+"""`thawline snapshot ...`: create, ls, inspect, verify, rm, gc, fetch, restore.
+
+Snapshot references are full URLs `<store-url>/<model>/<id>`; `<model>/latest` works wherever an id
+does. Results go to stdout, progress bars and errors to stderr. Heavy imports (torch, vllm) happen
+inside the commands that need them.
+"""
+from __future__ import annotations
+
+import json
+import time
+from enum import Enum
+from typing import Optional
+
+import typer
+
+from cluster.cli.errors import one_line_errors
+
+app = typer.Typer(
+    help="Create, list, inspect, verify, remove and restore tensor-parallel snapshots on any fsspec URL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+class Engine(str, Enum):
+    vllm = "vllm"
+    none = "none"
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def _store_for(snapshot_url: str):
+    from snapshots.store import SnapshotStore
+
+    store, ref = SnapshotStore.for_snapshot(snapshot_url)
+    return store, store.resolve(ref)
+
+
+@app.command()
+@one_line_errors
+def create(
+    hf_dir: str = typer.Argument(..., help="HF model dir (config.json + safetensors)."),
+    tp: int = typer.Option(1, "--tp", min=1, help="Tensor-parallel size: one rank per shard."),
+    store: str = typer.Option(..., "--store", help="Store URL: file://..., s3://bucket/prefix, memory://..., gs://..."),
+    name: str = typer.Option(..., "--name", help="Model name in the store."),
+    engine: Engine = typer.Option(Engine.vllm, "--engine", help="vllm: boot vLLM and dump each worker's weights; none: offline TP split of Llama safetensors."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Engine dtype (vllm engine only)."),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Engine max model length (vllm engine only)."),
+    snapshot_id: Optional[str] = typer.Option(None, "--id", help="Snapshot id (default: UTC timestamp + random suffix)."),
+    part_size_mb: int = typer.Option(2048, "--part-size-mb", min=1, help="Part file size limit in MiB (engine none)."),
+) -> None:
+    """Create a snapshot; prints its full URL (<store>/<name>/<id>) as the last stdout line."""
+    from pathlib import Path
+
+    if not Path(hf_dir).is_dir():
+        raise FileNotFoundError(f"model dir not found: {hf_dir}")
+    if engine is Engine.vllm:
+        if snapshot_id is not None:
+            raise ValueError("--id applies to --engine none only (engine snapshots get a generated id)")
+        # Lazy: importing vLLM takes seconds and is only needed for this path.
+        from snapshots.engine import create_engine_snapshot
+
+        url = create_engine_snapshot(hf_dir, tp=tp, store_url=store, name=name, dtype=dtype, max_model_len=max_model_len)
+    else:
+        if dtype is not None or max_model_len is not None:
+            raise ValueError("--dtype and --max-model-len apply to --engine vllm only")
+        from snapshots.offline import create_offline_snapshot
+        from snapshots.progress import byte_bar
+
+        with byte_bar(f"create tp={tp}") as bar:
+            url = create_offline_snapshot(hf_dir, tp=tp, store_url=store, name=name, snapshot_id=snapshot_id,
+                                          part_bytes=part_size_mb << 20, progress=bar, on_total=bar.set_total)
+    typer.echo(url)
+
+
+@app.command("ls")
+@one_line_errors
+def ls_(store: str = typer.Argument(..., help="Store URL.")) -> None:
+    """List committed snapshots (uncommitted leftovers are never shown; see `gc`)."""
+    from snapshots.store import SnapshotStore
+
+    infos = SnapshotStore(store).list()
+    if not infos:
+        typer.echo(f"no snapshots in {store}", err=True)
+        return
+    typer.echo(f"{'MODEL/ID':<48} {'TP':>3} {'SIZE':>11} {'ENGINE':<7} CREATED (UTC)")
+    for i in infos:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(i.created_at)) if i.created_at else "-"
+        line = f"{i.model + '/' + i.snapshot_id:<48} {i.tp_size:>3} {_human(i.total_bytes):>11} {i.engine:<7} {created}"
+        if i.error:
+            line += f"  ! {i.error}"
+        typer.echo(line)
+
+
+@app.command()
+@one_line_errors
+def inspect(snapshot: str = typer.Argument(..., help="<store>/<model>/<id|latest>.")) -> None:
+    """Print snapshot.json (format version checked) as JSON."""
+    store, ref = _store_for(snapshot)
+    meta = store.inspect(ref)
+    out = json.loads(meta.model_dump_json())
+    out["url"] = ref.url
+    typer.echo(json.dumps(out, indent=2))
+
+
+@app.command()
+@one_line_errors
+def verify(
+    snapshot: str = typer.Argument(..., help="<store>/<model>/<id|latest>."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Reader threads."),
+) -> None:
+    """Re-hash every tensor of every rank; non-zero exit naming rank and tensor on a mismatch."""
+    from snapshots.progress import byte_bar
+
+    store, ref = _store_for(snapshot)
+    meta = store.inspect(ref)
+    with byte_bar("verify", total=meta.total_bytes) as bar:
+        report = store.verify(ref, progress=bar, threads=threads)
+    typer.echo(f"ok {ref.url}: {report.ranks} ranks, {report.tensors} tensors, {_human(report.bytes)} in {report.seconds:.2f}s")
+
+
+@app.command("rm")
+@one_line_errors
+def rm_(snapshot: str = typer.Argument(..., help="<store>/<model>/<id|latest>.")) -> None:
+    """Delete a snapshot (uncommits it first, then removes its files)."""
+    store, ref = _store_for(snapshot)
+    store.delete(ref)
+    typer.echo(f"removed {ref.url}")
+
+
+@app.command()
+@one_line_errors
+def gc(
+    store: str = typer.Argument(..., help="Store URL."),
+    older_than: float = typer.Option(3600.0, "--older-than", min=0, help="Only remove leftovers claimed more than this many seconds ago (protects running writers)."),
+) -> None:
+    """Remove leftovers of writers that never committed."""
+    from snapshots.store import SnapshotStore
+
+    removed = SnapshotStore(store).gc(older_than_s=older_than)
+    for url in removed:
+        typer.echo(f"removed {url}")
+    typer.echo(f"gc: {len(removed)} uncommitted snapshot dir(s) removed", err=True)
+
+
+@app.command()
+@one_line_errors
+def fetch(
+    snapshot: str = typer.Argument(..., help="<store>/<model>/<id|latest>."),
+    rank: Optional[list[int]] = typer.Option(None, "--rank", help="Rank(s) to fetch (default: all)."),
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Node-local cache dir (default $THAWLINE_CACHE_DIR, else $XDG_CACHE_HOME/thawline)."),
+) -> None:
+    """Download a snapshot into the node-local cache (once per node); prints the local path."""
+    from snapshots.cache import SnapshotCache
+    from snapshots.progress import byte_bar
+
+    store, ref = _store_for(snapshot)
+    meta = store.inspect(ref)
+    ranks = rank or None
+    total = sum(meta.rank_info(r).nbytes for r in (ranks or range(meta.tp_size)))
+    with byte_bar("fetch", total=total) as bar:
+        res = SnapshotCache(cache_dir).fetch(ref.url, ranks=ranks, progress=bar)
+    state = f"fetched {_human(res.bytes)} in {res.seconds:.2f}s" if res.fetched else "already cached" if not store.is_local else "local, read in place"
+    typer.echo(f"{state}", err=True)
+    typer.echo(str(res.path))
+
+
+@app.command()
+@one_line_errors
+def restore(
+    snapshot: str = typer.Argument(..., help="<store>/<model>/<id|latest>."),
+    rank: int = typer.Option(0, "--rank", min=0, help="Tensor-parallel rank to restore."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Reader threads."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip checksum verification."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Read remote stores directly instead of through the node-local cache."),
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Node-local cache dir (default $THAWLINE_CACHE_DIR, else $XDG_CACHE_HOME/thawline)."),
+) -> None:
+    """Restore one rank into host memory and print its timings."""
+    from snapshots.restore import restore as do_restore
+
+    r = do_restore(snapshot, rank, verify=not no_verify, threads=threads, use_cache=not no_cache, cache_dir=cache_dir)
+    t = r.timings
+    typer.echo(
+        f"rank {rank} of {r.url}: {len(r.tensors)} tensors, {_human(t.bytes)} in {t.seconds:.3f}s = {t.gbps:.2f} GB/s "
+        f"(fetch {t.fetch_s:.3f}s, read {t.read_s:.3f}s, verify {t.verify_s:.3f}s, threads {t.threads}"
+        f"{', from node cache' if t.cached else ''}{', verify off' if no_verify else ''})"
+    )

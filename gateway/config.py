@@ -1,0 +1,203 @@
+"""The `gateway.yaml` schema: providers, routes, keys, limits, budgets, fallback policy.
+
+Every model here is `extra="forbid"`, so a typo in a hand-written YAML fails loudly and the
+error names the bad key (see `load_config`). Limit/budget/price sub-schemas are owned by the
+limits and costs packages and imported here so there is one definition of each.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gateway.costs.schema import BudgetSpec, ModelPrice
+from gateway.limits.schema import LimiterTuning, LimitSpec
+
+ProviderType = Literal["openai", "anthropic", "gemini", "openai_compatible", "serve"]
+
+_DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com/v1",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProviderConfig(_Strict):
+    type: ProviderType = Field(description="Wire protocol: openai, anthropic, gemini, openai_compatible, "
+                                           "or serve (a local Serve app called through a DeploymentHandle).")
+    base_url: str | None = Field(None, description="Upstream base URL, e.g. https://api.openai.com/v1. "
+                                                   "Defaults per type; required for openai_compatible.")
+    api_key_env: str | None = Field(None, description="Name of the environment variable holding the "
+                                    "provider key, read inside the gateway replicas. The key never goes in "
+                                    "YAML. Set it in the Ray nodes' environment, not in a runtime_env's "
+                                    "env_vars: Ray's runtime-env agent logs those in clear text.")
+    prices: dict[str, ModelPrice] = Field(default_factory=dict, description="Per-model USD prices per 1M "
+                                          "tokens; overrides the shipped price table for this provider.")
+    app: str | None = Field(None, description="serve only: the Serve application name of the LLM app.")
+    deployment: str | None = Field(None, description="serve only: deployment name inside `app` "
+                                                     "(default: the app's ingress deployment).")
+    usd_per_hour: float | None = Field(None, ge=0, description="serve only: cost of one replica-hour of "
+                                       "the local model; shared out to requests by tokens.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra static headers sent upstream "
+                                    "(not secrets: use api_key_env for those).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ProviderConfig":
+        if self.type == "serve":
+            if not self.app:
+                raise ValueError("a provider of type 'serve' needs `app` (the Serve app name)")
+        elif self.base_url is None:
+            if self.type not in _DEFAULT_BASE_URLS:
+                raise ValueError(f"a provider of type {self.type!r} needs `base_url`")
+            self.base_url = _DEFAULT_BASE_URLS[self.type]
+        if self.base_url:
+            self.base_url = self.base_url.rstrip("/")
+        return self
+
+
+class TargetConfig(_Strict):
+    provider: str = Field(description="Name of an entry under `providers`.")
+    model: str = Field(description="Model name sent to that provider (for serve: the model id the app serves).")
+    timeout_s: float = Field(60.0, gt=0, description="Whole-attempt timeout in seconds (non-streamed), or "
+                             "max gap between stream chunks after the first one.")
+    first_token_timeout_s: float = Field(30.0, gt=0, description="Give up on this target if no first byte "
+                                         "(non-stream) or first token (stream) arrives within this time.")
+    weight: float = Field(1.0, gt=0, description="Share of traffic among targets with the same `priority`.")
+    priority: int | None = Field(None, description="Targets are tried by ascending priority; equal "
+                                 "priorities are load-balanced by weight. Default: position in the list.")
+    max_retries: int = Field(0, ge=0, le=10, description="Retries on this same target (jittered backoff, "
+                             "honouring Retry-After) before moving down the chain.")
+
+
+class RouteConfig(_Strict):
+    targets: list[TargetConfig] = Field(min_length=1, description="Ordered fallback chain.")
+    spillover_when_cold: bool = Field(False, description="If the local (serve) target is cold, send the "
+                                      "request down the chain instead of waiting, while the model warms.")
+    max_tokens_cap: int | None = Field(None, gt=0, description="Upper bound on max_tokens for this route; "
+                                       "larger requests are clamped down to it.")
+    limits: LimitSpec | None = Field(None, description="rpm / tpm / max_concurrent for the whole route, "
+                                     "exact across gateway replicas.")
+    budget: BudgetSpec | None = Field(None, description="USD per day / month for the whole route.")
+
+
+class KeyConfig(_Strict):
+    id: str = Field(description="Stable key id used in the ledger and in limits (not secret).")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the bearer key. Generate "
+                        "with `python -c 'import hashlib,sys;print(hashlib.sha256(sys.argv[1].encode()).hexdigest())' KEY`.")
+    routes: list[str] = Field(default_factory=lambda: ["*"], description="Route aliases this key may use; "
+                              "'*' allows all.")
+    limits: LimitSpec | None = Field(None, description="rpm / tpm / max_concurrent for this key.")
+    budget: BudgetSpec | None = Field(None, description="USD per day / month for this key.")
+
+
+class BreakerConfig(_Strict):
+    consecutive_failures: int = Field(5, ge=1, description="Open after this many failures in a row.")
+    failure_ratio: float = Field(0.5, gt=0, le=1, description="Or open when the failure ratio in the "
+                                 "window reaches this (needs `min_requests` samples).")
+    min_requests: int = Field(20, ge=1, description="Samples needed before failure_ratio applies.")
+    window_s: float = Field(30.0, gt=0, description="Sliding window for the failure ratio.")
+    cooldown_s: float = Field(10.0, gt=0, description="Open state lasts this long, then one probe "
+                              "request is let through (half-open).")
+    sync_interval_s: float = Field(0.5, gt=0, description="How often each replica exchanges breaker "
+                                   "events with the shared breaker actor.")
+
+
+class RetryConfig(_Strict):
+    budget: int = Field(3, ge=0, description="Most extra attempts (retries plus fallbacks) one request may make.")
+    backoff_base_s: float = Field(0.1, ge=0, description="First backoff; doubles each retry, full jitter.")
+    backoff_max_s: float = Field(5.0, ge=0, description="Backoff cap; also caps a honoured Retry-After.")
+
+
+class LedgerConfig(_Strict):
+    url: str | None = Field(None, description="fsspec URL of the directory the ledger Parquet files go to "
+                            "(file://, s3://, memory://). None keeps the ledger in memory only.")
+    flush_interval_s: float = Field(10.0, gt=0, description="Flush period; at most this much spend is lost "
+                                    "on a crash (graceful shutdown flushes everything).")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options.")
+
+
+class ServerConfig(_Strict):
+    max_body_bytes: int = Field(1_048_576, gt=0, description="Requests with a larger body get 413.")
+    admin_key_env: str | None = Field("THAWLINE_ADMIN_KEY", description="Env var holding the admin bearer "
+                                      "key (guards /v1/usage and other admin endpoints).")
+    admin_key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Alternative to "
+                                         "admin_key_env: hex SHA-256 of the admin key.")
+    require_auth: bool = Field(True, description="If false, requests without a key run as key id 'anonymous'.")
+
+
+class GatewayConfig(_Strict):
+    providers: dict[str, ProviderConfig] = Field(description="Upstreams by name.")
+    routes: dict[str, RouteConfig] = Field(description="Model alias (what clients send as `model`) -> chain.")
+    keys: list[KeyConfig] = Field(default_factory=list, description="Client keys, stored hashed.")
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig, description="Circuit breaker policy.")
+    retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry/backoff policy.")
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig, description="Cost ledger persistence.")
+    server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP surface settings.")
+    limiter: LimiterTuning = Field(default_factory=LimiterTuning, description="Lease protocol knobs of the "
+                                   "cross-replica limiter.")
+    prices: dict[str, ModelPrice] = Field(default_factory=dict, description="Global price overrides by "
+                                          "model name (provider `prices` win over these).")
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> "GatewayConfig":
+        for alias, route in self.routes.items():
+            for i, t in enumerate(route.targets):
+                if t.provider not in self.providers:
+                    raise ValueError(f"routes.{alias}.targets.{i}.provider: unknown provider {t.provider!r}")
+        seen: set[str] = set()
+        for i, k in enumerate(self.keys):
+            if k.id in seen:
+                raise ValueError(f"keys.{i}.id: duplicate key id {k.id!r}")
+            seen.add(k.id)
+            for r in k.routes:
+                if r != "*" and r not in self.routes:
+                    raise ValueError(f"keys.{i}.routes: unknown route {r!r}")
+        return self
+
+
+class ConfigError(ValueError):
+    """One line naming the bad key, e.g. `gateway.yaml: routes.fast.targets.0.timout_s: extra inputs ...`."""
+
+
+def _format(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not allowed)"
+        # cross-field checks already put the key path at the front of their message
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return f"{source}: " + "; ".join(parts)
+
+
+def parse_config(data: Any, *, source: str = "gateway config") -> GatewayConfig:
+    if isinstance(data, GatewayConfig):
+        return data
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format(e, source)) from None
+
+
+def load_config(path: str | os.PathLike) -> GatewayConfig:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}".replace("\n", " ")) from None
+    return parse_config(data, source=str(p))
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()

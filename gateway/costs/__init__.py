@@ -1,0 +1,1 @@
+"""Prices, token estimation, the cost ledger, budgets and usage queries."""

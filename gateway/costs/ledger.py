@@ -1,0 +1,156 @@
+"""The cost ledger: buffered rows, spend totals, Parquet files on any fsspec URL (no Ray).
+
+Layout: `<url>/date=YYYY-MM-DD/part-<unix_ms>-<rand>.parquet`, one file per flush per day
+(hive-style, so DuckDB / pyarrow.dataset / Spark read it as a partitioned table). A part is
+written under a dot-name and renamed, so readers never see half a file on `file://`; object
+stores make the single PUT atomic by themselves.
+
+Loss window on a crash: rows still in a replica's buffer (at most `CostTracker.sync_interval_s`)
+plus rows in this buffer (at most `flush_interval_s`). A graceful shutdown flushes both.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import deque
+from datetime import datetime, timezone
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from gateway.costs.budget import SpendTotals, periods
+from gateway.costs.usage import LEDGER_SCHEMA, aggregate, rows_to_table
+
+log = logging.getLogger(__name__)
+
+
+class FlushError(Exception):
+    def __init__(self, unwritten: list[dict]):
+        super().__init__(f"ledger flush failed; {len(unwritten)} rows kept for the next flush")
+        self.unwritten = unwritten
+
+
+class Ledger:
+    def __init__(self, url: str | None, storage_options: dict | None = None, *,
+                 memory_rows: int = 100_000, max_buffer_rows: int = 1_000_000):
+        self.url = url
+        if url:
+            self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+            self.root = self.root.rstrip("/")
+        else:
+            self.fs, self.root = None, None
+        self.buffer: list[dict] = []
+        # Without a URL the ledger lives in memory only; it keeps the newest rows, bounded, so a
+        # long-running gateway's memory stays flat (the totals for budgets are kept regardless).
+        self.memory: deque[dict] = deque(maxlen=memory_rows)
+        self.max_buffer_rows = max_buffer_rows
+        self.totals = SpendTotals()
+        self.flushed_rows = 0
+        self.dropped_rows = 0
+
+    # -- writing -------------------------------------------------------------------------
+    def append(self, rows: list[dict]) -> None:
+        for r in rows:
+            self.totals.add(r["key_id"], r["route"], r["cost_usd"], r["ts"])
+        if self.fs is None:
+            self.memory.extend(rows)
+            return
+        self.buffer.extend(rows)
+        if len(self.buffer) > self.max_buffer_rows:
+            # The store has been failing for a long time; dropping the oldest keeps the process
+            # alive. Loud, because it is data loss.
+            drop = len(self.buffer) - self.max_buffer_rows
+            del self.buffer[:drop]
+            self.dropped_rows += drop
+            log.error("ledger store unwritable: dropped %d oldest unflushed rows", drop)
+
+    def take(self) -> list[dict]:
+        """Hand the buffered rows to a writer (see write); `restore` them if it fails."""
+        rows, self.buffer = self.buffer, []
+        return rows
+
+    def restore(self, rows: list[dict]) -> None:
+        self.buffer[:0] = rows
+
+    def write(self, rows: list[dict]) -> None:
+        """Write rows as one Parquet part per day. Blocking I/O (the actor runs it in a thread).
+        Raises FlushError carrying the rows of the days not written."""
+        by_day: dict[str, list[dict]] = {}
+        for r in rows:
+            by_day.setdefault(periods(r["ts"])[0], []).append(r)
+        written: set[str] = set()
+        try:
+            for day, part in by_day.items():
+                d = f"{self.root}/date={day}"
+                name = f"part-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
+                self.fs.makedirs(d, exist_ok=True)
+                tmp, final = f"{d}/.{name}.tmp", f"{d}/{name}"
+                with self.fs.open(tmp, "wb") as f:
+                    pq.write_table(rows_to_table(part), f, compression="zstd")
+                self.fs.mv(tmp, final)
+                written.add(day)
+                self.flushed_rows += len(part)
+        except Exception as e:
+            # Days already written must not be written twice; only the rest is retried.
+            raise FlushError([r for day, part in by_day.items() if day not in written for r in part]) from e
+
+    def flush(self) -> int:
+        """Synchronous flush (no actor): write everything buffered, keep it on failure."""
+        if self.fs is None or not self.buffer:
+            return 0
+        rows = self.take()
+        try:
+            self.write(rows)
+        except FlushError as e:
+            self.restore(e.unwritten)
+            raise
+        return len(rows)
+
+    # -- reading -------------------------------------------------------------------------
+    def _files(self, since: datetime | None) -> list[str]:
+        if self.fs is None or not self.fs.exists(self.root):
+            return []
+        out = []
+        for d in self.fs.ls(self.root, detail=False):
+            base = d.rstrip("/").rsplit("/", 1)[-1]
+            if not base.startswith("date="):
+                continue
+            if since is not None and base[5:] < since.strftime("%Y-%m-%d"):
+                continue
+            out += [f for f in self.fs.ls(d, detail=False)
+                    if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith(".")]
+        return sorted(out)
+
+    def unflushed(self) -> list[dict]:
+        """A copy of the rows not in the store yet (take it on the thread that appends)."""
+        return list(self.memory) + list(self.buffer)
+
+    def table(self, since: datetime | None = None, *, stored_only: bool = False,
+              mem: list[dict] | None = None) -> pa.Table:
+        parts = []
+        for f in self._files(since):
+            with self.fs.open(f, "rb") as fh:
+                parts.append(pq.read_table(fh, schema=LEDGER_SCHEMA))
+        if mem is None:
+            mem = [] if stored_only else self.unflushed()
+        if mem:
+            parts.append(rows_to_table(mem))
+        t = pa.concat_tables(parts) if parts else LEDGER_SCHEMA.empty_table()
+        if since is not None and t.num_rows:
+            if since.tzinfo is None:
+                since = since.replace(tzinfo=timezone.utc)
+            t = t.filter(pc.greater_equal(t["ts"], pa.scalar(since, type=LEDGER_SCHEMA.field("ts").type)))
+        return t
+
+    def query(self, group_by: str, since: datetime | None = None, *, mem: list[dict] | None = None) -> list[dict]:
+        return aggregate(self.table(since, mem=mem), group_by)
+
+    def load_totals(self, now: datetime) -> None:
+        """Rebuild this month's spend from the stored rows (budgets survive restarts)."""
+        month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        t = self.table(month_start, stored_only=True)
+        for r in t.select(["key_id", "route", "cost_usd", "ts"]).to_pylist():
+            self.totals.add(r["key_id"], r["route"], r["cost_usd"], r["ts"])

@@ -1,0 +1,70 @@
+"""Cost schemas a person writes in gateway.yaml (prices, budgets) and the ledger row."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ModelPrice(BaseModel):
+    """USD per 1M tokens. `input_per_1m` applies to uncached prompt tokens only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_per_1m: float = Field(ge=0, description="USD per 1M uncached prompt (input) tokens.")
+    output_per_1m: float = Field(ge=0, description="USD per 1M completion (output) tokens.")
+    cached_input_per_1m: float | None = Field(None, ge=0, description="USD per 1M prompt tokens served from the "
+                                              "provider's prompt cache; None bills them at input_per_1m.")
+
+
+class BudgetSpec(BaseModel):
+    """Spend caps in USD. Once reached, further requests get 429 `budget_exceeded` until the
+    UTC day / month rolls over."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    usd_per_day: float | None = Field(None, gt=0, description="USD per UTC calendar day.")
+    usd_per_month: float | None = Field(None, gt=0, description="USD per UTC calendar month.")
+
+
+# Columns of the Parquet ledger, in order. `estimated` marks rows whose token counts were
+# counted locally because the provider reported no usage.
+LEDGER_COLUMNS = (
+    "ts", "key_id", "route", "target", "model", "tokens_in", "tokens_out", "tokens_cached",
+    "cost_usd", "latency_ms", "ttft_ms", "status", "attempts", "estimated", "stream", "pricing",
+)
+
+
+@dataclass(slots=True)
+class LedgerRow:
+    """One finished request (a plain dataclass: it is built on the hot path of every request).
+
+    tokens_in counts ALL prompt tokens, cached ones included (OpenAI's `prompt_tokens`);
+    tokens_cached is the part of tokens_in served from the provider's prompt cache.
+    `target` is the provider name from gateway.yaml, `model` the upstream model name.
+    `cost_usd` is filled in by CostTracker.record; `pricing` says how: "table" (shipped price
+    table), "config" (gateway.yaml override), "local" (accelerator-seconds share), "unpriced".
+    """
+
+    key_id: str
+    route: str
+    target: str
+    model: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_cached: int = 0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    status: str = "ok"          # "ok" | "error" | "cancelled" | "idle" (unused local replica time)
+    attempts: int = 1
+    estimated: bool = False
+    stream: bool = False
+    cost_usd: float = 0.0
+    pricing: str = ""
+    ts: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    def to_dict(self) -> dict[str, Any]:
+        # Not dataclasses.asdict: that deep-copies every field and cost ~150 us per request.
+        return {c: getattr(self, c) for c in LEDGER_COLUMNS}

@@ -1,0 +1,41 @@
+"""Spend aggregation for GET /v1/usage (pure pyarrow)."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+from gateway.costs.schema import LEDGER_COLUMNS
+
+GROUP_COLUMNS = {"key": "key_id", "route": "route", "model": "model", "target": "target"}
+
+LEDGER_SCHEMA = pa.schema([
+    ("ts", pa.timestamp("us", tz="UTC")), ("key_id", pa.string()), ("route", pa.string()),
+    ("target", pa.string()), ("model", pa.string()), ("tokens_in", pa.int64()), ("tokens_out", pa.int64()),
+    ("tokens_cached", pa.int64()), ("cost_usd", pa.float64()), ("latency_ms", pa.float64()),
+    ("ttft_ms", pa.float64()), ("status", pa.string()), ("attempts", pa.int32()), ("estimated", pa.bool_()),
+    ("stream", pa.bool_()), ("pricing", pa.string()),
+])
+assert tuple(LEDGER_SCHEMA.names) == LEDGER_COLUMNS
+
+
+def rows_to_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA)
+
+
+def aggregate(table: pa.Table, group_by: str) -> list[dict]:
+    """One dict per group, most expensive first."""
+    if group_by not in GROUP_COLUMNS:
+        raise ValueError(f"group_by must be one of {sorted(GROUP_COLUMNS)}, not {group_by!r}")
+    col = GROUP_COLUMNS[group_by]
+    if table.num_rows == 0:
+        return []
+    t = table.select([col, "tokens_in", "tokens_out", "tokens_cached", "cost_usd", "estimated"])
+    t = t.set_column(5, "estimated", t["estimated"].cast(pa.int64()))
+    agg = t.group_by(col).aggregate([
+        ([], "count_all"), ("tokens_in", "sum"), ("tokens_out", "sum"), ("tokens_cached", "sum"),
+        ("cost_usd", "sum"), ("estimated", "sum")])
+    out = [{"group": r[col], "requests": r["count_all"], "tokens_in": r["tokens_in_sum"],
+            "tokens_out": r["tokens_out_sum"], "tokens_cached": r["tokens_cached_sum"],
+            "cost_usd": round(r["cost_usd_sum"], 10), "estimated_requests": r["estimated_sum"]}
+           for r in agg.to_pylist()]
+    out.sort(key=lambda d: (-d["cost_usd"], str(d["group"])))
+    return out

@@ -1,0 +1,62 @@
+"""Bearer keys checked against the hashed store.
+
+Only SHA-256 digests live in config and memory. A lookup hashes the presented key and looks the
+digest up in a dict: the dict compare runs on digests, so its timing says nothing about the
+secret. The admin key is compared with `hmac.compare_digest`.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+from gateway.config import GatewayConfig, KeyConfig
+from gateway.errors import AuthError, PermissionDenied
+
+ANONYMOUS = KeyConfig(id="anonymous", sha256="0" * 64, routes=["*"])
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class KeyStore:
+    def __init__(self, cfg: GatewayConfig):
+        self._by_digest: dict[str, KeyConfig] = {k.sha256: k for k in cfg.keys}
+        # allowed routes as frozensets so the per-request check is one set lookup
+        self._allowed: dict[str, frozenset[str] | None] = {
+            k.id: (None if "*" in k.routes else frozenset(k.routes)) for k in cfg.keys}
+        self._require_auth = cfg.server.require_auth
+        admin = cfg.server.admin_key_sha256
+        if admin is None and cfg.server.admin_key_env and os.environ.get(cfg.server.admin_key_env):
+            admin = hashlib.sha256(os.environ[cfg.server.admin_key_env].encode()).hexdigest()
+        self._admin_digest = admin
+
+    def authenticate(self, authorization: str | None) -> KeyConfig:
+        token = _bearer(authorization)
+        if token is None:
+            if not self._require_auth:
+                return ANONYMOUS
+            raise AuthError("missing bearer key: send `Authorization: Bearer <key>`")
+        key = self._by_digest.get(hashlib.sha256(token.encode()).hexdigest())
+        if key is None:
+            if not self._require_auth:
+                return ANONYMOUS
+            raise AuthError("invalid API key")
+        return key
+
+    def check_route(self, key: KeyConfig, route: str) -> None:
+        allowed = self._allowed.get(key.id)
+        if allowed is not None and route not in allowed:
+            raise PermissionDenied(f"key {key.id!r} may not use model {route!r}", param="model")
+
+    def is_admin(self, authorization: str | None) -> bool:
+        token = _bearer(authorization)
+        if token is None or self._admin_digest is None:
+            return False
+        return hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), self._admin_digest)

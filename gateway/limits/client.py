@@ -1,0 +1,271 @@
+"""LimitClient: one per gateway replica; admits requests out of quota leased from the broker.
+
+Hot path: `admit` takes from local leases (dict operations, no await) whenever they suffice and
+calls the broker only when a lease runs short. A background long-poll (`_watch_loop`) hands
+unused quota back when idle or when the broker asks for it, reports token overage, and is the
+replica's heartbeat. See broker.py for why this is exact across replicas.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from gateway.errors import RateLimited
+from gateway.limits.headers import ratelimit_headers
+from gateway.limits.lease import LocalLeases, Reservation
+from gateway.limits.pool import CONCURRENT, Cell
+from gateway.limits.schema import LimiterTuning, LimitSpec
+from gateway.metrics import METRICS
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+
+log = logging.getLogger(__name__)
+
+_DIM_NAMES = {"requests": "requests per minute", "tokens": "tokens per minute",
+              CONCURRENT: "concurrent requests"}
+
+
+@dataclass(slots=True)
+class Admission:
+    key_id: str
+    route: str
+    est_tokens: int
+    headers: dict[str, str] = field(default_factory=dict)
+    res: Reservation = field(default_factory=Reservation)
+    settled: bool = False
+
+
+class LimitClient:
+    def __init__(self, route_limits: dict[str, LimitSpec], key_limits: dict[str, LimitSpec], *,
+                 broker: Any = None, tuning: LimiterTuning | None = None, holder_id: str | None = None,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 window_s: float = 60.0):
+        self.route_limits = {k: v for k, v in route_limits.items() if v is not None and not v.is_empty()}
+        self.key_limits = {k: v for k, v in key_limits.items() if v is not None and not v.is_empty()}
+        self.tuning = tuning or LimiterTuning()
+        self.holder = holder_id or f"replica-{uuid.uuid4().hex[:12]}"
+        self.clock, self.wall, self.window_s = clock, wall, window_s
+        self.leases = LocalLeases(horizon_s=self.tuning.lease_horizon_s)
+        self._broker = broker
+        self._plans: dict[tuple[str, str], list[tuple[Cell, int]]] = {}
+        self._free: dict[Cell, int] = {}        # broker's free quota at the last call (headers only)
+        self._watch: asyncio.Task | None = None
+        self._inflight: asyncio.Future | None = None
+        self._last_reply: dict | None = None      # a refusal, shared with the waiting batch
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, cfg: "GatewayConfig", *, tuning: LimiterTuning | None = None,
+                    broker: Any = None) -> "LimitClient":
+        routes = {alias: r.limits for alias, r in cfg.routes.items() if r.limits is not None}
+        keys = {k.id: k.limits for k in cfg.keys if k.limits is not None}
+        client = cls(routes, keys, tuning=tuning, broker=broker)
+        if broker is None and (client.route_limits or client.key_limits):
+            from gateway.limits.broker import get_broker    # Ray only where limits exist
+            client._broker = get_broker(client.tuning)
+        return client
+
+    # -- request path --------------------------------------------------------------------
+    def _plan(self, key_id: str, route: str) -> list[tuple[Cell, int]]:
+        plan = self._plans.get((key_id, route))
+        if plan is None:
+            plan = []
+            for scope, spec in ((f"route:{route}", self.route_limits.get(route)),
+                                (f"key:{key_id}", self.key_limits.get(key_id))):
+                if spec is None:
+                    continue
+                for dim, limit in (("requests", spec.rpm), ("tokens", spec.tpm), (CONCURRENT, spec.max_concurrent)):
+                    if limit is not None:
+                        plan.append(((scope, dim), limit))
+            self._plans[(key_id, route)] = plan
+        return plan
+
+    async def admit(self, *, key_id: str, route: str, est_tokens: int) -> Admission:
+        plan = self._plan(key_id, route)
+        adm = Admission(key_id=key_id, route=route, est_tokens=est_tokens)
+        if not plan:
+            return adm
+        limits = dict(plan)
+        needs = {c: (est_tokens if c[1] == "tokens" else 1) for c, _ in plan}
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_loop())
+        tries = 0
+        first = True
+        while True:
+            res, deficits = self.leases.reserve(needs, self.clock(), count_demand=first)
+            first = False
+            if not deficits:
+                adm.res = res
+                adm.headers = self._headers(plan)
+                return adm
+            inflight = self._inflight
+            if inflight is not None:
+                # Single flight: one broker call per replica at a time. It leases about recent
+                # demand (which counts the waiters), so a burst of N admissions costs a few
+                # broker calls, not N.
+                self.leases.unreserve(res, self.clock())
+                reply = await asyncio.shield(inflight)
+                if reply is not None and not reply["ok"] and {s[0] for s in reply["short"]} & deficits.keys():
+                    # Evaluated in the same batch: the broker had nothing for these cells.
+                    raise self._rejected(reply, plan)
+                continue
+            tries += 1
+            if tries > 4:      # >1 only when a window ends while the broker call is in flight
+                self.leases.unreserve(res, self.clock())
+                raise RateLimited("rate limit: could not lease quota across a window change; retry",
+                                  retry_after_s=1.0)
+            batch: asyncio.Future = asyncio.get_running_loop().create_future()
+            self._inflight = batch
+            reply = None
+            try:
+                reply = await self._lease(res, deficits, limits, plan, adm)
+                if reply is not None:
+                    return adm
+            finally:
+                # Waiters resume only after the grant is in the local pool (or failed).
+                self._inflight = None
+                batch.set_result(self._last_reply)
+
+    async def _lease(self, res: Reservation, deficits: dict[Cell, int], limits: dict[Cell, int],
+                     plan: list[tuple[Cell, int]], adm: Admission) -> dict | None:
+        """One broker call for this admission's deficits (plus lease-ahead). Returns the reply
+        once `adm` is admitted, None to retry, raises RateLimited when refused."""
+        self._last_reply = None
+        t_sent = self.clock()
+        req = {c: (limits[c], n, self.leases.want_extra(c, t_sent)) for c, n in deficits.items()}
+        fut = asyncio.wrap_future(self._broker.acquire.remote(self.holder, req).future())
+        try:
+            reply = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # The client went away mid-call; whatever the broker grants is still ours to
+            # hold (and hand back), or it would be lost to every replica until reclaimed.
+            fut.add_done_callback(lambda f: self._absorb(f, t_sent))
+            self.leases.unreserve(res, self.clock())
+            raise
+        except BaseException:
+            self.leases.unreserve(res, self.clock())
+            raise
+        now = self.clock()
+        self._free.update(reply["free"])
+        if not reply["ok"]:
+            self._last_reply = reply
+            self.leases.unreserve(res, now)
+            raise self._rejected(reply, plan)
+        if self.leases.still_valid(res, now):
+            if self.leases.apply_grants(reply["grants"], reply["window"], reply["reset_s"], t_sent,
+                                        deficits, res, now):
+                adm.res = res
+                adm.headers = self._headers(plan)
+                return reply
+        else:
+            self.leases.apply_grants(reply["grants"], reply["window"], reply["reset_s"], t_sent,
+                                     {}, Reservation(), now)
+        self.leases.unreserve(res, now)
+        return None
+
+    async def settle(self, admission: Admission, *, actual_tokens: int) -> None:
+        self.settle_nowait(admission, actual_tokens=actual_tokens)
+
+    def settle_nowait(self, admission: Admission, *, actual_tokens: int) -> None:
+        """Synchronous settle (usable from a `finally` that cannot await)."""
+        if admission.settled:
+            return
+        admission.settled = True
+        now = self.clock()
+        res = admission.res
+        if res.slots:
+            self.leases.release_slots(res.slots, now, res.epoch)
+        for c, (w, n) in res.rate.items():
+            if c[1] == "tokens":
+                self.leases.settle_tokens(c, w, n, actual_tokens, now, res.epoch)
+
+    async def close(self) -> None:
+        """Hand every lease back and leave (graceful shutdown)."""
+        self._closed = True
+        if self._watch is not None:
+            self._watch.cancel()
+            try:
+                await self._watch
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._broker is not None:
+            await self._broker.release.remote(self.holder, self.leases.return_all(self.clock()),
+                                              self.leases.pop_charges(), True)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _absorb(self, fut: asyncio.Future, t_sent: float) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        reply = fut.result()
+        if reply["ok"]:
+            self.leases.apply_grants(reply["grants"], reply["window"], reply["reset_s"], t_sent, {},
+                                     Reservation(), self.clock())
+
+    def _reset_s(self) -> float:
+        return self.window_s - (self.wall() % self.window_s)
+
+    def _headers(self, plan: list[tuple[Cell, int]]) -> dict[str, str]:
+        now = self.clock()
+        best: dict[str, tuple[int, int, float]] = {}
+        reset = self._reset_s()
+        for c, limit in plan:
+            if c[1] == CONCURRENT:
+                continue
+            remaining = self.leases.local_avail(c, now) + self._free.get(c, 0)
+            cur = best.get(c[1])
+            if cur is None or remaining < cur[1]:
+                best[c[1]] = (limit, remaining, reset)
+        return ratelimit_headers(best.get("requests"), best.get("tokens"))
+
+    def _rejected(self, reply: dict, plan: list[tuple[Cell, int]]) -> RateLimited:
+        short = reply["short"]
+        headers = self._headers(plan)
+        retry = 0.0
+        parts = []
+        for (scope, dim), limit, free, reset_s in short:
+            METRICS.limiter_rejection(scope.split(":", 1)[0], dim)
+            kind, name = scope.split(":", 1)
+            if math.isinf(reset_s):
+                parts.append(f"this request alone needs more than the {kind} {name!r} limit of "
+                             f"{limit} {_DIM_NAMES[dim]}")
+                reset_s = self.window_s
+            else:
+                parts.append(f"{kind} {name!r} is over its limit of {limit} {_DIM_NAMES[dim]}")
+            retry = max(retry, reset_s)
+            if dim in ("requests", "tokens"):
+                headers[f"x-ratelimit-remaining-{dim}"] = str(free)
+        headers["retry-after-ms"] = str(int(retry * 1000))
+        return RateLimited("rate limit exceeded: " + "; ".join(parts), retry_after_s=retry, headers=headers)
+
+    async def _watch_loop(self) -> None:
+        force: set[Cell] = set()
+        ack = 0
+        backoff = 0.05
+        timeout = max(self.tuning.idle_return_s / 2, 0.05)
+        while not self._closed:
+            returns = self.leases.returnable(self.clock(), idle_s=self.tuning.idle_return_s, force=force)
+            charges = self.leases.pop_charges()
+            try:
+                cells, ack = await self._broker.watch.remote(self.holder, returns, charges, timeout, ack)
+                if cells == ["*"]:
+                    # Presumed dead by the broker, our quota is already back in its pool.
+                    self.leases.forget_all()
+                    cells = []
+                force = set(cells)
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                # Broker restarting. Quota we were handing back is lost (conservative: an
+                # undershoot until the window ends); overage must not be lost, so keep it.
+                for c, n in charges.items():
+                    self.leases.charges[c] = self.leases.charges.get(c, 0) + n
+                log.warning("limit broker unreachable (%s); retrying in %.2fs", type(e).__name__, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)

@@ -1,0 +1,216 @@
+"""Anthropic Messages API <-> OpenAI chat, both ways, streaming included.
+
+Usage: Anthropic's `input_tokens` excludes cache reads and cache writes; OpenAI's
+`prompt_tokens` includes every prompt token. So prompt_tokens = input + cache_read +
+cache_creation, and cached_tokens = cache_read (the discounted part).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator
+
+import orjson
+
+from gateway.providers.base import CHAT, COMPLETIONS, Response, Usage, scrub, unsupported
+from gateway.providers.http import HttpProvider, broken
+from gateway.providers.translate import (chat_body_from_completion, chat_chunk, chat_response,
+                                         completion_chunk_from_chat, completion_from_chat, content_text,
+                                         stop_list)
+
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI does not
+
+STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+                "tool_use": "tool_calls", "pause_turn": "stop", "refusal": "content_filter"}
+
+
+def _image_block(part: dict) -> dict:
+    url = (part.get("image_url") or {}).get("url", "")
+    if url.startswith("data:"):
+        head, _, data = url.partition(",")
+        media = head[5:].split(";")[0]
+        return {"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}
+    return {"type": "image", "source": {"type": "url", "url": url}}
+
+
+def _blocks(content: Any) -> list[dict] | str:
+    if isinstance(content, str) or content is None:
+        return content or ""
+    out = []
+    for p in content:
+        if p.get("type") == "text":
+            out.append({"type": "text", "text": p.get("text", "")})
+        elif p.get("type") == "image_url":
+            out.append(_image_block(p))
+    return out
+
+
+def to_anthropic(body: dict, model: str) -> dict:
+    system: list[str] = []
+    messages: list[dict] = []
+    for m in body.get("messages", []):
+        role = m.get("role")
+        if role in ("system", "developer"):
+            system.append(content_text(m.get("content")))
+        elif role == "tool":
+            block = {"type": "tool_result", "tool_use_id": m.get("tool_call_id", ""),
+                     "content": content_text(m.get("content"))}
+            # consecutive tool results belong in one user turn
+            if messages and messages[-1]["role"] == "user" and isinstance(messages[-1]["content"], list) \
+                    and messages[-1]["content"] and messages[-1]["content"][0].get("type") == "tool_result":
+                messages[-1]["content"].append(block)
+            else:
+                messages.append({"role": "user", "content": [block]})
+        elif role == "assistant" and m.get("tool_calls"):
+            blocks: list[dict] = []
+            if content_text(m.get("content")):
+                blocks.append({"type": "text", "text": content_text(m.get("content"))})
+            for tc in m["tool_calls"]:
+                fn = tc.get("function", {})
+                args = fn.get("arguments") or "{}"
+                blocks.append({"type": "tool_use", "id": tc.get("id", ""), "name": fn.get("name", ""),
+                               "input": orjson.loads(args) if isinstance(args, str) else args})
+            messages.append({"role": "assistant", "content": blocks})
+        else:
+            messages.append({"role": "assistant" if role == "assistant" else "user",
+                             "content": _blocks(m.get("content"))})
+    out: dict[str, Any] = {"model": model, "messages": messages,
+                           "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens")
+                           or DEFAULT_MAX_TOKENS}
+    if system:
+        out["system"] = "\n\n".join(system)
+    for k in ("temperature", "top_p"):
+        if body.get(k) is not None:
+            out[k] = body[k]
+    stops = stop_list(body.get("stop"))
+    if stops:
+        out["stop_sequences"] = stops
+    if body.get("user"):
+        out["metadata"] = {"user_id": body["user"]}
+    if body.get("tools"):
+        out["tools"] = [{"name": t["function"]["name"], "description": t["function"].get("description", ""),
+                         "input_schema": t["function"].get("parameters") or {"type": "object"}}
+                        for t in body["tools"] if t.get("type") == "function"]
+    return out
+
+
+def usage_from_anthropic(u: dict | None) -> Usage | None:
+    if not u:
+        return None
+    read = int(u.get("cache_read_input_tokens") or 0)
+    write = int(u.get("cache_creation_input_tokens") or 0)
+    return Usage(int(u.get("input_tokens") or 0) + read + write, int(u.get("output_tokens") or 0), read)
+
+
+def from_anthropic(resp: dict) -> dict:
+    text, tool_calls = "", []
+    for b in resp.get("content", []):
+        if b.get("type") == "text":
+            text += b.get("text", "")
+        elif b.get("type") == "tool_use":
+            tool_calls.append({"id": b.get("id"), "type": "function",
+                               "function": {"name": b.get("name"),
+                                            "arguments": orjson.dumps(b.get("input", {})).decode()}})
+    return chat_response(id=resp.get("id", ""), model=resp.get("model", ""), text=text,
+                         finish_reason=STOP_REASONS.get(resp.get("stop_reason"), "stop"),
+                         usage=usage_from_anthropic(resp.get("usage")), tool_calls=tool_calls or None)
+
+
+class StreamTranslator:
+    """Anthropic stream events -> OpenAI chat chunks. `done` turns true at `message_stop` only."""
+
+    def __init__(self) -> None:
+        self.id, self.model, self.created = "", "", int(time.time())
+        self.usage = Usage()
+        self.done = False
+        self._tool_index: dict[int, int] = {}
+
+    def feed(self, event: str, data: dict) -> list[dict]:
+        t = data.get("type", event)
+        mk = dict(id=self.id, model=self.model, created=self.created)
+        if t == "message_start":
+            msg = data.get("message", {})
+            self.id, self.model = msg.get("id", ""), msg.get("model", "")
+            self.usage = usage_from_anthropic(msg.get("usage")) or Usage()
+            return [chat_chunk(id=self.id, model=self.model, created=self.created,
+                               delta={"role": "assistant", "content": ""})]
+        if t == "content_block_start":
+            block = data.get("content_block", {})
+            if block.get("type") == "tool_use":
+                i = self._tool_index.setdefault(data.get("index", 0), len(self._tool_index))
+                return [chat_chunk(**mk, delta={"tool_calls": [{"index": i, "id": block.get("id"),
+                        "type": "function", "function": {"name": block.get("name"), "arguments": ""}}]})]
+            if block.get("type") == "text" and block.get("text"):
+                return [chat_chunk(**mk, delta={"content": block["text"]})]
+            return []
+        if t == "content_block_delta":
+            d = data.get("delta", {})
+            if d.get("type") == "text_delta":
+                return [chat_chunk(**mk, delta={"content": d.get("text", "")})]
+            if d.get("type") == "input_json_delta":
+                i = self._tool_index.get(data.get("index", 0), 0)
+                return [chat_chunk(**mk, delta={"tool_calls": [{"index": i, "function": {
+                    "arguments": d.get("partial_json", "")}}]})]
+            return []
+        if t == "message_delta":
+            u = data.get("usage") or {}
+            if "output_tokens" in u:
+                self.usage.completion_tokens = int(u["output_tokens"])
+            # some fields may be re-reported at the end; take the larger view
+            if u.get("input_tokens") is not None:
+                full = usage_from_anthropic({**u, "output_tokens": self.usage.completion_tokens})
+                if full and full.prompt_tokens > self.usage.prompt_tokens:
+                    self.usage = full
+            reason = (data.get("delta") or {}).get("stop_reason")
+            if reason:
+                return [chat_chunk(**mk, delta={}, finish_reason=STOP_REASONS.get(reason, "stop"))]
+            return []
+        if t == "message_stop":
+            self.done = True
+            return [chat_chunk(**mk, usage=self.usage)]
+        if t == "error":
+            err = data.get("error", {})
+            raise ValueError(err.get("message", "error") if isinstance(err, dict) else str(err))
+        return []  # ping, content_block_stop
+
+
+class AnthropicProvider(HttpProvider):
+    endpoints = frozenset({CHAT, COMPLETIONS})
+
+    def auth_headers(self) -> dict[str, str]:
+        h = {"anthropic-version": API_VERSION}
+        if self._secret:
+            h["x-api-key"] = self._secret
+        return h
+
+    async def call(self, endpoint: str, body: dict, target) -> Response:
+        if endpoint not in self.endpoints:
+            raise unsupported(self.name, endpoint)
+        chat = chat_body_from_completion(body) if endpoint == COMPLETIONS else body
+        obj, _ = await self.post_json(self.base_url + "/messages", to_anthropic(chat, target.model), target)
+        out = from_anthropic(obj)
+        usage = Usage.from_openai(out.get("usage"))
+        if endpoint == COMPLETIONS:
+            out = completion_from_chat(out)
+        return Response(out, usage)
+
+    async def stream(self, endpoint: str, body: dict, target) -> AsyncIterator[dict]:
+        if endpoint not in self.endpoints:
+            raise unsupported(self.name, endpoint)
+        chat = chat_body_from_completion(body) if endpoint == COMPLETIONS else body
+        payload = to_anthropic(chat, target.model)
+        payload["stream"] = True
+        resp = await self.post(self.base_url + "/messages", payload, target, stream=True)
+        tr = StreamTranslator()
+        async for ev in self.sse_events(resp):
+            if not ev.data:
+                continue
+            try:
+                chunks = tr.feed(ev.event, orjson.loads(ev.data))
+            except ValueError as e:
+                raise broken(self.name, f"error event mid-stream: {scrub(str(e), self._secret)[:200]}") from None
+            for c in chunks:
+                yield completion_chunk_from_chat(c) if endpoint == COMPLETIONS else c
+            if tr.done:
+                return
+        raise broken(self.name, "stream ended without message_stop")

@@ -1,0 +1,142 @@
+"""A local Serve LLM app, called through a DeploymentHandle (no second HTTP hop).
+
+Handle methods (docs/INTERFACES.md): `generate(request) -> dict` and
+`generate_stream(request) -> async iterator of OpenAI chunks`, last chunk with `usage`.
+Cold/warm state comes from the ReadinessBoard actor, read by a background poll and cached
+here, so checking "is it cold?" on the request path costs no remote call.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from typing import AsyncIterator
+
+from gateway.fallback import Failure, Kind
+from gateway.providers.base import CHAT, COMPLETIONS, Provider, ProviderError, Response, Usage, unsupported
+
+log = logging.getLogger("thawline.gateway")
+
+READINESS_ACTOR, READINESS_NAMESPACE = "thawline-readiness", "thawline"
+POLL_INTERVAL_S = 0.5
+WAKE_EVERY_S = 5.0
+
+
+class ServeProvider(Provider):
+    endpoints = frozenset({CHAT, COMPLETIONS})
+
+    def __init__(self, name: str, cfg) -> None:
+        super().__init__(name, cfg)
+        self._handle = None
+        self._stream_handle = None
+        # None until the board answered once: unknown is treated as warm (never spill blindly)
+        self._state: dict | None = None
+        self._poll: asyncio.Task | None = None
+        self._last_wake = float("-inf")
+        self._wakes: set = set()
+
+    async def start(self) -> None:
+        self._poll = asyncio.get_running_loop().create_task(self._poll_readiness())
+
+    async def close(self) -> None:
+        if self._poll is not None:
+            self._poll.cancel()
+            self._poll = None
+
+    def _handles(self):
+        if self._handle is None:
+            from ray import serve
+            h = (serve.get_deployment_handle(self.cfg.deployment, self.cfg.app) if self.cfg.deployment
+                 else serve.get_app_handle(self.cfg.app))
+            self._handle, self._stream_handle = h, h.options(stream=True)
+        return self._handle, self._stream_handle
+
+    async def _poll_readiness(self) -> None:
+        import ray
+        if not ray.is_initialized():
+            return  # not inside a Ray cluster (e.g. a unit test): never start one as a side effect
+        board = None
+        while True:
+            try:
+                if board is None:
+                    # a blocking GCS lookup: off the event loop that serves requests
+                    board = await asyncio.to_thread(ray.get_actor, READINESS_ACTOR, namespace=READINESS_NAMESPACE)
+                self._state = await board.get.remote(self.cfg.app)
+            except ValueError:
+                board = None  # not created yet (no LLM replica has reported)
+            except Exception as e:  # keep the last known state; the board may be restarting
+                log.debug("readiness poll failed: %s", type(e).__name__)
+                board = None
+            await asyncio.sleep(POLL_INTERVAL_S)
+
+    def wake(self, target) -> None:
+        """Spillover skipped this target because it is cold: send it a 1-token request (at most
+        one per WAKE_EVERY_S) so Serve's autoscaler starts a replica; the request that spilled
+        over is served elsewhere and later ones come back once the board says warm."""
+        now = time.monotonic()
+        if now - self._last_wake < WAKE_EVERY_S:
+            return
+        self._last_wake = now
+        log.warning("local app %r is cold: sending a wake-up request while traffic spills over", self.cfg.app)
+        # A task of its own, in a fresh contextvars.Context: created inside a request handler it
+        # would inherit Serve's request context and be tracked as a child of the spilled request,
+        # whose lifetime it must not share. Kept referenced until done (the loop holds tasks only
+        # weakly).
+        task = asyncio.get_running_loop().create_task(self._wake(target.model), context=contextvars.Context())
+        self._wakes.add(task)
+        task.add_done_callback(self._wakes.discard)
+
+    async def _wake(self, model: str) -> None:
+        h, _ = self._handles()
+        try:
+            await h.generate.remote({"endpoint": "completions",
+                                     "body": {"model": model, "prompt": " ", "max_tokens": 1, "stream": False}})
+        except Exception as e:  # the wake-up answer is irrelevant; log for diagnosis only
+            log.warning("wake-up request to %r failed: %s: %s", self.cfg.app, type(e).__name__, str(e)[:200])
+
+    def is_cold(self) -> bool:
+        st = self._state
+        return st is not None and st.get("state") != "warm"
+
+    @property
+    def replica_seconds(self) -> float:
+        return float((self._state or {}).get("replica_seconds") or 0.0)
+
+    def _failure(self, e: Exception, *, started: bool) -> ProviderError:
+        kind = Kind.STREAM_BROKEN if started else Kind.STATUS
+        return ProviderError(Failure(kind, f"local app {self.cfg.app!r}: {type(e).__name__}: {str(e)[:200]}",
+                                     status=None if started else 503))
+
+    async def call(self, endpoint: str, body: dict, target) -> Response:
+        if endpoint not in self.endpoints:
+            raise unsupported(self.name, endpoint)
+        h, _ = self._handles()
+        req = {"endpoint": endpoint, "body": {**body, "model": target.model, "stream": False}}
+        try:
+            async with asyncio.timeout(target.cfg.timeout_s):
+                out = await h.generate.remote(req)
+        except TimeoutError:
+            raise ProviderError(Failure(Kind.TIMEOUT, f"local app {self.cfg.app!r}: no answer within "
+                                                      f"{target.cfg.timeout_s}s")) from None
+        except Exception as e:
+            raise self._failure(e, started=False) from None
+        return Response(out, Usage.from_openai(out.get("usage")))
+
+    async def stream(self, endpoint: str, body: dict, target) -> AsyncIterator[dict]:
+        if endpoint not in self.endpoints:
+            raise unsupported(self.name, endpoint)
+        _, sh = self._handles()
+        req = {"endpoint": endpoint, "body": {**body, "model": target.model, "stream": True}}
+        gen = sh.generate_stream.remote(req)
+        started = False
+        try:
+            async for chunk in gen:
+                started = True
+                yield chunk
+        except asyncio.CancelledError:
+            gen.cancel()
+            raise
+        except Exception as e:
+            raise self._failure(e, started=started) from None
+        # the generator finished normally: that is this protocol's terminal marker

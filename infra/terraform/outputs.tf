@@ -1,0 +1,78 @@
+# Every ${tf:NAME} placeholder in cluster/aws-gpu.yaml is one of these outputs:
+#   terraform output -json > tf-outputs.json
+#   thawline cluster up ../../cluster/aws-gpu.yaml --tf-outputs tf-outputs.json
+
+data "aws_ami" "ray_node" {
+  most_recent = true
+  owners      = ["amazon"]
+
+  filter {
+    name   = "name"
+    values = [var.ray_node_ami_name_filter]
+  }
+
+  filter {
+    name   = "architecture"
+    values = ["x86_64"]
+  }
+}
+
+output "region" {
+  description = "AWS region of the cluster (provider.region in aws-gpu.yaml)."
+  value       = var.region
+}
+
+output "vpc_id" {
+  description = "VPC the Ray nodes run in."
+  value       = aws_vpc.this.id
+}
+
+output "public_subnet_ids" {
+  description = "Public subnets; the head node goes in the first."
+  value       = aws_subnet.public[*].id
+}
+
+output "private_subnet_ids" {
+  description = "Private subnets for the GPU worker nodes."
+  value       = aws_subnet.private[*].id
+}
+
+output "ray_security_group_id" {
+  description = "Security group of every Ray node."
+  value       = aws_security_group.ray_nodes.id
+}
+
+output "ray_head_instance_profile_arn" {
+  description = "Instance profile of the head node (snapshot bucket + autoscaler permissions)."
+  value       = aws_iam_instance_profile.ray_head.arn
+}
+
+output "ray_worker_instance_profile_arn" {
+  description = "Instance profile of the GPU worker nodes (snapshot bucket only)."
+  value       = aws_iam_instance_profile.ray_worker.arn
+}
+
+output "ray_node_ami_id" {
+  description = "AMI for all Ray nodes (NVIDIA driver preinstalled)."
+  value       = data.aws_ami.ray_node.id
+}
+
+output "snapshot_bucket_name" {
+  description = "S3 bucket holding the snapshots."
+  value       = aws_s3_bucket.snapshots.bucket
+}
+
+output "snapshot_bucket_arn" {
+  description = "ARN of the snapshot bucket."
+  value       = aws_s3_bucket.snapshots.arn
+}
+
+output "snapshot_store_url" {
+  description = "fsspec URL of the snapshot store, for `thawline snapshot create --store` and serve configs."
+  value       = "s3://${aws_s3_bucket.snapshots.bucket}/${var.snapshot_prefix}"
+}
+
+output "snapshot_kms_key_arn" {
+  description = "KMS key encrypting the snapshot bucket."
+  value       = aws_kms_key.thawline.arn
+}

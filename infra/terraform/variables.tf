@@ -1,0 +1,101 @@
+variable "region" {
+  description = "AWS region for the VPC, the snapshot bucket and the Ray nodes (cluster/aws-gpu.yaml reads it back as an output)."
+  type        = string
+  default     = "us-west-2"
+}
+
+variable "cluster_name" {
+  description = "Ray cluster name; must equal cluster_name in cluster/aws-gpu.yaml, because the head's IAM policy may only terminate instances tagged ray-cluster-name=<this>."
+  type        = string
+  default     = "thawline"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,30}$", var.cluster_name))
+    error_message = "cluster_name must be 2-31 characters of lowercase letters, digits and dashes, starting with a letter."
+  }
+}
+
+variable "admin_cidr_blocks" {
+  description = "CIDR blocks allowed to reach the head node's SSH (22) and Ray dashboard ports, e.g. your office or VPN egress. Never 0.0.0.0/0."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.admin_cidr_blocks) > 0 && alltrue([for c in var.admin_cidr_blocks : can(cidrhost(c, 0))])
+    error_message = "admin_cidr_blocks must list at least one valid CIDR block."
+  }
+
+  validation {
+    condition     = alltrue([for c in var.admin_cidr_blocks : !contains(["0.0.0.0/0", "::/0"], c)])
+    error_message = "admin_cidr_blocks must not open SSH or the dashboard to the whole internet (0.0.0.0/0 or ::/0)."
+  }
+}
+
+variable "dashboard_port" {
+  description = "Ray dashboard port on the head node (also where `serve deploy` and the job API talk)."
+  type        = number
+  default     = 8265
+}
+
+variable "vpc_cidr" {
+  description = "CIDR block of the VPC; public and private subnets are carved out of it."
+  type        = string
+  default     = "10.42.0.0/16"
+}
+
+variable "availability_zones" {
+  description = "Availability zones for the subnets (pick zones that offer your GPU instance types); null means <region>a and <region>b."
+  type        = list(string)
+  default     = null
+
+  validation {
+    condition     = var.availability_zones == null ? true : (length(var.availability_zones) >= 1 && length(var.availability_zones) <= 4)
+    error_message = "availability_zones must list 1 to 4 zones."
+  }
+}
+
+variable "snapshot_bucket_name" {
+  description = "Name of the S3 bucket that holds Thawline snapshots; null means <cluster_name>-snapshots-<account id>."
+  type        = string
+  default     = null
+}
+
+variable "snapshot_prefix" {
+  description = "Key prefix inside the bucket under which snapshots are stored (the snapshot store URL is s3://<bucket>/<prefix>)."
+  type        = string
+  default     = "snapshots"
+}
+
+variable "snapshot_noncurrent_days" {
+  description = "Days a replaced or deleted snapshot object version is kept before the lifecycle rule expires it."
+  type        = number
+  default     = 30
+}
+
+variable "snapshot_infrequent_access_days" {
+  description = "Days after which snapshot objects move to STANDARD_IA (old snapshots are rarely restored, but stay restorable at the same latency)."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.snapshot_infrequent_access_days >= 30
+    error_message = "S3 accepts STANDARD_IA transitions only after at least 30 days."
+  }
+}
+
+variable "ray_node_ami_name_filter" {
+  description = "Name filter for the Amazon-owned AMI used by all Ray nodes (NVIDIA driver and CUDA preinstalled)."
+  type        = string
+  default     = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
+}
+
+variable "flow_log_retention_days" {
+  description = "Days VPC flow logs are kept in CloudWatch Logs."
+  type        = number
+  default     = 365
+}
+
+variable "tags" {
+  description = "Extra tags applied to every resource."
+  type        = map(string)
+  default     = {}
+}

@@ -1,0 +1,135 @@
+"""The gateway as a Ray Serve app: `serve_apps.gateway:app` (for `serve deploy`) and `build_app`.
+
+A Serve config deploys it with
+
+    applications:
+      - name: gateway
+        route_prefix: /
+        import_path: serve_apps.gateway:app
+        args: {config_path: serve_apps/configs/gateway-example.yaml}
+
+The ingress is a plain ASGI app (gateway/app.py). With RAY_SERVE_THROUGHPUT_OPTIMIZED=1 each
+replica also listens on its own port (direct ingress), skipping the proxy hop; the head node's
+proxy keeps working either way.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ray import serve
+from ray.serve import Application
+
+from gateway.config import ConfigError, GatewayConfig, load_config, parse_config
+
+_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+# An I/O-bound async ingress: Serve's default of 5 ongoing requests per replica would queue
+# requests that cost the replica almost nothing while they wait on upstreams.
+DEFAULT_DEPLOYMENT_OPTIONS: dict[str, Any] = {"max_ongoing_requests": 2048, "max_queued_requests": 4096}
+
+
+class GatewayAppArgs(BaseModel):
+    """`args:` of the gateway app in a Serve config file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config_path: str | None = Field(None, description="Path to gateway.yaml (absolute, relative to the working "
+                                    "directory, or a file name under serve_apps/configs/).")
+    config: dict[str, Any] | None = Field(None, description="The gateway config inline, instead of config_path.")
+    deployment: dict[str, Any] = Field(default_factory=dict, description="Serve deployment options for the "
+                                       "gateway, e.g. {num_replicas: 2}.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "GatewayAppArgs":
+        if (self.config_path is None) == (self.config is None):
+            raise ValueError("give exactly one of `config_path` or `config`")
+        return self
+
+
+def resolve_config_path(p: str) -> Path:
+    path = Path(p)
+    if path.is_absolute() or path.exists():
+        return path
+    if (_CONFIG_DIR / p).exists():
+        return _CONFIG_DIR / p
+    raise ConfigError(f"gateway config not found: {p} (looked in {os.getcwd()} and {_CONFIG_DIR})")
+
+
+@serve.deployment(name="gateway")
+@serve.ingress()
+class GatewayIngress:
+    async def __init__(self, cfg: dict):
+        # imports here: the deployment class is pickled by the driver, the heavy parts are
+        # only needed inside the replica
+        from gateway.app import Gateway
+        from gateway.breaker_actor import BreakerClient
+        from gateway.costs.tracker import CostTracker
+        from gateway.limits.client import LimitClient
+        from gateway.metrics import METRICS
+
+        config = parse_config(cfg)
+        app_name = serve.get_replica_context().app_name
+        # one breaker board per gateway app: all its replicas share each target's breaker
+        self._breakers = BreakerClient(f"thawline-breakers-{app_name}", config.breaker)
+        self._breakers.start()
+        self._gateway = Gateway(config, limits=LimitClient.from_config(config, tuning=config.limiter),
+                                costs=CostTracker.from_config(config), breakers=self._breakers.local,
+                                metrics=METRICS, on_shutdown=[self._breakers.close])
+
+    def __serve_build_asgi_app__(self):
+        return self._gateway
+
+    # Handle transport for gateway/client.py (docs/INTERFACES.md, "gateway deployment <-> client
+    # handle"): the same ASGI app, driven in-process, so both transports behave identically.
+    async def api(self, request: dict) -> dict:
+        from gateway.client_asgi import call_asgi
+        return await call_asgi(self._gateway, request)
+
+    async def api_stream(self, request: dict):
+        from gateway.client_asgi import stream_asgi
+        async for item in stream_asgi(self._gateway, request):
+            yield item
+
+
+def build_app(cfg: GatewayConfig | dict | str | os.PathLike, *, overrides: dict[str, Any] | None = None) -> Application:
+    """Validate the config here, in the driver (fail before deploy), then bind the deployment."""
+    if isinstance(cfg, (str, os.PathLike)):
+        config = load_config(resolve_config_path(str(cfg)))
+    else:
+        config = parse_config(cfg)
+    options = {**DEFAULT_DEPLOYMENT_OPTIONS, **(overrides or {})}
+    return GatewayIngress.options(**options).bind(config.model_dump(mode="json", exclude_none=False))
+
+
+def app(args: dict[str, Any]) -> Application:
+    """Application builder for `import_path: serve_apps.gateway:app`."""
+    a = GatewayAppArgs.model_validate(args or {})
+    return build_app(a.config_path if a.config_path is not None else a.config, overrides=a.deployment)
+
+
+def ingress_urls(app_name: str = "gateway") -> list[str]:
+    """Base URLs clients can use for a deployed gateway app (call in a driver connected to Ray).
+
+    With direct ingress (RAY_SERVE_THROUGHPUT_OPTIMIZED=1) these are the replicas' own HTTP
+    ports, one per replica, with no proxy hop; otherwise the Serve proxy's address. Either way the
+    route prefix is included, so `<url>/v1` is an OpenAI base URL.
+    """
+    import ray
+    from ray.serve._private.common import RequestProtocol
+    from ray.serve.context import _get_global_client
+
+    controller = _get_global_client()._controller
+    groups, http = ray.get([controller.get_target_groups.remote(app_name), controller.get_http_config.remote()])
+    # replicas bind to http_options.host; a target's ip is its node's address, which a loopback
+    # bind (e.g. 127.0.0.1, as in tests) does not listen on
+    bind = http.host if http.host not in ("0.0.0.0", "::", "", None) else None
+    urls = []
+    for group in groups:
+        if group.protocol != RequestProtocol.HTTP:
+            continue
+        prefix = "" if group.route_prefix == "/" else group.route_prefix
+        urls.extend(f"http://{bind or t.ip}:{t.port}{prefix}" for t in group.targets)
+    return urls

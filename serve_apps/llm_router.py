@@ -1,0 +1,225 @@
+"""LLMRouter: the always-on, model-less ingress of an LLM app.
+
+It holds no engine (num_cpus=0, imports neither torch nor vLLM), so it stays up while the
+LLMServer deployment is at zero. For each request it:
+- waits, bounded by `cold_start_max_wait_s` (a request may lower it: header
+  x-thawline-max-wait-s, or "max_wait_s" in a handle request), for an LLMServer replica (a `ready()` call that
+  queues at zero and so makes Serve's autoscaler start one); past the bound: HTTP 503
+  `cold_start_timeout` in OpenAI's error shape (handle calls raise ColdStartTimeout);
+- forwards the OpenAI body through the server's handle, streaming chunk by chunk;
+- after the first token of a request that waited for a cold start, logs that cold start's
+  timeline as one structured line and records it in a Prometheus histogram.
+
+HTTP: POST /v1/chat/completions, POST /v1/completions (SSE when stream=true), GET /v1/models,
+GET /thawline/state (cold/warm + last cold-start timeline, without waking the model).
+Handle (for the gateway): generate(request) -> dict, generate_stream(request) -> chunks.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+
+from gateway.readiness import get_or_create_board
+from serve_apps.llm_args import LLMAppArgs
+from serve_apps.llm_timeline import log_line, phases
+
+log = logging.getLogger("thawline.serve")
+
+api = FastAPI(title="thawline LLM app")
+# Lowers cold_start_max_wait_s for one request (seconds).
+MAX_WAIT_HEADER = "x-thawline-max-wait-s"
+
+# Histogram boundaries (s): from a warm-pool cold start (~1 s) to a big-model first boot.
+_BOUNDARIES = [0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 90, 120, 180, 300]
+
+
+class LLMAppError(Exception):
+    """A request the app answers with an error; `body` is OpenAI's error shape."""
+
+    def __init__(self, status: int, body: dict) -> None:
+        super().__init__(f"{status}: {body['error']['message']}")
+        self.status, self.body = status, body
+
+
+class ColdStartTimeout(LLMAppError):
+    pass
+
+
+def _error_status(body: dict) -> int:
+    code = body.get("error", {}).get("code")
+    return code if isinstance(code, int) and 400 <= code < 600 else 400
+
+
+@serve.ingress(api)
+class LLMRouter:
+    def __init__(self, server, args: dict) -> None:
+        from ray.util import metrics
+
+        self.args = LLMAppArgs.model_validate(args)
+        self._server = server
+        self._server_stream = server.options(stream=True)
+        self.app_name = serve.get_replica_context().app_name
+        self._board = get_or_create_board()
+        self._logged: set[str] = set()  # replicas whose cold start is already logged
+        self._hist = metrics.Histogram(
+            "thawline_cold_start_seconds", description="LLM cold start, per phase (phase=total: request to first token).",
+            boundaries=_BOUNDARIES, tag_keys=("app", "phase"))
+        if self.args.warm_pool_size:
+            self._ensure_pools()
+
+    def _ensure_pools(self) -> None:
+        """Pre-import engine hosts on every node a replica could land on, before any request."""
+        import ray
+
+        from serve_apps.llm_warm_pool import get_or_create_pool
+
+        need = "GPU" if self.args.accelerator == "gpu" else "CPU"
+        for node in ray.nodes():
+            if node.get("Alive") and node.get("Resources", {}).get(need, 0) > 0:
+                get_or_create_pool(node["NodeID"], self.args.warm_pool_size)
+
+    # -- cold start ----------------------------------------------------------------------------
+
+    def _max_wait(self, asked) -> float:
+        """A caller may lower the bound (e.g. the gateway, to spill over sooner), never raise it."""
+        bound = self.args.cold_start_max_wait_s
+        try:
+            return min(bound, max(0.0, float(asked))) if asked is not None else bound
+        except (TypeError, ValueError):
+            return bound
+
+    async def _wait_ready(self, max_wait_s: float) -> tuple[float, dict]:
+        t_req = time.time()
+        try:
+            info = await asyncio.wait_for(self._server.ready.remote(), max_wait_s)
+        except asyncio.TimeoutError:
+            raise ColdStartTimeout(503, {"error": {
+                "message": f"model {self.args.served_model_id!r} is scaled to zero and no replica became ready "
+                           f"within {max_wait_s:g}s (cold_start_max_wait_s); it keeps warming, retry later",
+                "type": "service_unavailable", "param": None, "code": "cold_start_timeout"}}) from None
+        return t_req, info
+
+    def _first_token(self, t_req: float, info: dict) -> None:
+        """Log the cold start this request waited for (once per replica)."""
+        marks = info["marks"]
+        rid = info["replica_id"]
+        if rid in self._logged or marks.get("engine_ready", 0) <= t_req:
+            return  # warm request, or this cold start was already logged
+        self._logged.add(rid)
+        full = {**marks, "request": t_req, "first_token": time.time()}
+        if full["process_start"] < t_req:
+            # Ray reused a worker process it had started earlier: no process start in this cold
+            # start; request -> constructor is all Serve's scheduling.
+            full["process_start"] = full["init_start"]
+        line = log_line(self.app_name, rid, full, host=info["info"].get("host"),
+                        first_boot=info["info"].get("first_boot"))
+        log.info(line)
+        print(line, flush=True)  # the replica's stdout reaches the driver and Ray's log files
+        ph = phases(full)
+        for name, secs in ph.items():
+            self._hist.observe(secs, tags={"app": self.app_name, "phase": name})
+        self._board.record_cold_start.remote(self.app_name, {"replica": rid, "phases_s": ph, **info["info"]})
+
+    # -- handle API (gateway) ------------------------------------------------------------------
+
+    async def generate(self, request: dict) -> dict:
+        """request = {"endpoint", "body"[, "max_wait_s"]}; raises LLMAppError (503 on cold-start timeout)."""
+        t_req, info = await self._wait_ready(self._max_wait(request.get("max_wait_s")))
+        out = await self._server.generate.remote(self._normalise(request))
+        if "error" in out:
+            raise LLMAppError(_error_status(out), out)
+        self._first_token(t_req, info)
+        return out
+
+    async def generate_stream(self, request: dict) -> AsyncIterator[dict]:
+        t_req, info = await self._wait_ready(self._max_wait(request.get("max_wait_s")))
+        first = True
+        async for chunk in self._server_stream.generate_stream.remote(self._normalise(request)):
+            if first:
+                first = False
+                if "error" in chunk:
+                    raise LLMAppError(_error_status(chunk), chunk)
+                self._first_token(t_req, info)
+            yield chunk
+
+    def _normalise(self, request: dict) -> dict:
+        body = dict(request.get("body") or {})
+        if not body.get("model"):
+            body["model"] = self.args.served_model_id  # one model per app: an empty id means it
+        return {"endpoint": request.get("endpoint"), "body": body}
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    @api.get("/v1/models")
+    async def models(self) -> dict:
+        # Answered here, not by vLLM: listing models must not wake a scaled-to-zero app.
+        return {"object": "list", "data": [{"id": self.args.served_model_id, "object": "model",
+                                            "created": 0, "owned_by": "thawline"}]}
+
+    @api.get("/thawline/state")
+    async def state(self) -> dict:
+        return {**await self._board.get.remote(self.app_name),
+                "last_cold_start": await self._board.last_cold_start.remote(self.app_name)}
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, request: Request):
+        return await self._http("chat", request)
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request):
+        return await self._http("completions", request)
+
+    async def _http(self, endpoint: str, request: Request):
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"error": {"message": "request body is not JSON", "type": "invalid_request_error",
+                                           "param": None, "code": 400}}, status_code=400)
+        req = {"endpoint": endpoint, "body": body, "max_wait_s": request.headers.get(MAX_WAIT_HEADER)}
+        if not body.get("stream"):
+            try:
+                return JSONResponse(await self.generate(req))
+            except LLMAppError as e:
+                return self._error_response(e)
+        # Start the stream before answering 200, so a cold-start timeout or a rejected request
+        # is still a proper HTTP error and not an SSE stream that fails.
+        want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        gen = self.generate_stream(req)
+        try:
+            first = await gen.__anext__()
+        except LLMAppError as e:
+            return self._error_response(e)
+        except StopAsyncIteration:
+            first = None
+        return StreamingResponse(self._sse(first, gen, want_usage), media_type="text/event-stream")
+
+    @staticmethod
+    def _error_response(e: LLMAppError) -> JSONResponse:
+        headers = {"retry-after": "5"} if isinstance(e, ColdStartTimeout) else None
+        return JSONResponse(e.body, status_code=e.status, headers=headers)
+
+    @staticmethod
+    async def _sse(first, gen, want_usage: bool):
+        async def frames():
+            if first is not None:
+                yield first
+            async for c in gen:
+                yield c
+
+        try:
+            async for chunk in frames():
+                if not want_usage and not chunk.get("choices") and "usage" in chunk:
+                    continue  # the usage-only chunk the handle protocol always adds
+                if not want_usage:
+                    chunk.pop("usage", None)
+                yield f"data: {json.dumps(chunk)}\n\n"
+        except Exception as e:  # after 200 was sent: end with an SSE error event, never silently
+            yield f"data: {json.dumps({'error': {'message': str(e)[:500], 'type': 'server_error', 'code': 500}})}\n\n"
+        yield "data: [DONE]\n\n"

@@ -1,0 +1,181 @@
+"""LLMServer: the Serve deployment that scales to zero. One replica = one vLLM engine.
+
+A replica starts by claiming a pre-imported engine host from its node's warm pool (TP=1), or
+building one in its own process, then restores the snapshot through the node-local cache and
+starts the engine with the recorded engine state (llm_engine.EngineHost). It reports
+starting / warm / stopped to the ReadinessBoard and keeps the marks of its cold-start timeline
+for the router, which logs the whole timeline once the first token is out.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import AsyncIterator
+
+import psutil
+import ray
+from ray import serve
+
+from gateway.readiness import get_or_create_board
+from serve_apps.llm_args import LLMAppArgs, effective_engine_overrides, first_boot_ref
+from serve_apps.llm_first_boot import committed_snapshot, local_source
+
+log = logging.getLogger("thawline.serve")
+
+# A pooled host still importing is worth waiting for: importing here instead would compete
+# with it for the same CPUs and finish later.
+POOL_PENDING_WAIT_S = 120.0
+
+
+class _LocalHost:
+    """EngineHost in the replica's own process, with the pooled host's call shape."""
+
+    def __init__(self) -> None:
+        from serve_apps.llm_engine import EngineHost
+
+        self.host = EngineHost()
+
+    async def start(self, spec: dict) -> dict:
+        return await self.host.start(spec)
+
+    async def create_snapshot(self, source_dir: str, **kw) -> str | None:
+        # Blocking (boots and shuts down a capture engine): keep the replica's loop responsive.
+        return await asyncio.to_thread(self.host.create_snapshot, source_dir, **kw)
+
+    async def generate(self, request: dict) -> dict:
+        return await self.host.generate(request)
+
+    async def generate_stream(self, request: dict) -> AsyncIterator[dict]:
+        async for chunk in self.host.generate_stream(request):
+            yield chunk
+
+    async def close(self) -> None:
+        self.host.shutdown()
+
+
+class _PooledHost:
+    """A claimed warm-pool actor; requests go to it as actor calls (streamed chunk by chunk)."""
+
+    def __init__(self, actor) -> None:
+        self.actor = actor
+
+    async def start(self, spec: dict) -> dict:
+        return await self.actor.start.remote(spec)
+
+    async def create_snapshot(self, source_dir: str, **kw) -> str | None:
+        return await self.actor.create_snapshot.remote(source_dir, **kw)
+
+    async def generate(self, request: dict) -> dict:
+        return await self.actor.generate.remote(request)
+
+    async def generate_stream(self, request: dict) -> AsyncIterator[dict]:
+        gen = self.actor.generate_stream.options(num_returns="streaming").remote(request)
+        async for ref in gen:
+            yield await ref
+
+    async def close(self) -> None:
+        # The replica owns the claimed host: nothing else will stop it. Shut the engine down
+        # first: its EngineCore is a forkserver child, which a bare kill of the host would orphan.
+        try:
+            await asyncio.wait_for(self.actor.shutdown.remote(), 15)
+        except Exception as e:  # still kill the host; say why the clean shutdown failed
+            log.warning("thawline: engine host shutdown failed: %s", e)
+        finally:
+            ray.kill(self.actor, no_restart=True)
+
+
+class LLMServer:
+    async def __init__(self, args: dict) -> None:
+        marks = {"init_start": time.time(), "process_start": psutil.Process().create_time()}
+        self.args = LLMAppArgs.model_validate(args)
+        ctx = serve.get_replica_context()
+        self.app_name = ctx.app_name
+        self.replica_id = ctx.replica_id.unique_id
+        self._board = get_or_create_board()
+        self._board.report.remote(self.app_name, self.replica_id, "starting")
+        self._host = None
+        try:
+            self._host, how = await self._get_host()
+            marks["imports_done"] = time.time()
+            started = await self._start_engine()
+        except BaseException:
+            self._board.report.remote(self.app_name, self.replica_id, "stopped")
+            if self._host is not None:
+                await self._host.close()
+            raise
+        marks["restore_done"] = started.pop("restore_done")
+        marks["engine_ready"] = started.pop("engine_ready")
+        self.marks = marks
+        self.info = {"host": how, **started}
+        self._board.report.remote(self.app_name, self.replica_id, "warm")
+        log.info("thawline: replica %s of %s warm (%s)", self.replica_id, self.app_name, self.info)
+
+    async def _get_host(self):
+        a = self.args
+        if a.warm_pool_size and a.tensor_parallel_size == 1:
+            from serve_apps.llm_warm_pool import get_or_create_pool
+
+            pool = get_or_create_pool(ray.get_runtime_context().get_node_id(), a.warm_pool_size)
+            try:
+                claimed = await asyncio.wait_for(pool.claim.remote(POOL_PENDING_WAIT_S), POOL_PENDING_WAIT_S + 5)
+            except (asyncio.TimeoutError, ray.exceptions.RayError) as e:
+                log.warning("thawline: warm pool unavailable (%s); importing in the replica", e)
+                claimed = None
+            if claimed:
+                return _PooledHost(claimed[0]), "warm_pool"
+        # No pooled host ready: import here (the cold start pays for it).
+        return await asyncio.to_thread(_LocalHost), "replica"
+
+    def _spec(self, **kw) -> dict:
+        a = self.args
+        spec = {"served_model_id": a.served_model_id, "overrides": effective_engine_overrides(a),
+                "verify": a.verify_checksums, **kw}
+        if a.accelerator == "gpu":
+            spec["gpu_ids"] = ray.get_gpu_ids()
+            spec["placement_group"] = ray.util.get_current_placement_group()
+        return spec
+
+    async def _start_engine(self) -> dict:
+        a = self.args
+        url = await asyncio.to_thread(committed_snapshot, a)
+        if url is None:
+            # Snapshot on first boot: make it (if this replica wins the claim), then restore it.
+            source = await asyncio.to_thread(local_source, a.model_source)
+            name, sid = first_boot_ref(a)
+            t0 = time.time()
+            url = await self._host.create_snapshot(source, tp=a.tensor_parallel_size, store_url=a.snapshot_store,
+                                                   name=name, snapshot_id=sid,
+                                                   overrides=effective_engine_overrides(a))
+            if url is None:
+                log.info("thawline: another replica is writing %s/%s; serving from %s", name, sid, source)
+                started = await self._host.start(self._spec(source_dir=source))
+                return {**started, "first_boot": "served_from_source"}
+            log.info("thawline: first boot wrote %s in %.1f s", url, time.time() - t0)
+            started = await self._host.start(self._spec(snapshot_url=url))
+            return {**started, "first_boot": "wrote_snapshot", "snapshot_url": url}
+        started = await self._host.start(self._spec(snapshot_url=url))
+        return {**started, "snapshot_url": url}
+
+    # -- handle methods ------------------------------------------------------------------------
+
+    async def ready(self) -> dict:
+        """Answered once the engine is up (Serve routes nothing to a replica still in __init__)."""
+        return {"replica_id": self.replica_id, "marks": self.marks, "info": self.info, "pid": os.getpid()}
+
+    async def generate(self, request: dict) -> dict:
+        return await self._host.generate(request)
+
+    async def generate_stream(self, request: dict) -> AsyncIterator[dict]:
+        async for chunk in self._host.generate_stream(request):
+            yield chunk
+
+    async def __del__(self) -> None:
+        # Serve awaits an async __del__ when it stops the replica (scale down, redeploy).
+        board, host = getattr(self, "_board", None), getattr(self, "_host", None)
+        if board is not None:
+            board.report.remote(self.app_name, self.replica_id, "stopped")
+        if host is not None:
+            self._host = None
+            await host.close()

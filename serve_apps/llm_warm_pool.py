@@ -1,0 +1,117 @@
+"""Per-node warm pool of model-less, pre-imported engine hosts that a new LLM replica claims.
+
+A cold LLM replica would otherwise spend most of its start importing torch + vLLM, twice (its
+own process and vLLM's EngineCore). A pooled host (serve_apps/llm_engine.EngineHost as an actor)
+has done both before any request: imports in its process and a preloaded forkserver for the
+EngineCore. The replica claims one on its own node, hands it the snapshot, and forwards
+requests to it; when the replica stops it kills the host.
+
+Hosts reserve no Ray resources while idle (num_cpus=0): the resources they use once claimed are
+the claiming replica's placement-group bundle. The pool refills after a delay, so the refill's
+imports do not compete for CPU with the cold start that just claimed a host.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+log = logging.getLogger("thawline.serve")
+
+POOL_NAMESPACE = "thawline"
+REFILL_DELAY_S = 20.0
+
+
+def pool_name(node_id: str) -> str:
+    return f"thawline-warm-pool-{node_id}"
+
+
+def _host_actor(node_id: str):
+    from serve_apps.llm_engine import EngineHost
+
+    return (
+        ray.remote(EngineHost)
+        .options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                 max_concurrency=1000)
+        .remote()
+    )
+
+
+class WarmPool:
+    """Keeps `size` ready hosts on one node. Async actor: claim() never blocks behind a refill."""
+
+    def __init__(self, node_id: str, size: int, refill_delay_s: float = REFILL_DELAY_S) -> None:
+        self.node_id = node_id
+        self.size = size
+        self.refill_delay_s = refill_delay_s
+        self._ready: list = []        # hosts whose constructor finished
+        self._pending: set = set()   # hosts still importing
+        self._claimed = 0
+        self._refill_task = None
+        self._became_ready = asyncio.Event()
+
+    async def _fill(self) -> None:
+        while len(self._ready) + len(self._pending) < self.size:
+            host = _host_actor(self.node_id)
+            self._pending.add(host)
+            asyncio.get_running_loop().create_task(self._await_ready(host))
+
+    async def _await_ready(self, host) -> None:
+        try:
+            await host.describe.remote()
+            self._ready.append(host)
+            self._became_ready.set()
+        except Exception as e:  # a host that failed to import is useless: drop it, say why
+            log.warning("warm-pool host on %s failed to start: %s", self.node_id, e)
+        finally:
+            self._pending.discard(host)
+
+    async def ensure(self, size: int) -> dict:
+        """Raise the pool to at least `size` (several apps may share a node's pool)."""
+        self.size = max(self.size, size)
+        await self._fill()
+        return self.stats()
+
+    async def claim(self, wait_s: float = 0.0):
+        """A ready host (the caller owns it from now on), or None. With none ready but one still
+        importing, wait up to `wait_s` for it: it is further along than a fresh import would be."""
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while not self._ready and self._pending:
+            self._became_ready.clear()
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            try:
+                await asyncio.wait_for(self._became_ready.wait(), left)
+            except asyncio.TimeoutError:
+                break
+        if not self._ready:
+            return None
+        host = self._ready.pop(0)
+        self._claimed += 1
+        if self._refill_task is None or self._refill_task.done():
+            self._refill_task = asyncio.get_running_loop().create_task(self._delayed_fill())
+        return [host]  # wrapped: a bare handle in a return value would be resolved differently
+
+    async def _delayed_fill(self) -> None:
+        await asyncio.sleep(self.refill_delay_s)
+        await self._fill()
+
+    def stats(self) -> dict:
+        return {"node_id": self.node_id, "size": self.size, "ready": len(self._ready),
+                "pending": len(self._pending), "claimed": self._claimed}
+
+
+def get_or_create_pool(node_id: str, size: int):
+    """The node's pool actor (created detached, pinned to the node); raised to `size`."""
+    pool = (
+        ray.remote(WarmPool)
+        .options(name=pool_name(node_id), namespace=POOL_NAMESPACE, lifetime="detached",
+                 get_if_exists=True, num_cpus=0, max_concurrency=1000,
+                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
+        .remote(node_id, size)
+    )
+    pool.ensure.remote(size)
+    return pool

@@ -1,0 +1,190 @@
+"""Node-local cache tier: a remote snapshot is fetched once per node, validated, then reused.
+
+    SnapshotCache(cache_dir=None).ensure(snapshot_url, ranks=None) -> local snapshot dir
+
+Cache dir: argument, else $THAWLINE_CACHE_DIR, else $XDG_CACHE_HOME/thawline, else ~/.cache/thawline.
+Layout: <cache>/snapshots/<store-key>/<model>/<id>/ mirrors the store layout, so the cached copy
+is itself a file:// snapshot that restore reads in place. snapshot.json is written last there too.
+
+Concurrency: filelock per (snapshot, component). Two processes fetching the same snapshot: one
+fetches, the other blocks on the lock and then finds the files complete. Ranks lock separately so
+the TP workers of one node fetch their own ranks in parallel. A local (file://) snapshot is never
+copied.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from filelock import FileLock
+
+from . import fsutil
+from .errors import SnapshotCorrupt
+from .format import MANIFEST, SNAPSHOT_JSON, SnapshotMeta, parse_meta
+
+FETCH_CHUNK = 32 << 20
+FETCH_THREADS = 8
+_DONE_DIR = ".thawline-cache"
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("THAWLINE_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) / "thawline" if xdg else Path.home() / ".cache" / "thawline"
+
+
+def _store_key(store_url: str) -> str:
+    """Readable and collision-free: '<protocol>-<slug>-<hash8>'."""
+    digest = hashlib.sha256(store_url.encode()).hexdigest()[:8]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", store_url.split("://", 1)[-1]).strip("_")[-48:]
+    proto = store_url.split("://", 1)[0] if "://" in store_url else "file"
+    return f"{proto}-{slug}-{digest}"
+
+
+@dataclass
+class CacheResult:
+    path: Path  # local snapshot dir
+    fetched: bool  # this call downloaded something (False: everything was already cached, or local)
+    bytes: int  # bytes downloaded by this call
+    seconds: float
+
+
+class SnapshotCache:
+    def __init__(self, cache_dir: str | os.PathLike | None = None):
+        self.dir = Path(cache_dir) if cache_dir else default_cache_dir()
+
+    def ensure(self, snapshot_url: str, ranks: list[int] | None = None, *, storage_options: dict | None = None,
+               progress: Callable[[int], None] | None = None) -> Path:
+        return self.fetch(snapshot_url, ranks, storage_options=storage_options, progress=progress).path
+
+    def local_path(self, store_url: str, model: str, snapshot_id: str) -> Path:
+        return self.dir / "snapshots" / _store_key(store_url) / model / snapshot_id
+
+    def fetch(self, snapshot_url: str, ranks: list[int] | None = None, *, storage_options: dict | None = None,
+              progress: Callable[[int], None] | None = None) -> CacheResult:
+        from .store import SnapshotStore
+
+        t0 = time.perf_counter()
+        store, ref = SnapshotStore.for_snapshot(snapshot_url, storage_options)
+        r = store.resolve(ref)
+        if store.is_local:
+            return CacheResult(Path(r.path), False, 0, time.perf_counter() - t0)
+        raw_meta = store.read_meta_raw(r)
+        meta = parse_meta(raw_meta, where=f"{r.url}/{SNAPSHOT_JSON}")
+        wanted = list(range(meta.tp_size)) if ranks is None else sorted(set(ranks))
+        for rank in wanted:
+            meta.rank_info(rank)  # RankOutOfRange
+        local = self.local_path(store.url, r.model, r.snapshot_id)
+        locks = self.dir / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        (local / _DONE_DIR).mkdir(parents=True, exist_ok=True)
+        lock_base = f"{_store_key(store.url)}--{r.model}--{r.snapshot_id}"
+        fetched_bytes = 0
+        with FileLock(str(locks / f"{lock_base}.common.lock")):
+            if not self._valid_common(local, raw_meta, meta):
+                files = [MANIFEST, *meta.files]
+                fetched_bytes += self._download(store, r.path, local, files, progress)
+                self._mark(local, "common", raw_meta)
+        for rank in wanted:
+            with FileLock(str(locks / f"{lock_base}.rank-{rank}.lock")):
+                if not self._valid_rank(local, raw_meta, meta, rank):
+                    files = [p.path for p in meta.ranks[rank].parts]
+                    fetched_bytes += self._download(store, r.path, local, files, progress)
+                    self._check_sizes(local, meta, rank)
+                    self._mark(local, f"rank-{rank}", raw_meta)
+        with FileLock(str(locks / f"{lock_base}.common.lock")):
+            # The cache copy's own commit marker, written after its first complete rank.
+            target = local / SNAPSHOT_JSON
+            if not target.exists() or target.read_bytes() != raw_meta:
+                fsutil.write_atomic(fsutil.url_to_fs("file://" + str(local))[0], str(target), raw_meta)
+        return CacheResult(local, fetched_bytes > 0, fetched_bytes, time.perf_counter() - t0)
+
+    # ---- validation --------------------------------------------------------------------------
+    @staticmethod
+    def _marker(local: Path, name: str) -> Path:
+        return local / _DONE_DIR / f"{name}.done"
+
+    def _mark(self, local: Path, name: str, raw_meta: bytes) -> None:
+        digest = hashlib.sha256(raw_meta).hexdigest()
+        fs = fsutil.url_to_fs("file://" + str(local))[0]
+        fsutil.write_atomic(fs, str(self._marker(local, name)), json.dumps({"meta_sha256": digest}).encode())
+
+    def _marked(self, local: Path, name: str, raw_meta: bytes) -> bool:
+        try:
+            data = json.loads(self._marker(local, name).read_bytes())
+        except (FileNotFoundError, ValueError):
+            return False
+        # The id is immutable once committed, but it can be deleted and re-committed: the marker
+        # ties the cached files to this exact snapshot.json.
+        return data.get("meta_sha256") == hashlib.sha256(raw_meta).hexdigest()
+
+    def _valid_common(self, local: Path, raw_meta: bytes, meta: SnapshotMeta) -> bool:
+        return self._marked(local, "common", raw_meta) and all((local / f).is_file() for f in [MANIFEST, *meta.files])
+
+    def _valid_rank(self, local: Path, raw_meta: bytes, meta: SnapshotMeta, rank: int) -> bool:
+        if not self._marked(local, f"rank-{rank}", raw_meta):
+            return False
+        try:
+            self._check_sizes(local, meta, rank)
+        except SnapshotCorrupt:
+            return False
+        return True
+
+    @staticmethod
+    def _check_sizes(local: Path, meta: SnapshotMeta, rank: int) -> None:
+        for p in meta.ranks[rank].parts:
+            f = local / p.path
+            size = f.stat().st_size if f.exists() else -1
+            if size != p.nbytes:
+                raise SnapshotCorrupt(f"cached {f} has {size} bytes, expected {p.nbytes}", rank=rank)
+
+    # ---- download ----------------------------------------------------------------------------
+    @staticmethod
+    def _download(store, remote_dir: str, local: Path, files: list[str], progress) -> int:
+        """Parallel ranged GETs into `<file>.partial`, renamed into place when complete."""
+        total = 0
+        jobs = []
+        opened: dict[str, int] = {}
+        try:
+            for rel in files:
+                src = fsutil.join(remote_dir, rel)
+                try:
+                    size = store.fs.size(src)
+                except FileNotFoundError:
+                    raise SnapshotCorrupt(f"{store.url}: {rel} is missing from the snapshot", rank=None) from None
+                dst = local / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(str(dst) + ".partial", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                opened[rel] = fd
+                os.ftruncate(fd, size)
+                for start in range(0, size, FETCH_CHUNK):
+                    jobs.append((rel, src, start, min(size, start + FETCH_CHUNK)))
+                total += size
+
+            def one(job) -> int:
+                rel, src, start, end = job
+                data = store.fs.cat_file(src, start=start, end=end)
+                if len(data) != end - start:
+                    raise SnapshotCorrupt(f"{store.url}: short read of {rel} at {start}")
+                os.pwrite(opened[rel], data, start)
+                if progress:
+                    progress(len(data))
+                return len(data)
+
+            with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
+                list(pool.map(one, jobs))
+        finally:
+            for fd in opened.values():
+                os.close(fd)
+        for rel in files:
+            os.replace(str(local / rel) + ".partial", local / rel)
+        return total

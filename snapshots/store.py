@@ -1,0 +1,257 @@
+"""SnapshotStore: list / resolve / inspect / verify / delete / gc snapshots under one fsspec URL.
+
+Store layout: <url>/<model>/<snapshot-id>/... (see format.py). Only ids with snapshot.json exist
+for readers; `<model>/latest` resolves to the most recently committed one.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import fsutil, manifest
+from .errors import SnapshotCorrupt, SnapshotError, SnapshotNotFound
+from .format import (
+    CLAIM,
+    DEFAULT_PART_BYTES,
+    LATEST,
+    MANIFEST,
+    SNAPSHOT_JSON,
+    SnapshotMeta,
+    check_name,
+    new_snapshot_id,
+    parse_meta,
+)
+from .writer import RankWriter, SnapshotWriter, claim, read_claim
+
+
+@dataclass(frozen=True)
+class SnapshotRef:
+    model: str
+    snapshot_id: str
+    url: str  # full URL <store>/<model>/<id>
+    path: str  # protocol-less path in the store's filesystem
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    model: str
+    snapshot_id: str
+    url: str
+    created_at: float
+    tp_size: int
+    total_bytes: int
+    engine: str
+    error: str | None = None  # set when snapshot.json exists but cannot be read (e.g. newer format)
+
+
+@dataclass
+class VerifyReport:
+    ref: SnapshotRef
+    ranks: int = 0
+    tensors: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    per_rank: dict[int, int] = field(default_factory=dict)  # rank -> tensors checked
+
+
+def split_snapshot_url(url: str) -> tuple[str, str]:
+    """'<store>/<model>/<id-or-latest>' -> ('<store>', '<model>/<id>')."""
+    trimmed = url.rstrip("/")
+    parts = trimmed.rsplit("/", 2)
+    if len(parts) != 3 or not parts[0] or parts[0].endswith(":/") or parts[0].endswith(":"):
+        raise SnapshotError(f"not a snapshot URL (expected <store-url>/<model>/<id|latest>): {url}")
+    check_name("model name", parts[1])
+    if parts[2] != LATEST:
+        check_name("snapshot id", parts[2])
+    return parts[0], f"{parts[1]}/{parts[2]}"
+
+
+class SnapshotStore:
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.url = url.rstrip("/")
+        self.storage_options = storage_options or {}
+        self.fs, self.root = fsutil.url_to_fs(self.url, self.storage_options)
+
+    @classmethod
+    def for_snapshot(cls, snapshot_url: str, storage_options: dict | None = None) -> tuple["SnapshotStore", str]:
+        """(store, '<model>/<id>') for a full snapshot URL."""
+        store_url, ref = split_snapshot_url(snapshot_url)
+        return cls(store_url, storage_options), ref
+
+    @property
+    def is_local(self) -> bool:
+        return fsutil.is_local(self.fs)
+
+    # ---- paths -------------------------------------------------------------------------------
+    def _path(self, *parts: str) -> str:
+        return fsutil.join(self.root, *parts)
+
+    def _ref(self, model: str, snapshot_id: str) -> SnapshotRef:
+        return SnapshotRef(model, snapshot_id, f"{self.url}/{model}/{snapshot_id}", self._path(model, snapshot_id))
+
+    def _ls_dirs(self, path: str) -> list[str]:
+        try:
+            entries = self.fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
+
+    # ---- reading -----------------------------------------------------------------------------
+    def read_meta_raw(self, ref: SnapshotRef) -> bytes:
+        try:
+            return self.fs.cat_file(fsutil.join(ref.path, SNAPSHOT_JSON))
+        except FileNotFoundError:
+            raise SnapshotNotFound(f"no committed snapshot at {ref.url}") from None
+
+    def _committed_ids(self, model: str) -> list[str]:
+        if hasattr(self.fs, "invalidate_cache"):
+            self.fs.invalidate_cache(self._path(model))
+        ids = []
+        for sid in self._ls_dirs(self._path(model)):
+            if fsutil.exists(self.fs, self._path(model, sid, SNAPSHOT_JSON)):
+                ids.append(sid)
+        return ids
+
+    def resolve(self, ref: str) -> SnapshotRef:
+        """'<model>/<id>' or '<model>/latest' -> a committed snapshot (SnapshotNotFound otherwise)."""
+        try:
+            model, sid = ref.strip("/").split("/")
+        except ValueError:
+            raise SnapshotError(f"snapshot reference must be <model>/<id> or <model>/latest, got {ref!r}") from None
+        check_name("model name", model)
+        if sid != LATEST:
+            check_name("snapshot id", sid)
+            r = self._ref(model, sid)
+            if not fsutil.exists(self.fs, fsutil.join(r.path, SNAPSHOT_JSON)):
+                raise SnapshotNotFound(f"no committed snapshot at {r.url}")
+            return r
+        best = None
+        for cand in self._committed_ids(model):
+            r = self._ref(model, cand)
+            try:
+                created = json.loads(self.read_meta_raw(r)).get("created_at", 0.0)
+            except (ValueError, SnapshotNotFound):
+                continue
+            key = (created, cand)
+            if best is None or key > best[0]:
+                best = (key, r)
+        if best is None:
+            raise SnapshotNotFound(f"no committed snapshot of model {model!r} in {self.url}")
+        return best[1]
+
+    def inspect(self, ref: str | SnapshotRef) -> SnapshotMeta:
+        r = ref if isinstance(ref, SnapshotRef) else self.resolve(ref)
+        return parse_meta(self.read_meta_raw(r), where=f"{r.url}/{SNAPSHOT_JSON}")
+
+    def read_manifest(self, ref: SnapshotRef, rank: int | None = None) -> list[manifest.ManifestRow]:
+        path = fsutil.join(ref.path, MANIFEST)
+        try:
+            with self.fs.open(path, "rb") as f:
+                return manifest.decode(f) if rank is None else manifest.read_rank(f, rank)
+        except FileNotFoundError:
+            raise SnapshotCorrupt(f"{ref.url}: {MANIFEST} is missing") from None
+
+    def list(self) -> list[SnapshotInfo]:
+        """Committed snapshots only, sorted by model then creation time."""
+        out = []
+        if hasattr(self.fs, "invalidate_cache"):
+            self.fs.invalidate_cache(self.root)
+        for model in self._ls_dirs(self.root):
+            for sid in self._committed_ids(model):
+                r = self._ref(model, sid)
+                try:
+                    m = self.inspect(r)
+                    out.append(SnapshotInfo(model, sid, r.url, m.created_at, m.tp_size, m.total_bytes, m.engine.name))
+                except SnapshotError as exc:
+                    out.append(SnapshotInfo(model, sid, r.url, 0.0, 0, 0, "?", error=str(exc)))
+        return sorted(out, key=lambda i: (i.model, i.created_at, i.snapshot_id))
+
+    def verify(self, ref: str | SnapshotRef, progress: Callable[[int], None] | None = None, *, threads: int | None = None) -> VerifyReport:
+        """Re-hash every tensor of every rank; SnapshotCorrupt(rank=, tensor=) on the first mismatch."""
+        from .restore import verify_rank
+
+        r = ref if isinstance(ref, SnapshotRef) else self.resolve(ref)
+        meta = self.inspect(r)
+        report = VerifyReport(ref=r)
+        t0 = time.perf_counter()
+        for rank in range(meta.tp_size):
+            rows = self.read_manifest(r, rank)
+            info = meta.rank_info(rank)
+            if len(rows) != info.num_tensors:
+                raise SnapshotCorrupt(
+                    f"rank {rank}: manifest has {len(rows)} tensors, snapshot.json says {info.num_tensors}", rank=rank
+                )
+            nbytes = verify_rank(self.fs, r.path, rank, rows, info, threads=threads, progress=progress)
+            report.ranks += 1
+            report.tensors += len(rows)
+            report.bytes += nbytes
+            report.per_rank[rank] = len(rows)
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    # ---- writing -----------------------------------------------------------------------------
+    def create_writer(
+        self,
+        model: str,
+        snapshot_id: str | None = None,
+        *,
+        tp_size: int,
+        part_bytes: int = DEFAULT_PART_BYTES,
+    ) -> SnapshotWriter:
+        """Claim <model>/<id> exclusively (SnapshotExists if taken) and return its writer."""
+        check_name("model name", model)
+        sid = check_name("snapshot id", snapshot_id) if snapshot_id else new_snapshot_id()
+        if tp_size < 1:
+            raise ValueError(f"tp_size must be >= 1, got {tp_size}")
+        if part_bytes < 4096:
+            raise ValueError(f"part_bytes must be >= 4096, got {part_bytes}")
+        r = self._ref(model, sid)
+        claim(self.fs, r.path, model, sid, tp_size, part_bytes)
+        return SnapshotWriter(self.fs, r.path, r.url, model, sid, tp_size=tp_size, part_bytes=part_bytes)
+
+    def open_writer(self, model: str, snapshot_id: str) -> SnapshotWriter:
+        """Re-open the coordinator side of an id claimed earlier (e.g. in another process)."""
+        r = self._ref(check_name("model name", model), check_name("snapshot id", snapshot_id))
+        c = read_claim(self.fs, r.path)
+        if fsutil.exists(self.fs, fsutil.join(r.path, SNAPSHOT_JSON)):
+            raise SnapshotError(f"snapshot {model}/{snapshot_id} is already committed")
+        return SnapshotWriter(self.fs, r.path, r.url, model, snapshot_id, tp_size=c["tp_size"], part_bytes=c["part_bytes"])
+
+    def open_rank_writer(self, model: str, snapshot_id: str, rank: int) -> RankWriter:
+        """For a TP worker in another process, after create_writer() claimed the id."""
+        return self.open_writer(model, snapshot_id).rank_writer(rank)
+
+    # ---- removing ----------------------------------------------------------------------------
+    def delete(self, ref: str | SnapshotRef) -> SnapshotRef:
+        """Uncommit first (snapshot.json), so readers stop seeing it before the bytes go."""
+        r = ref if isinstance(ref, SnapshotRef) else self.resolve(ref)
+        self.fs.rm_file(fsutil.join(r.path, SNAPSHOT_JSON))
+        self.fs.rm(r.path, recursive=True)
+        return r
+
+    def gc(self, older_than_s: float = 3600.0) -> list[str]:
+        """Remove uncommitted snapshot dirs (a writer died) whose claim is older than `older_than_s`.
+
+        The age threshold protects writers still in progress; pass 0 only when no writer runs.
+        A dir with neither claim nor snapshot.json (a delete interrupted halfway) is always removed.
+        """
+        removed = []
+        now = time.time()
+        if hasattr(self.fs, "invalidate_cache"):
+            self.fs.invalidate_cache(self.root)
+        for model in self._ls_dirs(self.root):
+            for sid in self._ls_dirs(self._path(model)):
+                path = self._path(model, sid)
+                if fsutil.exists(self.fs, fsutil.join(path, SNAPSHOT_JSON)):
+                    continue
+                try:
+                    claimed_at = json.loads(self.fs.cat_file(fsutil.join(path, CLAIM))).get("claimed_at", 0.0)
+                except (FileNotFoundError, ValueError):
+                    claimed_at = 0.0
+                if now - claimed_at < older_than_s:
+                    continue
+                self.fs.rm(path, recursive=True)
+                removed.append(f"{self.url}/{model}/{sid}")
+        return removed

@@ -1,0 +1,27 @@
+"""vLLM general plugin (entry point group `vllm.general_plugins`, see pyproject.toml).
+
+vLLM calls `register()` in every process it starts (API process, EngineCore, each TP worker), so
+the `thawline` load formats exist wherever a model is loaded, without patching vLLM's files.
+It may be called several times per process; registration is idempotent.
+"""
+from __future__ import annotations
+
+LOAD_FORMAT = "thawline"
+CAPTURE_FORMAT = "thawline_capture"
+
+_registered = False
+
+
+def register() -> None:
+    global _registered
+    if _registered:
+        return
+    # Imported here, not at module top: the entry point is loaded in processes that may never
+    # load a model, and the loader pulls in vLLM's model-loader stack.
+    from vllm.model_executor.model_loader import register_model_loader
+
+    from snapshots.vllm_loader import ThawlineCaptureLoader, ThawlineLoader
+
+    register_model_loader(LOAD_FORMAT)(ThawlineLoader)
+    register_model_loader(CAPTURE_FORMAT)(ThawlineCaptureLoader)
+    _registered = True

@@ -1,0 +1,162 @@
+"""Shared gateway fixtures: fake upstreams, a Ray session, one deployed gateway app.
+
+Not a conftest.py (so other packages' tests do not load it): gateway test modules import the
+fixtures they use, e.g. `from tests.integration.conftest_gateway import fake_providers, gateway`.
+The deployed gateway is cached process-wide, so every module that imports the fixture shares one
+Serve deployment (Serve start-up is the expensive part of these tests).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+
+import pytest
+
+from tests.conftest import free_port
+from tests.fakes.providers import FakeServer
+
+# Fake provider secrets: distinctive strings that tests grep for in responses and logs.
+PROVIDER_SECRETS = {
+    "THAWLINE_TEST_OPENAI_KEY": "sk-test-OPENAI-" + "s3cr3t0penai7x",
+    "THAWLINE_TEST_ANTHROPIC_KEY": "sk-ant-test-" + "s3cr3tAnthr0pic9",
+    "THAWLINE_TEST_GEMINI_KEY": "AIzaTEST" + "s3cr3tGem1niKey42",
+}
+# Provider keys reach replicas through the Ray workers' inherited environment, set here at import
+# (collection time, before any module of the session starts Ray). NOT through runtime_env
+# env_vars: Ray's runtime_env agent writes those to runtime_env_agent.log in clear text, which
+# test_gateway_security caught.
+os.environ.update(PROVIDER_SECRETS)
+
+CLIENT_KEY = "tl-test-client-key"
+LIMITED_KEY = "tl-test-limited-key"
+ADMIN_KEY = "tl-test-admin-key"
+APP_NAME = "gw-core-test"
+LOCAL_APP = "gw-core-fake-llm"     # the fake local LLM app (tests/fakes/llm.py) the `local` routes use
+ROUTE_PREFIX = "/core"
+
+
+def _sha(s: str) -> str:
+    return hashlib.sha256(s.encode()).hexdigest()
+
+
+def gateway_config(fake: FakeServer) -> dict:
+    """One config with a route per scenario (each scenario uses its own upstream model names, so
+    breaker state and fake counters never leak between tests)."""
+    oa = {"type": "openai_compatible", "base_url": fake.openai_url, "api_key_env": "THAWLINE_TEST_OPENAI_KEY",
+          "prices": {"gpt-fake": {"input_per_1m": 1.0, "output_per_1m": 2.0, "cached_input_per_1m": 0.5}}}
+
+    def t(provider: str, model: str, **kw) -> dict:
+        return {"provider": provider, "model": model, "first_token_timeout_s": 5, "timeout_s": 10, **kw}
+
+    return {
+        "providers": {
+            "oa": oa,
+            "an": {"type": "anthropic", "base_url": fake.anthropic_url, "api_key_env": "THAWLINE_TEST_ANTHROPIC_KEY"},
+            "ge": {"type": "gemini", "base_url": fake.gemini_url, "api_key_env": "THAWLINE_TEST_GEMINI_KEY"},
+            "local": {"type": "serve", "app": LOCAL_APP, "usd_per_hour": 1.0},
+        },
+        "routes": {
+            "openai": {"targets": [t("oa", "gpt-fake")]},
+            "anthropic": {"targets": [t("an", "claude-fake")]},
+            "gemini": {"targets": [t("ge", "gemini-fake")]},
+            "fail500": {"targets": [t("oa", "f500-500", max_retries=1), t("oa", "gpt-fake")]},
+            "rl429": {"targets": [t("oa", "r429-429", max_retries=1), t("an", "claude-fake")]},
+            "hang": {"targets": [t("oa", "h-hang", first_token_timeout_s=0.5), t("ge", "gemini-fake")]},
+            "cut": {"targets": [t("oa", "c-cut"), t("an", "claude-fake")]},
+            "cutonly": {"targets": [t("oa", "co-cut")]},
+            "stall": {"targets": [t("an", "s-stall", timeout_s=0.5)]},
+            "breaker": {"targets": [t("oa", "b-500"), t("oa", "gpt-fake")]},
+            "allfail": {"targets": [t("oa", "a-500"), t("an", "a-500")]},
+            "capped": {"targets": [t("oa", "gpt-fake")], "max_tokens_cap": 2},
+            "local": {"targets": [t("local", "tiny"), t("oa", "gpt-fake")], "spillover_when_cold": True},
+            "localcut": {"targets": [t("local", "tiny-cut"), t("oa", "gpt-fake")]},
+        },
+        "keys": [
+            {"id": "client", "sha256": _sha(CLIENT_KEY)},
+            {"id": "limited", "sha256": _sha(LIMITED_KEY), "routes": ["openai"]},
+        ],
+        # 4: the breaker must open in test_breaker_opens..., but not on routes whose tests (also
+        # other modules', e.g. test_client_gateway's fail500) count attempts after a few failures
+        "breaker": {"consecutive_failures": 4, "cooldown_s": 300, "sync_interval_s": 0.2},
+        "retry": {"budget": 3, "backoff_base_s": 0.01, "backoff_max_s": 2.0},
+        "server": {"max_body_bytes": 65536, "admin_key_sha256": _sha(ADMIN_KEY)},
+    }
+
+
+@pytest.fixture(scope="session")
+def fake_providers():
+    srv = FakeServer(free_port()).start()
+    yield srv
+    srv.stop()
+
+
+_RAY: dict = {}
+
+
+@pytest.fixture(scope="session")
+def ray_gateway_session():
+    """Joins the session's Ray if another module started one, else starts (and stops) one."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        from ray import serve
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def serve_http_port() -> int:
+    """Start Serve on a free loopback port, or return the port of the Serve already running."""
+    import ray
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    try:
+        client = _get_global_client(raise_if_no_controller_running=False)
+    except Exception:
+        client = None
+    if client is None:
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+        client = _get_global_client()
+    return ray.get(client._controller.get_http_config.remote()).port
+
+
+@pytest.fixture(scope="session")
+def gateway(fake_providers, ray_gateway_session):
+    """The gateway deployed through Serve like users deploy it; yields its OpenAI base URL."""
+    from ray import serve
+    from serve_apps.gateway import build_app
+
+    port = serve_http_port()
+    app = build_app(gateway_config(fake_providers), overrides={"ray_actor_options": {"num_cpus": 0}})
+    serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX, blocking=False)
+    from ray._private.test_utils import wait_for_condition
+    wait_for_condition(lambda: serve.status().applications[APP_NAME].status == "RUNNING", timeout=120)
+    base = f"http://127.0.0.1:{port}{ROUTE_PREFIX}"
+    yield GatewayHandle(base=base, fake=fake_providers, port=port)
+    serve.delete(APP_NAME)
+
+
+class GatewayHandle:
+    def __init__(self, base: str, fake: FakeServer, port: int):
+        self.base, self.fake, self.port = base, fake, port
+        self.v1 = base + "/v1"
+
+    def client(self, key: str = CLIENT_KEY, **kw):
+        import openai
+        return openai.OpenAI(base_url=self.v1, api_key=key, max_retries=0, timeout=30, **kw)
+
+    def aclient(self, key: str = CLIENT_KEY, **kw):
+        import openai
+        return openai.AsyncOpenAI(base_url=self.v1, api_key=key, max_retries=0, timeout=30, **kw)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,88 @@
+"""Circuit breaker state machine with an injected clock."""
+from __future__ import annotations
+
+from gateway.breaker import CLOSED, HALF_OPEN, OPEN, BreakerSet
+from gateway.config import BreakerConfig
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def make(**kw):
+    clock = Clock()
+    return BreakerSet(BreakerConfig(**kw), clock), clock
+
+
+def test_opens_after_consecutive_failures_and_half_opens_after_cooldown():
+    bs, clock = make(consecutive_failures=3, cooldown_s=10)
+    for _ in range(2):
+        bs.record("t", False)
+    assert bs.state("t") == CLOSED and bs.allow("t")
+    bs.record("t", False)
+    assert bs.state("t") == OPEN and not bs.allow("t")
+    clock.t += 9.9
+    assert not bs.allow("t")
+    clock.t += 0.2
+    assert bs.state("t") == HALF_OPEN
+    assert bs.allow("t")            # the one probe
+    assert not bs.allow("t")        # everyone else waits for its result
+    bs.record("t", True)
+    assert bs.state("t") == CLOSED and bs.allow("t")
+
+
+def test_failed_probe_reopens_for_a_full_cooldown():
+    bs, clock = make(consecutive_failures=1, cooldown_s=5)
+    bs.record("t", False)
+    clock.t += 5
+    assert bs.allow("t")
+    bs.record("t", False)
+    assert bs.state("t") == OPEN
+    clock.t += 4.9
+    assert not bs.allow("t")
+
+
+def test_success_resets_consecutive_count():
+    bs, _ = make(consecutive_failures=3, min_requests=100)
+    for _ in range(10):
+        bs.record("t", False)
+        bs.record("t", False)
+        bs.record("t", True)
+    assert bs.state("t") == CLOSED
+
+
+def test_failure_ratio_opens_within_window_only():
+    bs, clock = make(consecutive_failures=100, failure_ratio=0.5, min_requests=10, window_s=30)
+    for i in range(9):
+        bs.record("t", i % 2 == 0)      # 4 failures / 9: below min_requests anyway
+    assert bs.state("t") == CLOSED
+    bs.record("t", False)               # 5/10 = 0.5
+    assert bs.state("t") == OPEN
+    bs2, clock2 = make(consecutive_failures=100, failure_ratio=0.5, min_requests=4, window_s=10)
+    bs2.record("t", False)
+    bs2.record("t", False)
+    clock2.t += 11                      # old failures leave the window
+    bs2.record("t", True)
+    bs2.record("t", True)
+    bs2.record("t", False)
+    assert bs2.state("t") == CLOSED     # 1/3 in window, below min_requests
+
+
+def test_targets_are_independent_and_sync_adopts_authority():
+    authority, aclock = make(consecutive_failures=2)
+    replica, rclock = make(consecutive_failures=2)
+    replica.record("a", False)
+    other, _ = make(consecutive_failures=2)
+    other.record("a", False)
+    authority.apply_events(replica.take_pending())
+    authority.apply_events(other.take_pending())
+    assert authority.state("a") == OPEN and authority.state("b") == CLOSED
+    # each replica saw one failure only; the shared view opens both
+    assert replica.state("a") == CLOSED
+    replica.adopt(authority.snapshot(), local_now=rclock(), remote_now=aclock())
+    assert replica.state("a") == OPEN and not replica.allow("a")
+    assert replica.take_pending() == []

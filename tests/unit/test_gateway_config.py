@@ -1,0 +1,93 @@
+"""gateway.yaml schema: strict keys, errors that name the bad key, cross-references checked."""
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import ConfigError, load_config, parse_config
+
+BASE = {
+    "providers": {"oa": {"type": "openai", "api_key_env": "OPENAI_API_KEY"},
+                  "local": {"type": "serve", "app": "tiny", "usd_per_hour": 1.5}},
+    "routes": {"fast": {"targets": [{"provider": "local", "model": "tiny"},
+                                    {"provider": "oa", "model": "gpt-4o-mini", "max_retries": 1}],
+                        "spillover_when_cold": True, "limits": {"rpm": 10}, "budget": {"usd_per_day": 5}}},
+    "keys": [{"id": "team-a", "sha256": "a" * 64, "routes": ["fast"], "limits": {"tpm": 1000}}],
+}
+
+
+def _with(path: str, value) -> dict:
+    import copy
+    cfg = copy.deepcopy(BASE)
+    node = cfg
+    *parents, last = path.split(".")
+    for p in parents:
+        node = node[int(p)] if p.isdigit() else node[p]
+    node[last] = value
+    return cfg
+
+
+def test_valid_config_parses_with_defaults():
+    cfg = parse_config(BASE)
+    assert cfg.providers["oa"].base_url == "https://api.openai.com/v1"
+    assert cfg.routes["fast"].targets[0].first_token_timeout_s == 30.0
+    assert cfg.routes["fast"].limits.rpm == 10
+    assert cfg.retry.budget == 3 and cfg.breaker.consecutive_failures == 5
+
+
+@pytest.mark.parametrize("path, value, expect", [
+    ("routes.fast.targets.0.timout_s", 3, "routes.fast.targets.0.timout_s: unknown key"),
+    ("providers.oa.api_key", "sk-x", "providers.oa.api_key: unknown key"),
+    ("routes.fast.limits.rps", 3, "routes.fast.limits.rps: unknown key"),
+    ("keys.0.budget", {"usd_per_week": 1}, "keys.0.budget.usd_per_week: unknown key"),
+    ("routes.fast.targets.0.timeout_s", "soon", "routes.fast.targets.0.timeout_s"),
+    ("providers.oa.type", "azure", "providers.oa.type"),
+])
+def test_errors_name_the_bad_key(path, value, expect):
+    with pytest.raises(ConfigError) as ei:
+        parse_config(_with(path, value))
+    msg = str(ei.value)
+    assert expect in msg
+    assert "\n" not in msg   # one line for the CLI
+
+
+def test_cross_references_are_checked():
+    with pytest.raises(ConfigError, match=r"routes\.fast\.targets\.1\.provider: unknown provider 'nope'"):
+        parse_config(_with("routes.fast.targets.1.provider", "nope"))
+    with pytest.raises(ConfigError, match=r"keys\.0\.routes: unknown route 'slow'"):
+        parse_config(_with("keys.0.routes", ["slow"]))
+    with pytest.raises(ConfigError, match="needs `base_url`"):
+        parse_config(_with("providers.oa", {"type": "openai_compatible"}))
+    with pytest.raises(ConfigError, match="needs `app`"):
+        parse_config(_with("providers.local", {"type": "serve"}))
+
+
+def test_load_config_yaml_errors_are_one_line(tmp_path):
+    p = tmp_path / "gateway.yaml"
+    p.write_text("providers: [\n  unclosed")
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    assert str(p) in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_example_config_ships_valid():
+    from pathlib import Path
+    cfg = load_config(Path(__file__).resolve().parents[2] / "serve_apps/configs/gateway-example.yaml")
+    assert cfg.routes and cfg.providers
+
+
+def test_gateway_serve_config_points_at_a_valid_gateway_yaml():
+    """serve_apps/configs/gateway-serve.yaml: the gateway app's args and the gateway.yaml it names
+    validate, and the local provider names an app the same file deploys."""
+    from pathlib import Path
+
+    import yaml
+
+    configs = Path(__file__).resolve().parents[2] / "serve_apps" / "configs"
+    doc = yaml.safe_load((configs / "gateway-serve.yaml").read_text())
+    apps = {a["name"]: a for a in doc["applications"]}
+    gw = apps["gateway"]
+    assert gw["import_path"] == "serve_apps.gateway:app"
+    assert set(gw["args"]) <= {"config_path", "config", "deployment"}
+    cfg = load_config(configs / gw["args"]["config_path"])
+    local = [p.app for p in cfg.providers.values() if p.type == "serve"]
+    assert local and all(a in apps for a in local)

@@ -1,0 +1,130 @@
+"""serve_apps.llm args schema, deployment options, timeline and readiness board: pure logic."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.readiness import Board
+from serve_apps.llm_args import (
+    LLMAppArgs,
+    effective_engine_overrides,
+    expand_env,
+    first_boot_ref,
+    metrics_env,
+    placement_bundles,
+    server_deployment_options,
+)
+from serve_apps.llm_timeline import log_line, phases
+
+SNAP = "file:///data/snapshots/tiny/latest"
+
+
+def test_scale_to_zero_is_the_default_and_options_carry_it():
+    a = LLMAppArgs(served_model_id="tiny", snapshot_url=SNAP)
+    opts = server_deployment_options(a)
+    assert opts["autoscaling_config"]["min_replicas"] == 0
+    assert opts["autoscaling_config"]["initial_replicas"] == 0
+    assert opts["placement_group_strategy"] == "STRICT_PACK"
+    assert opts["placement_group_bundles"] == [{"CPU": 1.0}]
+    # no runtime_env in code: Serve would drop the app's env_vars for the deployment
+    assert "runtime_env" not in opts["ray_actor_options"]
+    assert metrics_env(a)["RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] == "0.25"
+
+
+def test_unknown_keys_are_rejected_with_their_name():
+    with pytest.raises(ValidationError, match="snapshot_uri"):
+        LLMAppArgs(served_model_id="tiny", snapshot_uri=SNAP)
+    with pytest.raises(ValidationError, match="min_replica"):
+        LLMAppArgs(served_model_id="tiny", snapshot_url=SNAP, autoscaling={"min_replica": 1})
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({}, "give snapshot_url, or both"),
+    ({"model_source": "/m"}, "give snapshot_url, or both"),
+    ({"snapshot_url": SNAP, "model_source": "/m", "snapshot_store": "file:///s"}, "not both"),
+    ({"snapshot_url": "snapshots/tiny/latest"}, "relative path"),
+    ({"snapshot_url": SNAP, "accelerator_type": "H100"}, "accelerator: gpu only"),
+    ({"snapshot_url": SNAP, "autoscaling": {"min_replicas": 3, "max_replicas": 2}}, "min_replicas"),
+])
+def test_invalid_combinations(kw, msg):
+    with pytest.raises(ValidationError, match=msg):
+        LLMAppArgs(served_model_id="tiny", **kw)
+
+
+def test_gpu_bundles_one_per_rank_with_accelerator_type():
+    a = LLMAppArgs(served_model_id="m", snapshot_url="s3://b/m/latest", tensor_parallel_size=4,
+                   accelerator="gpu", accelerator_type="H100", cpus_per_rank=2)
+    b = placement_bundles(a)
+    assert b == [{"CPU": 2.0, "GPU": 1.0, "accelerator_type:H100": 0.001}] * 4
+    # the replica actor in bundle 0 takes no GPU: vLLM's workers take one per bundle
+    assert server_deployment_options(a)["ray_actor_options"]["num_cpus"] == 0.0
+    # TP>1 never uses the (TP=1-only) warm pool
+    assert a.warm_pool_size == 0
+
+
+def test_env_expansion_with_defaults_and_errors():
+    env = {"DEMO": "/tmp/d"}
+    assert expand_env("${DEMO}/model", env) == "/tmp/d/model"
+    assert expand_env("${NOPE:-/tmp/x}/s", env) == "/tmp/x/s"
+    with pytest.raises(ValueError, match="NOPE is not set"):
+        expand_env("${NOPE}/s", env)
+
+
+def test_args_expand_env_from_the_environment(monkeypatch):
+    monkeypatch.setenv("THAWLINE_DEMO_DIR", "/tmp/demo-x")
+    a = LLMAppArgs(served_model_id="tiny", model_source="${THAWLINE_DEMO_DIR}/models/tiny",
+                   snapshot_store="file://${THAWLINE_DEMO_DIR}/snapshots")
+    assert a.model_source == "/tmp/demo-x/models/tiny"
+    assert a.snapshot_store == "file:///tmp/demo-x/snapshots"
+    assert a.first_boot
+
+
+def test_first_boot_ref_is_deterministic_per_source_and_tp():
+    kw = dict(served_model_id="org/Model 8B", model_source="/m", snapshot_store="file:///s")
+    name, sid = first_boot_ref(LLMAppArgs(**kw))
+    assert name == "org-Model-8B" and sid.startswith("firstboot-")
+    assert first_boot_ref(LLMAppArgs(**kw)) == (name, sid)
+    assert first_boot_ref(LLMAppArgs(**kw, tensor_parallel_size=2))[1] != sid
+    assert first_boot_ref(LLMAppArgs(**{**kw, "model_source": "/other"}))[1] != sid
+
+
+def test_timeline_phases_and_log_line():
+    marks = {"request": 100.0, "process_start": 100.5, "init_start": 101.0, "imports_done": 101.25,
+             "restore_done": 101.5, "engine_ready": 103.0, "first_token": 103.5}
+    ph = phases(marks)
+    assert ph == {"serve_scheduling": 0.5, "worker_start": 0.5, "imports": 0.25, "restore": 0.25,
+                  "engine_init": 1.5, "first_token": 0.5, "total": 3.5}
+    line = json.loads(log_line("tiny", "r1", marks, host="warm_pool"))
+    assert line["event"] == "thawline.cold_start" and line["phases_s"]["total"] == 3.5
+    # a replica already starting before the request: early phases clamp to 0, total stays true
+    early = {**marks, "process_start": 90.0, "request": 100.0}
+    assert phases(early)["serve_scheduling"] == 0.0
+
+
+def test_readiness_board_states_and_replica_seconds():
+    now = [0.0]
+    b = Board(clock=lambda: now[0])
+    assert b.get("tiny") == {"state": "cold", "warm_replicas": 0, "replica_seconds": 0.0}
+    b.report("tiny", "r1", "starting")
+    now[0] = 2.0
+    assert b.get("tiny")["state"] == "warming"
+    b.report("tiny", "r1", "warm")
+    now[0] = 5.0
+    assert b.get("tiny") == {"state": "warm", "warm_replicas": 1, "replica_seconds": 5.0}
+    b.report("tiny", "r1", "stopped")
+    now[0] = 100.0
+    assert b.get("tiny") == {"state": "cold", "warm_replicas": 0, "replica_seconds": 5.0}
+    with pytest.raises(ValueError, match="state must be one of"):
+        b.report("tiny", "r1", "hot")
+
+
+def test_executor_backend_never_ray_on_cpu_and_user_choice_wins():
+    cpu2 = LLMAppArgs(served_model_id="t", snapshot_url=SNAP, tensor_parallel_size=2,
+                      engine_overrides={"max_model_len": 256})
+    assert effective_engine_overrides(cpu2) == {"distributed_executor_backend": "mp", "max_model_len": 256}
+    assert "distributed_executor_backend" not in effective_engine_overrides(LLMAppArgs(served_model_id="t", snapshot_url=SNAP))
+    gpu = LLMAppArgs(served_model_id="t", snapshot_url=SNAP, accelerator="gpu",
+                     engine_overrides={"distributed_executor_backend": "mp"})
+    assert effective_engine_overrides(gpu)["distributed_executor_backend"] == "mp"

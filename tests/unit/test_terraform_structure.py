@@ -1,0 +1,183 @@
+"""Structure of infra/terraform without the terraform binary (no network here): every .tf file is
+parsed with python-hcl2 and the security properties the README promises are asserted."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import hcl2
+import pytest
+
+from cluster.config import find_placeholders, load_cluster_config
+
+REPO = Path(__file__).resolve().parents[2]
+TF_DIR = REPO / "infra" / "terraform"
+OPEN_CIDRS = {"0.0.0.0/0", "::/0"}
+
+
+def _norm(node):
+    """python-hcl2 keeps HCL's quotes on strings and marks blocks; strip both for plain data."""
+    if isinstance(node, dict):
+        return {_norm(k): _norm(v) for k, v in node.items() if k != "__is_block__"}
+    if isinstance(node, list):
+        return [_norm(v) for v in node]
+    if isinstance(node, str) and len(node) >= 2 and node[0] == node[-1] == '"':
+        return node[1:-1]
+    return node
+
+
+@pytest.fixture(scope="module")
+def tf():
+    files = sorted(TF_DIR.glob("*.tf"))
+    assert files, f"no .tf files in {TF_DIR}"
+    merged = {"resource": {}, "data": {}, "variable": {}, "output": {}, "locals": {}}
+    for path in files:
+        with path.open() as f:
+            parsed = _norm(hcl2.load(f))
+        for kind in ("resource", "data"):
+            for entry in parsed.get(kind, []):
+                for rtype, named in entry.items():
+                    for name, body in named.items():
+                        assert name not in merged[kind].setdefault(rtype, {}), f"duplicate {kind} {rtype}.{name}"
+                        merged[kind][rtype][name] = body
+        for kind in ("variable", "output"):
+            for entry in parsed.get(kind, []):
+                merged[kind].update(entry)
+        for entry in parsed.get("locals", []):
+            merged["locals"].update(entry)
+    merged["text"] = "\n".join(p.read_text() for p in files)
+    return merged
+
+
+def _blocks(value):
+    return value if isinstance(value, list) else [value]
+
+
+def test_required_resources_present(tf):
+    res = tf["resource"]
+    for rtype, name in [
+        ("aws_vpc", "this"), ("aws_subnet", "public"), ("aws_subnet", "private"),
+        ("aws_security_group", "ray_nodes"), ("aws_s3_bucket", "snapshots"),
+        ("aws_s3_bucket_versioning", "snapshots"), ("aws_s3_bucket_public_access_block", "snapshots"),
+        ("aws_s3_bucket_server_side_encryption_configuration", "snapshots"),
+        ("aws_s3_bucket_lifecycle_configuration", "snapshots"),
+        ("aws_iam_role", "ray_head"), ("aws_iam_role", "ray_worker"),
+        ("aws_iam_instance_profile", "ray_head"), ("aws_iam_instance_profile", "ray_worker"),
+    ]:
+        assert name in res.get(rtype, {}), f"missing resource {rtype}.{name}"
+
+
+def test_no_ingress_from_the_whole_internet(tf):
+    res = tf["resource"]
+    ingresses = [rule for sg in res.get("aws_security_group", {}).values() for rule in _blocks(sg.get("ingress", []))]
+    ingresses += [r for r in res.get("aws_security_group_rule", {}).values() if r.get("type") == "ingress"]
+    ingresses += list(res.get("aws_vpc_security_group_ingress_rule", {}).values())
+    assert ingresses
+    for rule in ingresses:
+        cidrs = _blocks(rule.get("cidr_blocks", [])) + _blocks(rule.get("ipv6_cidr_blocks", []))
+        cidrs += [rule.get("cidr_ipv4"), rule.get("cidr_ipv6")]
+        assert not OPEN_CIDRS & set(filter(None, cidrs)), f"ingress open to the internet: {rule}"
+        # Either node-to-node inside the group, or from the admin allowlist variable.
+        assert rule.get("self") is True or rule.get("cidr_blocks") == "${var.admin_cidr_blocks}", rule
+
+
+def test_ssh_and_dashboard_only_from_allowlist_and_allowlist_rejects_open_cidrs(tf):
+    sg = tf["resource"]["aws_security_group"]["ray_nodes"]
+    by_port = {r["from_port"]: r for r in _blocks(sg["ingress"]) if r.get("protocol") == "tcp"}
+    assert by_port[22]["cidr_blocks"] == "${var.admin_cidr_blocks}"
+    assert by_port["${var.dashboard_port}"]["cidr_blocks"] == "${var.admin_cidr_blocks}"
+    # Ray's own ports are never opened to a CIDR: only the self-referencing rule covers them.
+    assert [r for r in _blocks(sg["ingress"]) if r.get("self")] and all(p in (22, "${var.dashboard_port}") for p in by_port)
+    admin = tf["variable"]["admin_cidr_blocks"]
+    assert "default" not in admin, "the allowlist must be chosen by the operator"
+    conditions = " ".join(v["condition"] for v in _blocks(admin["validation"]))
+    assert "0.0.0.0/0" in conditions and "::/0" in conditions
+
+
+def test_snapshot_bucket_encrypted_versioned_private_with_lifecycle(tf):
+    res = tf["resource"]
+    sse = res["aws_s3_bucket_server_side_encryption_configuration"]["snapshots"]
+    default = _blocks(_blocks(sse["rule"])[0]["apply_server_side_encryption_by_default"])[0]
+    assert default["sse_algorithm"] == "aws:kms"
+    assert default["kms_master_key_id"] == "${aws_kms_key.thawline.arn}"
+    assert res["aws_kms_key"]["thawline"]["enable_key_rotation"] is True
+
+    pab = res["aws_s3_bucket_public_access_block"]["snapshots"]
+    for flag in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"):
+        assert pab[flag] is True, flag
+    assert pab["bucket"] == "${aws_s3_bucket.snapshots.id}"
+
+    versioning = res["aws_s3_bucket_versioning"]["snapshots"]
+    assert _blocks(versioning["versioning_configuration"])[0]["status"] == "Enabled"
+
+    rules = _blocks(res["aws_s3_bucket_lifecycle_configuration"]["snapshots"]["rule"])
+    assert all(r["status"] == "Enabled" for r in rules)
+    assert any("noncurrent_version_expiration" in r for r in rules), "old snapshot versions must expire"
+    assert any("abort_incomplete_multipart_upload" in r for r in rules)
+
+
+def _statements(doc):
+    return _blocks(doc.get("statement", []))
+
+
+def test_node_roles_reach_only_the_snapshot_bucket(tf):
+    docs = tf["data"]["aws_iam_policy_document"]
+    policies = tf["resource"]["aws_iam_role_policy"]
+    attached = {(p["role"], p["policy"]) for p in policies.values()}
+    # Both node roles carry the snapshot policy; no managed policies are attached.
+    for role in ("ray_head", "ray_worker"):
+        assert (f"${{aws_iam_role.{role}.id}}", "${data.aws_iam_policy_document.snapshot_access.json}") in attached
+    assert "aws_iam_role_policy_attachment" not in tf["resource"]
+
+    bucket_refs = ("${aws_s3_bucket.snapshots.arn}", "${aws_s3_bucket.snapshots.arn}/*")
+    for doc_name, doc in docs.items():
+        for st in _statements(doc):
+            actions = st.get("actions", [])
+            s3_actions = [a for a in actions if a.startswith("s3:")]
+            if not s3_actions or st.get("effect") == "Deny":
+                continue
+            assert "s3:*" not in s3_actions, f"{doc_name}: s3:* is not least privilege"
+            assert st["resources"] and all(r in bucket_refs for r in st["resources"]), f"{doc_name}/{st.get('sid')}: S3 actions must be scoped to the snapshot bucket, got {st['resources']}"
+    kms = [st for st in _statements(docs["snapshot_access"]) if any(a.startswith("kms:") for a in st["actions"])]
+    assert kms and all(st["resources"] == ["${aws_kms_key.thawline.arn}"] for st in kms)
+
+
+def test_head_may_only_terminate_its_own_cluster_and_pass_the_worker_role(tf):
+    statements = {st["sid"]: st for st in _statements(tf["data"]["aws_iam_policy_document"]["autoscaler"])}
+    manage = statements["ManageOwnWorkers"]
+    assert "ec2:TerminateInstances" in manage["actions"]
+    cond = _blocks(manage["condition"])[0]
+    assert cond["variable"] == "aws:ResourceTag/ray-cluster-name" and cond["values"] == ["${var.cluster_name}"]
+    assert statements["PassWorkerRole"]["resources"] == ["${aws_iam_role.ray_worker.arn}"]
+    star = [st["sid"] for st in statements.values() if "*" in _blocks(st["resources"])]
+    assert star == ["DescribeForAutoscaler"], "only Describe* (no resource-level support) may use '*'"
+    assert all(a.startswith("ec2:Describe") for a in statements["DescribeForAutoscaler"]["actions"])
+    # Workers launch only into this VPC's private subnets, with this cluster's security group.
+    launch = statements["LaunchWorkers"]["resources"]
+    assert "aws_subnet.private[*].arn" in launch and "aws_security_group.ray_nodes.arn" in launch
+
+
+def test_variables_and_outputs_are_described(tf):
+    for kind in ("variable", "output"):
+        for name, body in tf[kind].items():
+            assert body.get("description", "").strip(), f"{kind} {name} has no description"
+
+
+def test_aws_cluster_yaml_consumes_only_existing_outputs(tf):
+    wanted = find_placeholders(load_cluster_config(REPO / "cluster" / "aws-gpu.yaml"))
+    assert {"ray_head_instance_profile_arn", "ray_worker_instance_profile_arn", "private_subnet_ids"} <= wanted
+    missing = wanted - set(tf["output"])
+    assert not missing, f"cluster/aws-gpu.yaml uses terraform outputs that do not exist: {missing}"
+
+
+def test_every_reference_is_declared(tf):
+    """No terraform binary here to catch a typo'd reference, so check them by hand."""
+    text = re.sub(r"#.*", "", tf["text"])
+    for name in set(re.findall(r"\bvar\.([a-z0-9_]+)", text)):
+        assert name in tf["variable"], f"undeclared variable var.{name}"
+    for name in set(re.findall(r"\blocal\.([a-z0-9_]+)", text)):
+        assert name in tf["locals"], f"undeclared local.{name}"
+    for rtype, name in set(re.findall(r"\bdata\.([a-z0-9_]+)\.([a-z0-9_]+)", text)):
+        assert name in tf["data"].get(rtype, {}), f"undeclared data.{rtype}.{name}"
+    for rtype, name in set(re.findall(r"(?<![.\w])(aws_[a-z0-9_]+)\.([a-z0-9_]+)\b", text)):
+        assert name in tf["resource"].get(rtype, {}), f"undeclared resource {rtype}.{name}"
