@@ -139,10 +139,14 @@ def main() -> int:
     print("making the tiny model's engine snapshot ...", flush=True)
     hf, snap = make_snapshot(a.workdir)
 
+    import logging
+
     import ray
     from ray import serve
 
     from serve_apps.llm_deploy import RAY_ENV
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the table
     from tests.conftest import free_port
 
     os.environ.update(RAY_ENV)

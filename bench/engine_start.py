@@ -102,6 +102,10 @@ def _run(spec: dict, env_extra: dict, timeout: float = 1200) -> tuple[dict, str]
             pass
     wall = time.perf_counter() - t0
     log = stdout + stderr
+    # Keep each child's log for the analysis in RESULTS.md (where the seconds went).
+    logs = BENCH_DIR / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / f"engine_start-{spec['mode']}-tp{spec.get('tp', 1)}.log").write_text(log)
     lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"child {spec['mode']} tp={spec.get('tp')} failed (exit {proc.returncode}):\n{log[-3000:]}")

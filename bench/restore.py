@@ -210,25 +210,34 @@ def main() -> int:
     other = next(a for a in hostbuf.STRATEGIES if a != alloc)
     samples: dict[str, list[float]] = {"thawline": [], "thawline+verify": [], "raw read": [],
                                        f"raw read, {other} buf": [], "safetensors": []}
-    rank_bytes = {}
+    def run_thawline(rank, verify):
+        res = restore(url, rank, verify=verify, threads=threads)
+        assert res.timings.bytes == rank_bytes[rank]  # all of the rank's bytes were read in
+
+    def run_raw(rank, how):
+        assert raw_read(rank_files[rank], threads, how) == rank_bytes[rank]
+
+    rank_files = {rank: [(Path(r.path) / p.path, p.nbytes) for p in meta.ranks[rank].parts] for rank in range(args.tp)}
+    rank_bytes = {rank: sum(n for _, n in files) for rank, files in rank_files.items()}
+    contenders = [
+        ("thawline", lambda rank: run_thawline(rank, False)),
+        ("thawline+verify", lambda rank: run_thawline(rank, True)),
+        ("raw read", lambda rank: run_raw(rank, alloc)),
+        (f"raw read, {other} buf", lambda rank: run_raw(rank, other)),
+        ("safetensors", lambda rank: naive_safetensors(model_dir, args.tp, rank)),
+    ]
+    step = 0
     for _ in range(args.reps):
-        for rank in range(args.tp):  # interleaved, so machine noise hits every contender alike
-            files = [(Path(r.path) / p.path, p.nbytes) for p in meta.ranks[rank].parts]
-            rank_bytes[rank] = sum(n for _, n in files)
-            t, res = timed(lambda: restore(url, rank, verify=False, threads=threads))
-            assert res.timings.bytes == rank_bytes[rank]
-            samples["thawline"].append(t)
-            del res
-            t, res = timed(lambda: restore(url, rank, verify=True, threads=threads))
-            samples["thawline+verify"].append(t)
-            del res
-            t, n = timed(lambda: raw_read(files, threads, alloc))
-            assert n == rank_bytes[rank]
-            samples["raw read"].append(t)
-            t, _ = timed(lambda: raw_read(files, threads, other))
-            samples[f"raw read, {other} buf"].append(t)
-            t, _ = timed(lambda: naive_safetensors(model_dir, args.tp, rank))
-            samples["safetensors"].append(t)
+        for rank in range(args.tp):
+            # Interleaved, and the order rotates every round: on this VM a fresh buffer's cost depends
+            # on what ran just before it (recently freed memory), so no contender may always follow
+            # the same one.
+            order = contenders[step % len(contenders):] + contenders[:step % len(contenders)]
+            step += 1
+            for name, fn in order:
+                t0 = time.perf_counter()
+                fn(rank)
+                samples[name].append(time.perf_counter() - t0)
 
     nbytes = rank_bytes[0]
     med = {k: statistics.median(v) for k, v in samples.items()}

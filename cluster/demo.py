@@ -49,9 +49,10 @@ def serving_engine_args() -> dict:
     return {k: o[k] for k in ("dtype", "max_model_len") if k in o}
 
 
-def engine_snapshot(hf_dir: Path, store_url: str, tp: int, engine_args: dict) -> str:
-    """`thawline snapshot create --engine vllm` in a subprocess, exactly as an operator runs it:
-    boots vLLM once at the target TP degree, dumps every worker's own shard + engine state."""
+def start_engine_snapshot(hf_dir: Path, store_url: str, tp: int, engine_args: dict, log_dir: Path):
+    """Start `thawline snapshot create --engine vllm` in a subprocess, exactly as an operator runs
+    it: vLLM boots once at the target TP degree and every worker dumps its own shard + the engine
+    state. It runs in the background while Ray starts (output to files: vLLM logs a lot)."""
     cmd = [sys.executable, "-m", "cluster.cli.main", "snapshot", "create", str(hf_dir), "--tp", str(tp),
            "--store", store_url, "--name", "tiny", "--engine", "vllm"]
     if "dtype" in engine_args:
@@ -61,11 +62,25 @@ def engine_snapshot(hf_dir: Path, store_url: str, tp: int, engine_args: dict) ->
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     if tp == 2:
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0|1")
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    if proc.returncode != 0 or not lines or "://" not in lines[-1]:
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"snapshot create failed (exit {proc.returncode}): {tail}")
+    out, err = (log_dir / "snapshot-create.out").open("w"), (log_dir / "snapshot-create.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=err, text=True)
+    out.close()
+    err.close()
+    return proc
+
+
+def finish_engine_snapshot(proc, log_dir: Path, timeout_s: float = 600) -> str:
+    """Wait for the snapshot subprocess; its URL is the last stdout line."""
+    try:
+        code = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+        raise RuntimeError(f"snapshot create took over {timeout_s:.0f}s (log: {log_dir / 'snapshot-create.log'})")
+    lines = [ln for ln in (log_dir / "snapshot-create.out").read_text().splitlines() if ln.strip()]
+    if code != 0 or not lines or "://" not in lines[-1]:
+        errs = (log_dir / "snapshot-create.log").read_text().strip().splitlines() or ["(no output)"]
+        raise RuntimeError(f"snapshot create failed (exit {code}): {errs[-1]} (log: {log_dir / 'snapshot-create.log'})")
     return lines[-1].strip()
 
 
@@ -101,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from rich.markup import escape
 
-    from cluster.demo_ui import Steps, console, note
+    from cluster.demo_ui import Steps, console
 
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -141,40 +156,42 @@ def serving_half(args, steps, work: Path, hf_dir: Path, store_url: str) -> None:
     from cluster.demo_ui import console, note
     from gateway.client import Client
 
-    with steps.step(f"Snapshot through the engine path (vLLM boots once at TP={args.serve_tp})"):
-        engine_args = serving_engine_args()
-        earlier = None if args.fresh_snapshot else reusable_engine_snapshot(store_url, args.serve_tp,
-                                                                            engine_args.get("dtype"))
-        try:
-            if earlier:
-                # A snapshot is made once and restored by every later cold start: a rerun of the
-                # demo reuses the one it made before (the engine boot is the slow part here).
-                snap_url = earlier
-                note("reusing the engine snapshot an earlier run made (--fresh-snapshot makes a new one)")
-            else:
-                snap_url = engine_snapshot(hf_dir, store_url, args.serve_tp, engine_args)
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            # Degrade, visibly: serve the offline split instead (same format, no engine state, so
-            # the cold start profiles memory itself) and say why.
-            from cluster.demo_snapshot import offline_snapshot
-
-            console.print(f"  [yellow]engine snapshot unavailable[/]: {escape(str(exc))}")
-            snap_url = offline_snapshot(hf_dir, store_url, name="tiny", tp=args.serve_tp)
-            note("serving the offline (--engine none) snapshot instead")
-        note(snap_url)
-
     st.demo_env()
     sys.path.insert(0, str(REPO_ROOT))  # tests/fakes is a source-checkout module
     from tests.fakes.providers import FakeServer
 
+    engine_args = serving_engine_args()
+    earlier = None if args.fresh_snapshot else reusable_engine_snapshot(store_url, args.serve_tp,
+                                                                        engine_args.get("dtype"))
+    proc = None if earlier else start_engine_snapshot(hf_dir, store_url, args.serve_tp, engine_args, work)
     fake = None
     ray_started = False
     try:
-        with steps.step("Start a local Ray and a loopback FAKE hosted provider"):
+        with steps.step("Start a local Ray and a loopback FAKE hosted provider"
+                        + ("" if earlier else " (the engine snapshot is made meanwhile)")):
             fake = FakeServer(st.free_port()).start()
             ray_info = st.start_ray()
             ray_started = True
             note(f"Ray dashboard {ray_info.dashboard_url}; fake OpenAI-style provider {fake.openai_url} (not a real API)")
+
+        with steps.step(f"Snapshot through the engine path (vLLM boots once at TP={args.serve_tp})"):
+            try:
+                if earlier:
+                    # A snapshot is made once and restored by every later cold start: a rerun of
+                    # the demo reuses the one it made before (the engine boot is the slow part).
+                    snap_url = earlier
+                    note("reusing the engine snapshot an earlier run made (--fresh-snapshot makes a new one)")
+                else:
+                    snap_url = finish_engine_snapshot(proc, work)
+            except RuntimeError as exc:
+                # Degrade, visibly: serve the offline split instead (same format, no engine state,
+                # so the cold start profiles memory itself) and say why.
+                from cluster.demo_snapshot import offline_snapshot
+
+                console.print(f"  [yellow]engine snapshot unavailable[/]: {escape(str(exc))}")
+                snap_url = offline_snapshot(hf_dir, store_url, name="tiny", tp=args.serve_tp)
+                note("serving the offline (--engine none) snapshot instead")
+            note(snap_url)
 
         http_port = st.free_port()
         base_url = f"http://127.0.0.1:{http_port}/v1"
@@ -203,6 +220,9 @@ def serving_half(args, steps, work: Path, hf_dir: Path, store_url: str) -> None:
         steps.soft("Cost ledger", s.ledger, client, st.ADMIN_KEY)
         client.close()
     finally:
+        if proc is not None and proc.poll() is None:  # interrupted before the snapshot finished
+            proc.kill()
+            proc.wait(timeout=30)
         with steps.step("Stop Ray"):
             if ray_started:
                 st.stop_ray()

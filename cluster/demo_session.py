@@ -191,15 +191,25 @@ def rate_limited_burst(base_url: str, api_key: str, n: int = 12) -> tuple[int, i
     return len(ok), len(limited)
 
 
-def ledger(client: Client, admin_key: str) -> float:
+def ledger(client: Client, admin_key: str, expect_routes: tuple[str, ...] = (MODEL, "resilient", "burst"),
+           wait_s: float = 15.0) -> float:
+    """The ledger by route and by target. Replicas hand their rows to the shared ledger actor
+    periodically, so wait (bounded) until every route the session used shows up."""
     from cluster.cli.ops import usage_table
 
-    total = 0.0
-    for group in ("route", "target"):
-        report = client.usage(group_by=group, admin_key=admin_key)
-        console.print(usage_table(report.data, group))
-        total = report.total_usd
-    return total
+    deadline = time.monotonic() + wait_s
+    while True:
+        report = client.usage(group_by="route", admin_key=admin_key)
+        missing = set(expect_routes) - {r.get("group") for r in report.data}
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    console.print(usage_table(report.data, "route"))
+    if missing:
+        note(f"not in the ledger yet after {wait_s:.0f}s: {', '.join(sorted(missing))}")
+    by_target = client.usage(group_by="target", admin_key=admin_key)
+    console.print(usage_table(by_target.data, "target"))
+    return by_target.total_usd
 
 
 def openai_sdk(base_url: str, api_key: str) -> str:

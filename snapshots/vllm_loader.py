@@ -149,28 +149,37 @@ class ThawlineLoader(BaseModelLoader):
         check_engine_version(meta.engine.version, vllm.__version__, allow_mismatch=self.options.allow_version_mismatch, where=where)
 
         t0 = time.perf_counter()
-        restored = restore(resolved.url, rank, verify=self.options.verify, use_cache=self.options.use_cache)
         params = dict(model.named_parameters())
-        check_parameters(
-            {n: (tuple(p.shape), _dtype_name(p)) for n, p in params.items()},
-            {n: (tuple(t.shape), _dtype_name(t)) for n, t in restored.tensors.items()},
-            rank=rank,
-            where=where,
-        )
-        with torch.no_grad():
-            for name, tensor in restored.tensors.items():
-                # copy_, not assignment: on CPU process_weights_after_loading repacks and drops most
-                # parameters, and assigned views would pin the whole restore buffer for the engine's life.
-                params[name].data.copy_(tensor, non_blocking=True)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t1 = time.perf_counter()
-        logger.info(
-            "thawline: rank %d restored %.1f MB from %s in %.3f s (read %.3f s, verify %.3f s, fetch %.3f s, copy %.3f s)",
-            rank, restored.timings.tensor_bytes / 1e6, where, t1 - t0, restored.timings.read_s,
-            restored.timings.verify_s, restored.timings.fetch_s, t1 - t0 - restored.timings.seconds,
-        )
+        expected = {n: (tuple(p.shape), _dtype_name(p)) for n, p in params.items()}
         rows = store.read_manifest(resolved)
+        local = self._local_snapshot(store, resolved, rank)
+        if local is not None and all(p.device.type == "cpu" and p.data.is_contiguous() for p in params.values()):
+            # Host-resident parameters (CPU engines): read the rank's bytes from the local (or
+            # node-cached) part files straight into vLLM's parameter storage. One copy, no staging
+            # buffer: restore()+copy_ would touch every byte twice and fault in a second
+            # rank-sized buffer, which doubled the weight phase in bench/engine_start.py.
+            mine_rows = [r for r in rows if r.rank == rank]
+            check_parameters(expected, {r.name: (tuple(r.shape), r.dtype) for r in mine_rows}, rank=rank, where=where)
+            nbytes = _read_into(local, mine_rows, params, rank=rank, verify=self.options.verify)
+            how = "read into parameters"
+        else:
+            # Device parameters: the restore engine (pinned host buffer, one H2D copy per rank).
+            device = next(iter(params.values())).device
+            restored = restore(resolved.url, rank, verify=self.options.verify, use_cache=self.options.use_cache,
+                               device=None if device.type == "cpu" else str(device))
+            check_parameters(expected, {n: (tuple(t.shape), _dtype_name(t)) for n, t in restored.tensors.items()},
+                             rank=rank, where=where)
+            with torch.no_grad():
+                for name, tensor in restored.tensors.items():
+                    # copy_, not assignment: on CPU process_weights_after_loading repacks and drops
+                    # most parameters, and views would pin the whole restore buffer.
+                    params[name].data.copy_(tensor, non_blocking=True)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            nbytes = restored.timings.tensor_bytes
+            how = "restore engine"
+        logger.info("thawline: rank %d restored %.1f MB from %s in %.3f s (%s, verify=%s)",
+                    rank, nbytes / 1e6, where, time.perf_counter() - t0, how, self.options.verify)
         mine = [(r.name, r.checksum) for r in rows if r.rank == rank]
         return {
             "snapshot": f"{resolved.model}/{resolved.snapshot_id}",
@@ -178,6 +187,58 @@ class ThawlineLoader(BaseModelLoader):
             "expected": rank_digests(rows, meta.tp_size),
             "error": None,
         }
+
+
+    def _local_snapshot(self, store, resolved, rank: int) -> str | None:
+        """Local directory holding this rank's part files: the snapshot itself on file://, else the
+        node-local cache copy (fetched once per node). None when the cache is turned off."""
+        if store.is_local:
+            return resolved.path
+        if not self.options.use_cache:
+            return None
+        from snapshots.cache import SnapshotCache
+
+        return str(SnapshotCache().fetch(resolved.url, ranks=[rank]).path)
+
+
+def _read_into(snap_dir: str, rows, params: dict, *, rank: int, verify: bool) -> int:
+    """preadv each tensor's bytes into its parameter, from a thread pool (preadv and xxh3 release
+    the GIL); with verify, re-hash what landed and name the first tensor that does not match."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from snapshots.checksum import checksum
+    from snapshots.errors import SnapshotCorrupt
+
+    fds: dict[str, int] = {}
+    try:
+        for row in rows:
+            if row.file not in fds:
+                try:
+                    fds[row.file] = os.open(os.path.join(snap_dir, row.file), os.O_RDONLY)
+                except FileNotFoundError:
+                    raise SnapshotCorrupt(f"rank {rank}: part file {row.file} is missing", rank=rank) from None
+
+        def one(row) -> int:
+            dest = memoryview(params[row.name].data.view(-1).view(torch.uint8).numpy())
+            got = 0
+            while got < row.nbytes:
+                n = os.preadv(fds[row.file], [dest[got:row.nbytes]], row.offset + got)
+                if n == 0:
+                    raise SnapshotCorrupt(f"rank {rank}: part file {row.file} is truncated inside tensor {row.name!r}",
+                                          rank=rank, tensor=row.name)
+                got += n
+            if verify and checksum(dest[:row.nbytes]) != row.checksum:
+                raise SnapshotCorrupt(f"checksum mismatch in rank {rank} tensor {row.name!r} ({row.file} @ {row.offset})",
+                                      rank=rank, tensor=row.name)
+            return row.nbytes
+
+        # Largest tensors first so the pool stays balanced.
+        ordered = sorted(rows, key=lambda r: -r.nbytes)
+        with ThreadPoolExecutor(max_workers=max(2, min(os.cpu_count() or 2, 16))) as pool:
+            return sum(pool.map(one, ordered))
+    finally:
+        for fd in fds.values():
+            os.close(fd)
 
 
 def _all_gather_tp(obj: dict) -> list[dict]:

@@ -2,8 +2,9 @@
 
 Not a conftest.py (so other packages' tests do not load it): gateway test modules import the
 fixtures they use, e.g. `from tests.integration.conftest_gateway import fake_providers, gateway`.
-The deployed gateway is cached process-wide, so every module that imports the fixture shares one
-Serve deployment (Serve start-up is the expensive part of these tests).
+The fake server and the deployed gateway are cached process-wide (`_SHARED`), so every module
+that imports the fixtures shares one of each (Serve start-up is the expensive part of these
+tests). Fake counters are shared too: assert on deltas, not totals.
 """
 from __future__ import annotations
 
@@ -60,7 +61,12 @@ def gateway_config(fake: FakeServer) -> dict:
             "openai": {"targets": [t("oa", "gpt-fake")]},
             "anthropic": {"targets": [t("an", "claude-fake")]},
             "gemini": {"targets": [t("ge", "gemini-fake")]},
+            # fail500/allfail are shared with other modules' tests (test_client_gateway); the
+            # retry500/dead copies are test_gateway_fallback's own, so breaker state one test
+            # leaves behind never changes another's attempt counts
             "fail500": {"targets": [t("oa", "f500-500", max_retries=1), t("oa", "gpt-fake")]},
+            "retry500": {"targets": [t("oa", "r500-500", max_retries=1), t("oa", "gpt-fake")]},
+            "dead": {"targets": [t("oa", "d-500"), t("an", "d-500")]},
             "rl429": {"targets": [t("oa", "r429-429", max_retries=1), t("an", "claude-fake")]},
             "hang": {"targets": [t("oa", "h-hang", first_token_timeout_s=0.5), t("ge", "gemini-fake")]},
             "cut": {"targets": [t("oa", "c-cut"), t("an", "claude-fake")]},
@@ -84,14 +90,22 @@ def gateway_config(fake: FakeServer) -> dict:
     }
 
 
+# Process-wide singletons: every test module that imports these fixtures gets its own (session-
+# scoped) FixtureDef, so without this each module would start its own fake server and redeploy
+# the gateway. The first fixture instance creates the object and tears it down at session end.
+_SHARED: dict = {}
+
+
 @pytest.fixture(scope="session")
-def fake_providers():
-    srv = FakeServer(free_port()).start()
-    yield srv
-    srv.stop()
+def fake_providers(request):
+    if "fake" not in _SHARED:
+        srv = _SHARED["fake"] = FakeServer(free_port()).start()
 
-
-_RAY: dict = {}
+        def stop():
+            _SHARED.pop("fake", None)
+            srv.stop()
+        request.addfinalizer(stop)
+    return _SHARED["fake"]
 
 
 @pytest.fixture(scope="session")
@@ -129,19 +143,26 @@ def serve_http_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def gateway(fake_providers, ray_gateway_session):
-    """The gateway deployed through Serve like users deploy it; yields its OpenAI base URL."""
+def gateway(fake_providers, ray_gateway_session, request):
+    """The gateway deployed through Serve like users deploy it (once per test process)."""
+    if "gateway" in _SHARED:
+        return _SHARED["gateway"]
     from ray import serve
+    from ray._private.test_utils import wait_for_condition
     from serve_apps.gateway import build_app
 
     port = serve_http_port()
     app = build_app(gateway_config(fake_providers), overrides={"ray_actor_options": {"num_cpus": 0}})
     serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX, blocking=False)
-    from ray._private.test_utils import wait_for_condition
     wait_for_condition(lambda: serve.status().applications[APP_NAME].status == "RUNNING", timeout=120)
-    base = f"http://127.0.0.1:{port}{ROUTE_PREFIX}"
-    yield GatewayHandle(base=base, fake=fake_providers, port=port)
-    serve.delete(APP_NAME)
+    handle = _SHARED["gateway"] = GatewayHandle(base=f"http://127.0.0.1:{port}{ROUTE_PREFIX}",
+                                                fake=fake_providers, port=port)
+
+    def delete():
+        _SHARED.pop("gateway", None)
+        serve.delete(APP_NAME)
+    request.addfinalizer(delete)
+    return handle
 
 
 class GatewayHandle:

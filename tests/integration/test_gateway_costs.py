@@ -51,7 +51,7 @@ def _deploy(fake, ledger_url: str, flush_s: float) -> tuple[str, str]:
     port = serve_http_port()
     name = unique("gw-costs")
     app = build_app(_config(fake, ledger_url, flush_s), overrides={
-        "ray_actor_options": {"num_cpus": 0, "runtime_env": {"env_vars": dict(PROVIDER_SECRETS)}}})
+        "ray_actor_options": {"num_cpus": 0}})
     serve.run(app, name=name, route_prefix=f"/{name}", blocking=False)
     wait_for_condition(lambda: serve.status().applications[name].status == "RUNNING", timeout=120)
     return name, f"http://127.0.0.1:{port}/{name}"

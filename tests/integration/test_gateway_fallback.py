@@ -26,12 +26,12 @@ def sse_raw(gw, body: dict) -> tuple[int, str]:
 
 def test_500_retries_then_falls_back(gateway):
     # counts are deltas: other modules share this gateway and its fakes (test_client_gateway too)
-    before = gateway.fake.state.count("openai", "f500-500")
-    raw = gateway.client().chat.completions.with_raw_response.create(model="fail500", messages=MSG)
+    before = gateway.fake.state.count("openai", "r500-500")
+    raw = gateway.client().chat.completions.with_raw_response.create(model="retry500", messages=MSG)
     assert raw.parse().choices[0].message.content == "Hello from fake openai!"
-    assert raw.headers["x-thawline-target"] == "fail500/1:oa/gpt-fake"
+    assert raw.headers["x-thawline-target"] == "retry500/1:oa/gpt-fake"
     assert raw.headers["x-thawline-attempts"] == "3"          # first try + 1 retry + fallback
-    assert gateway.fake.state.count("openai", "f500-500") - before == 2
+    assert gateway.fake.state.count("openai", "r500-500") - before == 2
 
 
 def test_429_honours_retry_after_then_falls_back(gateway):
@@ -104,7 +104,7 @@ def test_breaker_opens_and_skips_dead_target(gateway):
 
 def test_everything_failing_is_503_in_openai_shape(gateway):
     with pytest.raises(openai.InternalServerError) as ei:
-        gateway.client().chat.completions.with_raw_response.create(model="allfail", messages=MSG)
+        gateway.client().chat.completions.with_raw_response.create(model="dead", messages=MSG)
     e = ei.value
     assert e.status_code == 503 and e.body["code"] == "upstream_unavailable"
     assert e.response.headers["x-thawline-attempts"] == "2"

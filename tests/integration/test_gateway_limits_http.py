@@ -45,7 +45,7 @@ def gw(fake_providers, ray_gateway_session):
     name, route = unique("gw-limits"), unique("lim")
     app = build_app(_config(fake_providers, route), overrides={
         "num_replicas": 2,
-        "ray_actor_options": {"num_cpus": 0, "runtime_env": {"env_vars": dict(PROVIDER_SECRETS)}}})
+        "ray_actor_options": {"num_cpus": 0}})
     serve.run(app, name=name, route_prefix=f"/{name}", blocking=False)
     wait_for_condition(lambda: serve.status().applications[name].status == "RUNNING", timeout=120)
     yield f"http://127.0.0.1:{port}/{name}/v1", route

@@ -2,7 +2,6 @@
 the node cache scan, and bench argument pass-through. No Ray."""
 from __future__ import annotations
 
-import sys
 from datetime import datetime, timezone
 
 import pytest
