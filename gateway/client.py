@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, AsyncIterator, Generic, Iterable, Iterator, TypeVar
+from typing import Any, AsyncIterator, Generic, Iterable, Iterator, Self, TypeVar
 
 from pydantic import BaseModel
 
@@ -95,31 +95,46 @@ def _parse(model_cls: type[C], raw: RawResponse) -> C:
 
 # ---------------------------------------------------------------------------------- streams
 
-class Stream(Generic[C]):
-    """Iterator of typed chunks. After it is exhausted, `usage` holds the final usage (if sent)
-    and `meta` the response headers and time to first chunk. Close it (or use `with`) to stop early."""
+def _is_error(item: Any) -> bool:
+    return isinstance(item, dict) and "error" in item
 
-    def __init__(self, items: Iterator[Any], chunk_cls: type[C], meta: ResponseMeta, t0: float):
+
+class _StreamBase(Generic[C]):
+    # What Stream and AsyncStream share: turning one payload into a typed chunk. Fetching the
+    # next payload and closing on an error event are sync in one and awaited in the other.
+    # (Each subclass keeps its own __init__ only to name its kind of iterator.)
+    def __init__(self, items: Any, chunk_cls: type[C], meta: ResponseMeta, t0: float):
         self._items = items
         self._cls = chunk_cls
         self.meta = meta
         self._t0 = t0
         self.usage: Usage | None = None
 
-    def __iter__(self) -> Iterator[C]:
-        return self
-
-    def __next__(self) -> C:
-        item = next(self._items)
-        if isinstance(item, dict) and "error" in item:
-            self.close()
-            raise error_from_stream_event(item)
+    def _chunk(self, item: Any) -> C:
         if self.meta.first_chunk_s is None:
             self.meta.first_chunk_s = time.perf_counter() - self._t0
         chunk = self._cls.model_validate(item)
         if getattr(chunk, "usage", None) is not None:
             self.usage = chunk.usage
         return chunk
+
+
+class Stream(_StreamBase[C]):
+    """Iterator of typed chunks. After it is exhausted, `usage` holds the final usage (if sent)
+    and `meta` the response headers and time to first chunk. Close it (or use `with`) to stop early."""
+
+    def __init__(self, items: Iterator[Any], chunk_cls: type[C], meta: ResponseMeta, t0: float):
+        super().__init__(items, chunk_cls, meta, t0)
+
+    def __iter__(self) -> Iterator[C]:
+        return self
+
+    def __next__(self) -> C:
+        item = next(self._items)
+        if _is_error(item):
+            self.close()
+            raise error_from_stream_event(item)
+        return self._chunk(item)
 
     def text(self) -> str:
         """Drain the stream and return the concatenated text."""
@@ -137,28 +152,19 @@ class Stream(Generic[C]):
         self.close()
 
 
-class AsyncStream(Generic[C]):
+class AsyncStream(_StreamBase[C]):
     def __init__(self, items: AsyncIterator[Any], chunk_cls: type[C], meta: ResponseMeta, t0: float):
-        self._items = items
-        self._cls = chunk_cls
-        self.meta = meta
-        self._t0 = t0
-        self.usage: Usage | None = None
+        super().__init__(items, chunk_cls, meta, t0)
 
     def __aiter__(self) -> "AsyncStream[C]":
         return self
 
     async def __anext__(self) -> C:
         item = await self._items.__anext__()
-        if isinstance(item, dict) and "error" in item:
+        if _is_error(item):
             await self.aclose()
             raise error_from_stream_event(item)
-        if self.meta.first_chunk_s is None:
-            self.meta.first_chunk_s = time.perf_counter() - self._t0
-        chunk = self._cls.model_validate(item)
-        if getattr(chunk, "usage", None) is not None:
-            self.usage = chunk.usage
-        return chunk
+        return self._chunk(item)
 
     async def text(self) -> str:
         return "".join([c.text async for c in self])  # type: ignore[attr-defined]
@@ -178,29 +184,22 @@ class AsyncStream(Generic[C]):
 # ---------------------------------------------------------------------------------- clients
 
 class _Base:
-    def __init__(self, api_key: str | None):
-        self.api_key = api_key if api_key is not None else os.environ.get("THAWLINE_API_KEY")
-
-    def _headers(self, key: str | None = None) -> dict[str, str]:
-        key = key if key is not None else self.api_key
-        return {"authorization": f"Bearer {key}"} if key else {}
-
-
-class Client(_Base):
-    """Blocking client. `Client(base_url)` speaks HTTP; `Client(handle=h)` / `Client.from_app(name)`
-    calls the gateway deployment through Serve (only inside a Ray cluster)."""
+    # What Client and AsyncClient share: everything but the calls themselves, which are sync in
+    # one and coroutines in the other. Each names its pair of transports.
+    _http_transport: type
+    _handle_transport: type
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
                  handle: Any = None, timeout_s: float = DEFAULT_TIMEOUT_S):
-        super().__init__(api_key)
+        self.api_key = api_key if api_key is not None else os.environ.get("THAWLINE_API_KEY")
         if handle is not None:
-            self._t: Any = HandleTransport(handle)
+            self._t: Any = self._handle_transport(handle)
         else:
             url = base_url or os.environ.get("THAWLINE_BASE_URL") or DEFAULT_BASE_URL
-            self._t = HTTPTransport(normalize_base_url(url), timeout_s)
+            self._t = self._http_transport(normalize_base_url(url), timeout_s)
 
     @classmethod
-    def from_app(cls, app_name: str = "gateway", api_key: str | None = None) -> "Client":
+    def from_app(cls, app_name: str = "gateway", api_key: str | None = None) -> Self:
         from ray import serve  # only the in-cluster path needs Ray
 
         return cls(api_key=api_key, handle=serve.get_app_handle(app_name))
@@ -208,6 +207,21 @@ class Client(_Base):
     @property
     def base_url(self) -> str:
         return self._t.base_url
+
+    def _headers(self, key: str | None = None) -> dict[str, str]:
+        key = key if key is not None else self.api_key
+        return {"authorization": f"Bearer {key}"} if key else {}
+
+    def _admin_key(self, admin_key: str | None) -> str | None:
+        return admin_key if admin_key is not None else os.environ.get("THAWLINE_ADMIN_KEY", self.api_key)
+
+
+class Client(_Base):
+    """Blocking client. `Client(base_url)` speaks HTTP; `Client(handle=h)` / `Client.from_app(name)`
+    calls the gateway deployment through Serve (only inside a Ray cluster)."""
+
+    _http_transport = HTTPTransport
+    _handle_transport = HandleTransport
 
     def _stream(self, path: str, body: dict[str, Any], chunk_cls: type[C]) -> Stream[C]:
         t0 = time.perf_counter()
@@ -247,8 +261,8 @@ class Client(_Base):
               admin_key: str | None = None) -> UsageReport:
         """The cost ledger grouped by `key`, `route`, `model` or `target`, from `since` (ISO time or epoch s).
         Needs the admin key (`THAWLINE_ADMIN_KEY` if not given)."""
-        key = admin_key if admin_key is not None else os.environ.get("THAWLINE_ADMIN_KEY", self.api_key)
-        raw = self._t.send("GET", "/v1/usage", self._headers(key), None, usage_params(group_by, since))
+        raw = self._t.send("GET", "/v1/usage", self._headers(self._admin_key(admin_key)), None,
+                           usage_params(group_by, since))
         return _parse(UsageReport, raw)
 
     def close(self) -> None:
@@ -264,24 +278,8 @@ class Client(_Base):
 class AsyncClient(_Base):
     """The same API as `Client`, as coroutines; streams are `async for` iterators."""
 
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
-                 handle: Any = None, timeout_s: float = DEFAULT_TIMEOUT_S):
-        super().__init__(api_key)
-        if handle is not None:
-            self._t: Any = AsyncHandleTransport(handle)
-        else:
-            url = base_url or os.environ.get("THAWLINE_BASE_URL") or DEFAULT_BASE_URL
-            self._t = AsyncHTTPTransport(normalize_base_url(url), timeout_s)
-
-    @classmethod
-    def from_app(cls, app_name: str = "gateway", api_key: str | None = None) -> "AsyncClient":
-        from ray import serve
-
-        return cls(api_key=api_key, handle=serve.get_app_handle(app_name))
-
-    @property
-    def base_url(self) -> str:
-        return self._t.base_url
+    _http_transport = AsyncHTTPTransport
+    _handle_transport = AsyncHandleTransport
 
     async def _stream(self, path: str, body: dict[str, Any], chunk_cls: type[C]) -> AsyncStream[C]:
         t0 = time.perf_counter()
@@ -319,8 +317,8 @@ class AsyncClient(_Base):
 
     async def usage(self, *, group_by: str | None = None, since: str | float | None = None,
                     admin_key: str | None = None) -> UsageReport:
-        key = admin_key if admin_key is not None else os.environ.get("THAWLINE_ADMIN_KEY", self.api_key)
-        raw = await self._t.send("GET", "/v1/usage", self._headers(key), None, usage_params(group_by, since))
+        raw = await self._t.send("GET", "/v1/usage", self._headers(self._admin_key(admin_key)), None,
+                                 usage_params(group_by, since))
         return _parse(UsageReport, raw)
 
     async def close(self) -> None:

@@ -22,7 +22,7 @@ import json
 from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
-from gateway.client_sse import DONE, SSEParser, decode_event
+from gateway.client_sse import PayloadReader
 
 
 def _scope(request: dict[str, Any], body: bytes) -> dict[str, Any]:
@@ -121,7 +121,7 @@ async def stream_asgi(app: Any, request: dict[str, Any]) -> AsyncIterator[dict[s
                     chunks.append(msg.get("body", b""))
             yield {"status": status, "headers": headers, "body": _decode(b"".join(chunks))}
             return
-        parser = SSEParser()
+        reader = PayloadReader()
         pending = ""
         # incremental: a multi-byte character may be split across two body messages
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -131,19 +131,15 @@ async def stream_asgi(app: Any, request: dict[str, Any]) -> AsyncIterator[dict[s
             pending += utf8.decode(msg.get("body", b""))
             *lines, pending = pending.split("\n")
             for line in lines:
-                for ev in parser.feed_line(line):
-                    payload = decode_event(ev)
-                    if payload is DONE:
-                        return
+                for payload in reader.feed_line(line):
                     yield payload
+                if reader.done:
+                    return
+        # the body ended without [DONE]: its last line had no newline, then flush the parser
         for line in ([pending] if pending else []):
-            for ev in parser.feed_line(line):
-                payload = decode_event(ev)
-                if payload is not DONE:
-                    yield payload
-        for ev in parser.close():
-            payload = decode_event(ev)
-            if payload is not DONE:
+            for payload in reader.feed_line(line):
                 yield payload
+        for payload in reader.close():
+            yield payload
     finally:
         await run.close()

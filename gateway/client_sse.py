@@ -66,6 +66,35 @@ def decode_event(ev: SSEEvent) -> Any:
     return obj
 
 
+class PayloadReader:
+    """`SSEParser` + `decode_event` as the client transports read a stream: text lines in,
+    payloads out, and nothing more once `data: [DONE]` arrives (`done` tells the read loop
+    to stop). One piece for the sync HTTP, async HTTP and ASGI loops, which differ only in
+    how they get their lines."""
+
+    def __init__(self) -> None:
+        self._parser = SSEParser()
+        self.done = False
+
+    def feed_line(self, line: str) -> list[Any]:
+        return self._decode(self._parser.feed_line(line))
+
+    def close(self) -> list[Any]:
+        return self._decode(self._parser.close())
+
+    def _decode(self, events: list[SSEEvent]) -> list[Any]:
+        out: list[Any] = []
+        if self.done:
+            return out
+        for ev in events:
+            payload = decode_event(ev)
+            if payload is DONE:
+                self.done = True
+                break
+            out.append(payload)
+        return out
+
+
 def iter_sse_payloads(lines: Iterable[str]) -> Iterator[Any]:
     parser = SSEParser()
     for line in lines:

@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Iterator
 import httpx
 
 from gateway.client_errors import Unavailable
-from gateway.client_sse import DONE, SSEParser, decode_event
+from gateway.client_sse import PayloadReader
 
 
 @dataclass
@@ -78,17 +78,12 @@ class HTTPTransport:
                     yield RawResponse(resp.status_code, _lower(resp.headers), _json_or_text(resp))
                     return
                 yield RawResponse(resp.status_code, _lower(resp.headers))
-                parser = SSEParser()
+                reader = PayloadReader()
                 for line in resp.iter_lines():
-                    for ev in parser.feed_line(line):
-                        payload = decode_event(ev)
-                        if payload is DONE:
-                            return
-                        yield payload
-                for ev in parser.close():
-                    payload = decode_event(ev)
-                    if payload is not DONE:
-                        yield payload
+                    yield from reader.feed_line(line)
+                    if reader.done:
+                        return
+                yield from reader.close()
         except httpx.TransportError as exc:
             raise _unreachable(self.base_url, exc) from None
 
@@ -119,17 +114,14 @@ class AsyncHTTPTransport:
                     yield RawResponse(resp.status_code, _lower(resp.headers), _json_or_text(resp))
                     return
                 yield RawResponse(resp.status_code, _lower(resp.headers))
-                parser = SSEParser()
+                reader = PayloadReader()
                 async for line in resp.aiter_lines():
-                    for ev in parser.feed_line(line):
-                        payload = decode_event(ev)
-                        if payload is DONE:
-                            return
+                    for payload in reader.feed_line(line):
                         yield payload
-                for ev in parser.close():
-                    payload = decode_event(ev)
-                    if payload is not DONE:
-                        yield payload
+                    if reader.done:
+                        return
+                for payload in reader.close():
+                    yield payload
         except httpx.TransportError as exc:
             raise _unreachable(self.base_url, exc) from None
 

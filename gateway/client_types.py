@@ -51,13 +51,21 @@ class ChatChoice(_Open):
     finish_reason: str | None = None
 
 
-class ChatCompletion(_WithMeta):
+class _Envelope(_Open):
+    # The OpenAI envelope the four completion objects (chat and text, whole and chunk) share.
+    # Each subclass narrows `choices` and sets its own `object`; redefining a field keeps its
+    # place, so the field order (and so `model_dump()`) is the same as spelled out in full.
     id: str = ""
-    object: str = "chat.completion"
+    object: str = ""
     created: int = 0
     model: str = ""
-    choices: list[ChatChoice] = Field(default_factory=list)
+    choices: list[Any] = Field(default_factory=list)
     usage: Usage | None = None
+
+
+class ChatCompletion(_WithMeta, _Envelope):
+    object: str = "chat.completion"
+    choices: list[ChatChoice] = Field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -75,13 +83,9 @@ class ChatChunkChoice(_Open):
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(_Open):
-    id: str = ""
+class ChatCompletionChunk(_Envelope):
     object: str = "chat.completion.chunk"
-    created: int = 0
-    model: str = ""
     choices: list[ChatChunkChoice] = Field(default_factory=list)
-    usage: Usage | None = None
 
     @property
     def text(self) -> str:
@@ -94,26 +98,18 @@ class CompletionChoice(_Open):
     finish_reason: str | None = None
 
 
-class Completion(_WithMeta):
-    id: str = ""
+class Completion(_WithMeta, _Envelope):
     object: str = "text_completion"
-    created: int = 0
-    model: str = ""
     choices: list[CompletionChoice] = Field(default_factory=list)
-    usage: Usage | None = None
 
     @property
     def text(self) -> str:
         return self.choices[0].text if self.choices else ""
 
 
-class CompletionChunk(_Open):
-    id: str = ""
+class CompletionChunk(_Envelope):
     object: str = "text_completion"
-    created: int = 0
-    model: str = ""
     choices: list[CompletionChoice] = Field(default_factory=list)
-    usage: Usage | None = None
 
     @property
     def text(self) -> str:

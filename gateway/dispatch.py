@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from gateway.breaker import BreakerSet
 from gateway.config import RetryConfig
@@ -135,7 +135,13 @@ class Dispatcher:
         if self.metrics is not None:
             self.metrics.fallback(route.alias, target.id, f.reason)
 
-    async def call(self, route: CompiledRoute, endpoint: str, body: dict, trace: Trace) -> Response:
+    async def _walk(self, route: CompiledRoute, endpoint: str, trace: Trace, st: "_StreamState",
+                    attempt: Callable[[Target, Provider], Awaitable[Failure | None]]) -> None:
+        """Walks the route's chain, the one policy `call` and `stream` share: skip a target that
+        cannot serve, else `attempt` it; on a failure retry it, move to the next or give up, as
+        FallbackPlan decides. Returns after the first attempt that succeeds (`attempt` gives
+        None); raises the GatewayError for the last failure otherwise. `st.started` tells the
+        plan that a stream already sent output (a plain call's state never starts)."""
         plan = FallbackPlan(self.retry)
         order = route.order()
         last: Failure | None = None
@@ -149,55 +155,9 @@ class Dispatcher:
                 if f is None:
                     trace.attempts += 1
                     trace.target = target
-                    try:
-                        resp = await provider.call(endpoint, body, target)
-                    except ProviderError as e:
-                        f = e.failure
-                    except ValueError as e:   # a translation refused this request's shape
-                        raise BadRequest(str(e)) from None
-                    else:
-                        self._observe(target, None)
-                        trace.records.append(AttemptRecord(target, resp.usage, "ok"))
-                        return resp
-                    self._observe(target, f)
-                last = f
-                d = plan.decide(f, retries_done=retries, max_retries=target.cfg.max_retries, has_next=has_next)
-                if d.action == RETRY:
-                    retries += 1
-                    await asyncio.sleep(d.delay_s)
-                    continue
-                if d.action == NEXT:
-                    self._moved(route, target, f, trace)
-                    break
-                raise error_for(f, trace)
-        raise error_for(last, trace)
-
-    async def stream(self, route: CompiledRoute, endpoint: str, body: dict, sink: StreamSink,
-                     trace: Trace) -> None:
-        """Streams chunks into `sink`; usage per attempt lands in `trace.records`. Raises
-        GatewayError on failure; if the sink already started, the caller must end the stream
-        with an SSE error event."""
-        plan = FallbackPlan(self.retry)
-        order = route.order()
-        last: Failure | None = None
-        n = len(order)
-        st = _StreamState()
-        cur_body = body
-        for i, target in enumerate(order):
-            provider = self.providers[target.provider_name]
-            has_next = i + 1 < n
-            retries = 0
-            while True:
-                f = self._skip(route, target, provider, endpoint, has_next)
-                if f is None:
-                    trace.attempts += 1
-                    trace.target = target
-                    rec = AttemptRecord(target, None, "error")
-                    trace.records.append(rec)
-                    f = await self._stream_one(provider, target, endpoint, cur_body, sink, trace, rec, st)
+                    f = await attempt(target, provider)
                     self._observe(target, f)
                     if f is None:
-                        rec.status = "ok"
                         return
                 last = f
                 d = plan.decide(f, retries_done=retries, max_retries=target.cfg.max_retries, has_next=has_next,
@@ -208,11 +168,49 @@ class Dispatcher:
                     continue
                 if d.action == NEXT:
                     self._moved(route, target, f, trace)
-                    if st.started:
-                        cur_body = continuation_body(endpoint, body, "".join(st.partial), len(st.partial))
                     break
                 raise error_for(f, trace)
         raise error_for(last, trace)
+
+    async def call(self, route: CompiledRoute, endpoint: str, body: dict, trace: Trace) -> Response:
+        resp: Response | None = None
+
+        async def attempt(target: Target, provider: Provider) -> Failure | None:
+            nonlocal resp
+            try:
+                resp = await provider.call(endpoint, body, target)
+            except ProviderError as e:
+                return e.failure
+            except ValueError as e:   # a translation refused this request's shape
+                raise BadRequest(str(e)) from None
+            return None
+
+        await self._walk(route, endpoint, trace, _StreamState(), attempt)
+        assert resp is not None and trace.target is not None
+        trace.records.append(AttemptRecord(trace.target, resp.usage, "ok"))
+        return resp
+
+    async def stream(self, route: CompiledRoute, endpoint: str, body: dict, sink: StreamSink,
+                     trace: Trace) -> None:
+        """Streams chunks into `sink`; usage per attempt lands in `trace.records`. Raises
+        GatewayError on failure; if the sink already started, the caller must end the stream
+        with an SSE error event."""
+        st = _StreamState()
+
+        async def attempt(target: Target, provider: Provider) -> Failure | None:
+            # After a break mid-answer the next target continues it, the partial output as
+            # context. The plan never retries a target once output started, so the partial
+            # here is the one the break left.
+            cur_body = (continuation_body(endpoint, body, "".join(st.partial), len(st.partial))
+                        if st.started else body)
+            rec = AttemptRecord(target, None, "error")
+            trace.records.append(rec)
+            f = await self._stream_one(provider, target, endpoint, cur_body, sink, trace, rec, st)
+            if f is None:
+                rec.status = "ok"
+            return f
+
+        await self._walk(route, endpoint, trace, st, attempt)
 
     async def _stream_one(self, provider: Provider, target: Target, endpoint: str, body: dict,
                           sink: StreamSink, trace: Trace, rec: AttemptRecord, st: "_StreamState") -> Failure | None:

@@ -26,26 +26,26 @@ _SUBAPPS = [
     ("cluster.cli.cluster_cmd", "app", "cluster"),
     ("cluster.cli.bench", "app", "bench"),
 ]
-# (module, attribute) of modules that register top-level commands on `app` themselves.
+# Modules that register top-level commands on `app` themselves.
 _COMMAND_MODULES = ["cluster.cli.ops"]
 
-for module_name, attr, name in _SUBAPPS:
+def _optional_module(module_name: str):
+    """The module, or None when that module itself is absent (a partial checkout)."""
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name != module_name:
             raise
-        continue
-    app.add_typer(getattr(module, attr), name=name)
+        return None
+
+
+for module_name, attr, name in _SUBAPPS:
+    if (module := _optional_module(module_name)) is not None:
+        app.add_typer(getattr(module, attr), name=name)
 
 for module_name in _COMMAND_MODULES:
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        continue
-    module.register(app)
+    if (module := _optional_module(module_name)) is not None:
+        module.register(app)
 
 
 def main() -> None:
