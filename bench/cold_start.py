@@ -85,13 +85,16 @@ def thawline_app(snapshot_url: str):
 
 
 def deployment_replicas(app: str) -> int:
+    """Replicas of the app's engine deployment (thawline: LLMServer; baseline: LLMServer:<model>).
+    The ingresses are not counted: thawline's router is always on, and the baseline's ingress,
+    once up, stays up for its long default downscale delay."""
     from ray import serve
 
     st = serve.status().applications.get(app)
     if st is None:
         return -1
-    return sum(sum(n for s, n in d.replica_states.items() if s != "STOPPING")
-               for name, d in st.deployments.items() if name in ("LLMServer",) or name.startswith("LLMServer"))
+    return sum(sum(n for s, n in d.replica_states.items())
+               for name, d in st.deployments.items() if name.startswith("LLMServer"))
 
 
 def ttft(url: str) -> float:
@@ -165,7 +168,10 @@ def main() -> int:
         breakdowns: list[dict] = []
         for i in range(a.runs):
             for app in ("baseline", "thawline"):
-                wait_zero(app)
+                # Both apps at zero, not just the measured one: the other app's replica shutting
+                # down (vLLM teardown) would otherwise share the CPUs with this cold start.
+                wait_zero("baseline")
+                wait_zero("thawline")
                 # Before either app's cold start: no warm-pool import running in the background
                 # (it refills after a claim), so neither measurement shares the CPUs with it.
                 pool = _settle_pool(a.pool_settle_s)
