@@ -25,7 +25,9 @@ HF_SIDE_FILES = (
     "tokenizer.model",
     "vocab.json",
     "merges.txt",
+    "added_tokens.json",
     "chat_template.jinja",
+    "chat_template.json",
     "preprocessor_config.json",
 )
 

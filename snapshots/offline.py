@@ -12,33 +12,17 @@ from pathlib import Path
 from typing import Callable
 
 from . import tp_split
+from .engine_state import HF_SIDE_FILES
 from .errors import SnapshotError
 from .format import DEFAULT_PART_BYTES
 from .store import SnapshotStore
-
-# Files an engine needs besides the weights; copied verbatim into engine/hf/.
-HF_AUX_PATTERNS = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "preprocessor_config.json",
-)
-
 
 _ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
              "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 def hf_aux_files(hf_dir: Path) -> list[Path]:
-    return [hf_dir / n for n in HF_AUX_PATTERNS if (hf_dir / n).is_file()]
+    return [hf_dir / n for n in HF_SIDE_FILES if (hf_dir / n).is_file()]
 
 
 def safetensors_files(hf_dir: Path) -> list[Path]:
