@@ -124,21 +124,6 @@ def _evict(paths: list[Path]) -> None:
             os.close(fd)
 
 
-def ensure_model(size_gb: float) -> Path:
-    from filelock import FileLock
-
-    out = MODELS_DIR / "bench"
-    MODELS_DIR.mkdir(parents=True, exist_ok=True)
-    # Same lock and path as bench/restore.py: whichever bench runs first generates the model.
-    with FileLock(str(MODELS_DIR / ".bench-model.lock")):
-        if not (out / "config.json").is_file():
-            from snapshots.tinyllama import generate_llama
-
-            print(f"generating the {size_gb} GB bench model into {out} ...", file=sys.stderr)
-            generate_llama(out, preset="bench", size_gb=size_gb)
-    return out
-
-
 def ensure_snapshot(model_dir: Path, tp: int) -> str:
     from snapshots.store import SnapshotStore
 
@@ -184,7 +169,10 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(REPO))
-    model_dir = ensure_model(args.size_gb)
+    from snapshots.tinyllama import ensure_llama
+
+    # Same directory as bench/restore.py: whichever bench runs first generates the model.
+    model_dir = ensure_llama(MODELS_DIR / "bench", preset="bench", size_gb=args.size_gb)
     hf_files = [p for p in model_dir.iterdir() if p.is_file()]
     size = sum(p.stat().st_size for p in hf_files)
     rows, lines = [], []

@@ -45,18 +45,7 @@ from snapshots import hostbuf, tp_split  # noqa: E402
 from snapshots.offline import create_offline_snapshot, safetensors_files  # noqa: E402
 from snapshots.restore import CHUNK_BYTES, default_threads, restore  # noqa: E402
 from snapshots.store import SnapshotStore  # noqa: E402
-
-
-def ensure_model(models_dir: Path, size_gb: float) -> Path:
-    out = models_dir / "bench"
-    models_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(models_dir / ".bench-model.lock")):
-        if not (out / "config.json").is_file():
-            from snapshots.tinyllama import generate_llama
-
-            print(f"generating the {size_gb} GB bench model into {out} ...", file=sys.stderr)
-            generate_llama(out, preset="bench", size_gb=size_gb)
-    return out
+from snapshots.tinyllama import ensure_llama  # noqa: E402
 
 
 def ensure_snapshot(model_dir: Path, store_url: str, tp: int) -> str:
@@ -194,7 +183,7 @@ def main() -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(args.work_dir)
-    model_dir = ensure_model(work / "models", args.size_gb)
+    model_dir = ensure_llama(work / "models" / "bench", preset="bench", size_gb=args.size_gb)
     store_url = (work / "snapshots").as_uri()
     (work / "snapshots").mkdir(parents=True, exist_ok=True)
     url = ensure_snapshot(model_dir, store_url, args.tp)

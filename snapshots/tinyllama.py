@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import struct
+import sys
 import tempfile
 import zlib
 from dataclasses import dataclass, replace
@@ -283,3 +284,21 @@ def generate_llama(out_dir, *, preset: str = "tiny", size_gb: float | None = Non
 def iter_tensor_names(preset: str = "tiny", size_gb: float | None = None) -> Iterator[str]:
     """The parameter names a generated checkpoint holds (used by tests and benches)."""
     return (name for name, _, _ in _tensor_specs(resolve_preset(preset, size_gb)))
+
+
+def ensure_llama(out_dir: str | os.PathLike, *, preset: str = "bench", size_gb: float | None = None,
+                 seed: int = 0) -> Path:
+    """`out_dir`, generating it first if it holds no checkpoint yet.
+
+    Several benches share one generated model directory; a file lock beside it makes whichever
+    process comes first generate it while the others wait and then reuse it.
+    """
+    from filelock import FileLock
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out.parent / f".{out.name}-model.lock")):
+        if not (out / "config.json").is_file():
+            print(f"generating the {preset} model ({size_gb} GB) into {out} ...", file=sys.stderr)
+            generate_llama(out, preset=preset, size_gb=size_gb, seed=seed)
+    return out
