@@ -8,12 +8,16 @@ Each start runs in a fresh process, like a replica cold start, on this machine i
 each start the checkpoint's and the snapshot's files are evicted from the page cache
 (POSIX_FADV_DONTNEED on exactly those files), so both read from disk. The HF baseline gets an
 empty VLLM_CACHE_ROOT (a node that never ran the model: no torch.compile cache); the thawline
-start gets what the snapshot carries (compile cache, KV-cache size).
+start gets what the snapshot carries (compile cache, KV-cache size) and nothing else: its engine
+dir is removed before each start and materialised again from the snapshot.
 
 Phases (seconds) per start:
   process+workers  everything before the weights and after nothing else: import vllm, spawn
                    EngineCore/workers, init torch.distributed, build the model skeleton
-  weights          HF: vLLM's "Loading weights took"; thawline: the loader's restore+copy+agreement
+  weights          HF: vLLM's "Loading weights took"; thawline: the loader's whole load_weights
+                   (map the part files + verify checksums + TP agreement). The snapshot's bytes
+                   are read ahead into the page cache from the moment start_engine is called,
+                   overlapping the process/worker start; this is the time the loader still blocks.
   profile+kv       vLLM's "init engine (profile, create kv cache, warmup model) took"
   first token      generate(max_tokens=1) after the engine is up
   total            process start to first token
@@ -39,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path("/tmp/thawline-bench")
 MODELS_DIR = BENCH_DIR / "models"
 STORE_URL = (BENCH_DIR / "engine-store").as_uri()
+ENGINES_DIR = BENCH_DIR / "engines"  # THAWLINE_ENGINE_DIR of the snapshot starts
 MAX_MODEL_LEN = 512
 
 
@@ -127,12 +132,23 @@ def _evict(paths: list[Path]) -> None:
 def ensure_snapshot(model_dir: Path, tp: int) -> str:
     from snapshots.store import SnapshotStore
 
+    from snapshots.engine import read_engine_state
+
     name = f"bench-tp{tp}"
     store = SnapshotStore(STORE_URL)
     if any(info.model == name for info in store.list()):
-        return f"{STORE_URL}/{name}/latest"
+        url = f"{STORE_URL}/{name}/latest"
+        _, resolved, _, state = read_engine_state(url)
+        if state.model_path == str(ENGINES_DIR / name / resolved.snapshot_id / "hf"):
+            return url
+        # Made under another engine dir (an older version of this bench): its compile cache can
+        # never match a start here, which would understate the snapshot's start.
+        print(f"replacing {resolved.url}: made under another engine dir", file=sys.stderr)
+        store.delete(resolved)
     print(f"creating the TP={tp} engine snapshot (one vLLM boot) ...", file=sys.stderr)
-    result, _ = _run({"mode": "create", "hf_dir": str(model_dir), "tp": tp, "name": name}, {})
+    # Same THAWLINE_ENGINE_DIR as the starts: vLLM's compile-cache key hashes the engine dir path.
+    result, _ = _run({"mode": "create", "hf_dir": str(model_dir), "tp": tp, "name": name},
+                     {"THAWLINE_ENGINE_DIR": str(ENGINES_DIR)})
     return result["url"]
 
 
@@ -149,6 +165,19 @@ def _phases(result: dict, log: str, mode: str) -> dict:
         "first_token_s": result["first_token_s"],
         "total_s": result["total_s"],
     }
+
+
+def _forget_engine_dir(url: str) -> None:
+    """Remove what an earlier start materialised for this snapshot (hf files, compile cache, and
+    anything vLLM wrote there since), so every thawline start gets exactly what the snapshot
+    carries, like a node that never ran it. Same path as before: vLLM's compile-cache key hashes it."""
+    import shutil
+
+    from snapshots.store import SnapshotStore
+
+    store, ref = SnapshotStore.for_snapshot(url)
+    resolved = store.resolve(ref)
+    shutil.rmtree(ENGINES_DIR / resolved.model / resolved.snapshot_id, ignore_errors=True)
 
 
 def snapshot_files(url: str) -> list[Path]:
@@ -183,8 +212,9 @@ def main() -> None:
             hf_res, hf_log = _run({"mode": "hf", "hf_dir": str(model_dir), "tp": tp}, {"VLLM_CACHE_ROOT": fresh_cache})
         hf = _phases(hf_res, hf_log, "hf")
         _evict(snapshot_files(url))
+        _forget_engine_dir(url)
         tl_res, tl_log = _run({"mode": "snapshot", "url": url, "tp": tp},
-                              {"THAWLINE_ENGINE_DIR": str(BENCH_DIR / "engines")})
+                              {"THAWLINE_ENGINE_DIR": str(ENGINES_DIR)})
         tl = _phases(tl_res, tl_log, "thawline")
         rows += [(tp, "vllm (HF dir)", hf), (tp, "thawline snapshot", tl)]
         lines.append({

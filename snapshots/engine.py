@@ -253,21 +253,19 @@ def _prefetch(store, resolved, meta, storage_options) -> threading.Thread:
 
     Remote store: fill the node-local cache (the workers' restore() then finds the files there, or
     waits on the cache's per-rank lock for the transfer already in flight). Local store: ask the
-    kernel to read the part files ahead into the page cache (POSIX_FADV_WILLNEED, asynchronous).
+    kernel to read the part files ahead into the page cache (pagecache.read_ahead: chunked
+    POSIX_FADV_WILLNEED, asynchronous).
     Either way the weight stream overlaps the ~15 s of process spawning and communicator setup.
     """
     from snapshots import fsutil
+    from snapshots.pagecache import read_ahead
 
     def run() -> None:
         try:
             if store.is_local:
                 for info in meta.ranks:
                     for part in info.parts:
-                        fd = os.open(fsutil.join(resolved.path, part.path), os.O_RDONLY)
-                        try:
-                            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-                        finally:
-                            os.close(fd)
+                        read_ahead(fsutil.join(resolved.path, part.path))
             else:
                 from snapshots.cache import SnapshotCache
 
@@ -302,6 +300,12 @@ def engine_kwargs(snapshot_url: str, *, storage_options: dict | None = None, ver
         raise ValueError("storage_options for remote snapshots must come from the environment (the TP workers read it)")
 
     edir = engine_dir(resolved.model, resolved.snapshot_id)
+    if state.compile_cache and str(edir / "hf") != state.model_path:
+        # vLLM's compile-cache key hashes the engine's `model` path: the captured cache is only
+        # found when this node's engine dir is where the creating node's was.
+        log.warning("thawline: engine dir %s differs from the one the snapshot was made in (%s); "
+                    "vLLM will not find the captured compile cache and compiles again. Set "
+                    "THAWLINE_ENGINE_DIR the same on both nodes to reuse it.", edir, Path(state.model_path).parent)
     _materialise(store, resolved, state, edir)
     if prefetch:
         _prefetch(store, resolved, meta, storage_options)

@@ -154,14 +154,14 @@ class ThawlineLoader(BaseModelLoader):
         rows = store.read_manifest(resolved)
         local = self._local_snapshot(store, resolved, rank)
         if local is not None and all(p.device.type == "cpu" and p.data.is_contiguous() for p in params.values()):
-            # Host-resident parameters (CPU engines): read the rank's bytes from the local (or
-            # node-cached) part files straight into vLLM's parameter storage. One copy, no staging
-            # buffer: restore()+copy_ would touch every byte twice and fault in a second
-            # rank-sized buffer, which doubled the weight phase in bench/engine_start.py.
+            # Host-resident parameters (CPU engines): the parameters become views of private
+            # mappings of the local (or node-cached) part files. No copy and no fresh memory to
+            # fault in: restore()+copy_ touched every byte twice, and even one preadv copy into
+            # vLLM's fresh parameters cost 3x the mapping + checksum pass in bench/engine_start.py.
             mine_rows = [r for r in rows if r.rank == rank]
             check_parameters(expected, {r.name: (tuple(r.shape), r.dtype) for r in mine_rows}, rank=rank, where=where)
-            nbytes = _read_into(local, mine_rows, params, rank=rank, verify=self.options.verify)
-            how = "read into parameters"
+            nbytes = _map_into(local, mine_rows, params, rank=rank, verify=self.options.verify)
+            how = "mapped from the part files"
         else:
             # Device parameters: the restore engine (pinned host buffer, one H2D copy per rank).
             device = next(iter(params.values())).device
@@ -201,44 +201,54 @@ class ThawlineLoader(BaseModelLoader):
         return str(SnapshotCache().fetch(resolved.url, ranks=[rank]).path)
 
 
-def _read_into(snap_dir: str, rows, params: dict, *, rank: int, verify: bool) -> int:
-    """preadv each tensor's bytes into its parameter, from a thread pool (preadv and xxh3 release
-    the GIL); with verify, re-hash what landed and name the first tensor that does not match."""
+def _map_into(snap_dir: str, rows, params: dict, *, rank: int, verify: bool) -> int:
+    """Point each parameter at its bytes in a private (copy-on-write) mapping of the local part
+    file: no copy and no fresh anonymous memory to fault in. The start prefetch
+    (pagecache.read_ahead) has usually brought the file into the page cache by now, so mapping is
+    free and the only pass over the bytes is the checksum (verify=True), from a thread pool
+    (xxh3 releases the GIL). A write by vLLM (e.g. an in-place repack) copies just that page;
+    the snapshot file itself is never modified."""
+    import mmap
     from concurrent.futures import ThreadPoolExecutor
 
     from snapshots.checksum import checksum
     from snapshots.errors import SnapshotCorrupt
 
-    fds: dict[str, int] = {}
-    try:
-        for row in rows:
-            if row.file not in fds:
-                try:
-                    fds[row.file] = os.open(os.path.join(snap_dir, row.file), os.O_RDONLY)
-                except FileNotFoundError:
-                    raise SnapshotCorrupt(f"rank {rank}: part file {row.file} is missing", rank=rank) from None
+    bases: dict[str, tuple[memoryview, torch.Tensor]] = {}
+    for row in rows:
+        if row.file in bases:
+            continue
+        path = os.path.join(snap_dir, row.file)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+        except FileNotFoundError:
+            raise SnapshotCorrupt(f"rank {rank}: part file {row.file} is missing", rank=rank) from None
+        if mapping is None:
+            raise SnapshotCorrupt(f"rank {rank}: part file {row.file} is empty", rank=rank)
+        bases[row.file] = (memoryview(mapping), torch.frombuffer(mapping, dtype=torch.uint8))
+    for row in rows:
+        # A view past the end of a mapped file faults with SIGBUS on first touch: check first.
+        if row.offset + row.nbytes > len(bases[row.file][0]):
+            raise SnapshotCorrupt(f"rank {rank}: part file {row.file} is truncated inside tensor {row.name!r}",
+                                  rank=rank, tensor=row.name)
 
-        def one(row) -> int:
-            dest = memoryview(params[row.name].data.view(-1).view(torch.uint8).numpy())
-            got = 0
-            while got < row.nbytes:
-                n = os.preadv(fds[row.file], [dest[got:row.nbytes]], row.offset + got)
-                if n == 0:
-                    raise SnapshotCorrupt(f"rank {rank}: part file {row.file} is truncated inside tensor {row.name!r}",
-                                          rank=rank, tensor=row.name)
-                got += n
-            if verify and checksum(dest[:row.nbytes]) != row.checksum:
-                raise SnapshotCorrupt(f"checksum mismatch in rank {rank} tensor {row.name!r} ({row.file} @ {row.offset})",
-                                      rank=rank, tensor=row.name)
-            return row.nbytes
+    def verify_one(row) -> None:
+        raw = bases[row.file][0][row.offset:row.offset + row.nbytes]
+        if checksum(raw) != row.checksum:
+            raise SnapshotCorrupt(f"checksum mismatch in rank {rank} tensor {row.name!r} ({row.file} @ {row.offset})",
+                                  rank=rank, tensor=row.name)
 
-        # Largest tensors first so the pool stays balanced.
-        ordered = sorted(rows, key=lambda r: -r.nbytes)
+    if verify:
         with ThreadPoolExecutor(max_workers=max(2, min(os.cpu_count() or 2, 16))) as pool:
-            return sum(pool.map(one, ordered))
-    finally:
-        for fd in fds.values():
-            os.close(fd)
+            list(pool.map(verify_one, sorted(rows, key=lambda r: -r.nbytes)))
+    with torch.no_grad():
+        for row in rows:
+            param = params[row.name]
+            flat = bases[row.file][1][row.offset:row.offset + row.nbytes]
+            param.data = flat.view(param.dtype).view(param.shape)
+    return sum(r.nbytes for r in rows)
 
 
 def _all_gather_tp(obj: dict) -> list[dict]:
