@@ -30,13 +30,16 @@ RAY_ENV = {
 }
 
 
-def start_ray_serve(http_port: int, temp_dir: str | None = None):
+def start_ray_serve(http_port: int, temp_dir: str | None = None, metrics_port: int | None = None):
+    """Local Ray + Serve on 127.0.0.1:http_port; with metrics_port, Ray's metrics agent serves the
+    Prometheus exposition (ray.util.metrics included) on 127.0.0.1:metrics_port/metrics."""
     import ray
     from ray import serve
 
     os.environ.update(RAY_ENV)
+    extra = {"_metrics_export_port": metrics_port} if metrics_port else {}
     ray.init(address="local", num_cpus=8, include_dashboard=False, namespace="thawline-e2e",
-             _temp_dir=temp_dir, log_to_driver=False)
+             _temp_dir=temp_dir, log_to_driver=False, **extra)
     serve.start(http_options={"host": "127.0.0.1", "port": http_port})
     return ray
 

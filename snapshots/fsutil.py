@@ -60,8 +60,11 @@ def create_exclusive(fs, path: str, data: bytes) -> None:
 
     Local: O_CREAT|O_EXCL, atomic on POSIX filesystems. Object stores: fsspec mode "xb", which
     s3fs (>= 2025.1) turns into a conditional PUT with `If-None-Match: *` (supported by AWS S3
-    and by moto); memory:// under a process-wide lock. Other backends (gcsfs) get the same
-    "xb" request; they are not tested here.
+    and by moto); memory:// under a process-wide lock. gcsfs sends "xb" as a create-only
+    upload with `ifGenerationMatch=0` (real GCS answers 412, raised as FileExistsError); the gs://
+    tests check that the claim upload carries it, against gcp-storage-emulator, which ignores
+    preconditions, so the two-writer race itself is not run on gs://. Caveat: gcsfs's zonal
+    (Rapid) bucket path writes over gRPC without any precondition, so "xb" there is not exclusive.
     """
     parent = path.rsplit("/", 1)[0]
     if is_local(fs):

@@ -35,8 +35,8 @@ TOKENS = 4
 
 @pytest.fixture(scope="module")
 def served(tiny_snapshot_url, tiny_model_dir, e2e_tmp, tmp_path_factory):
-    port = free_port()
-    start_ray_serve(port, temp_dir=str(tmp_path_factory.mktemp("ray")))
+    port, metrics_port = free_port(), free_port()
+    start_ray_serve(port, temp_dir=str(tmp_path_factory.mktemp("ray")), metrics_port=metrics_port)
     base = load_config("local-cpu.yaml")
     fast = {"downscale_delay_s": IDLE_S, "look_back_period_s": 1}
     tiny = llm_app_config(base, name=APP, route_prefix=f"/{APP}", args={
@@ -50,7 +50,7 @@ def served(tiny_snapshot_url, tiny_model_dir, e2e_tmp, tmp_path_factory):
         env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
     deploy([tiny, tp2], port)
     wait_for(lambda: app_running(APP) and app_running(TP2_APP), 180, "both apps RUNNING")
-    yield {"port": port, "base": f"http://127.0.0.1:{port}", "tp2_store": tp2_store}
+    yield {"port": port, "base": f"http://127.0.0.1:{port}", "tp2_store": tp2_store, "metrics_port": metrics_port}
     stop_ray_serve()
 
 
@@ -96,6 +96,25 @@ def test_cold_request_waits_and_gets_tokens(served):
     assert cold is not None and cold["load_format"] == "thawline", cold
     assert set(cold["phases_s"]) >= {"serve_scheduling", "imports", "restore", "engine_init", "first_token", "total"}
     assert cold["phases_s"]["total"] > 0
+
+
+def _cold_start_total_count(served) -> float:
+    """Observations of thawline_cold_start_seconds{app=tiny, phase=total} in Ray's Prometheus
+    exposition (Ray prefixes application metrics with `ray_`); 0 until the agent exports it."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{served['metrics_port']}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return 0.0
+    for line in text.splitlines():
+        if (line.startswith("ray_thawline_cold_start_seconds_count{") and 'phase="total"' in line
+                and f'app="{APP}"' in line):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_cold_start_histogram_is_exported(served):
+    # The cold start of test_cold_request_waits_and_gets_tokens, as Prometheus sees it.
+    wait_for(lambda: _cold_start_total_count(served) >= 1, 90, "thawline_cold_start_seconds in /metrics")
 
 
 def test_streamed_completion_and_chat(served):
