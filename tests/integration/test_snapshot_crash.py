@@ -32,7 +32,8 @@ def store_url(request, tmp_path):
     return f"{request.getfixturevalue('s3_bucket_url')}/{uuid.uuid4().hex[:8]}"
 
 
-def test_killed_writer_leaves_nothing_visible_and_gc_cleans_up(store_url):
+def kill_writer_mid_write(store_url: str) -> None:
+    """Run _DOOMED_WRITER against store_url and SIGKILL it once it is halfway through a rank."""
     proc = subprocess.Popen([sys.executable, "-c", _DOOMED_WRITER, store_url], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -42,6 +43,10 @@ def test_killed_writer_leaves_nothing_visible_and_gc_cleans_up(store_url):
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
+
+
+def test_killed_writer_leaves_nothing_visible_and_gc_cleans_up(store_url):
+    kill_writer_mid_write(store_url)
 
     store = SnapshotStore(store_url)
     leftovers = store.fs.find(store._path("m", "doomed"))

@@ -8,9 +8,6 @@ so the two-writer race skips and the crash check leaves out "the dead writer's c
 """
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import uuid
 
 import pytest
@@ -100,14 +97,7 @@ def test_two_concurrent_writers_exactly_one_wins(gs_url):
 def test_killed_writer_leaves_nothing_visible_and_gc_cleans_up(gs_url):
     """The S3 crash check minus "the dead writer's claim still holds the id" (needs preconditions)."""
     # The writer subprocess reaches the emulator through the env the fixture set.
-    proc = subprocess.Popen([sys.executable, "-c", crash_checks._DOOMED_WRITER, gs_url], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "MID-WRITE", proc.stderr.read()[-2000:] if not line else line
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+    crash_checks.kill_writer_mid_write(gs_url)
     store = SnapshotStore(gs_url)
     leftovers = store.fs.find(store._path("m", "doomed"))
     assert any(p.endswith("/.claim") for p in leftovers)
