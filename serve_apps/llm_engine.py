@@ -12,6 +12,7 @@ gateway's handle call can pass them on.
 """
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
@@ -96,7 +97,28 @@ class EngineHost:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec["gpu_ids"])
         overrides = dict(spec.get("overrides") or {})
         error_file = None
-        if spec.get("snapshot_url"):
+        capture = None
+        first_boot = None
+        if spec.get("capture"):
+            # Snapshot on first boot, one engine boot: this engine's workers write their ranks
+            # while loading from the source, the snapshot is committed once the engine is up,
+            # and the same engine then serves.
+            from snapshots.engine import begin_capture
+            from snapshots.errors import SnapshotExists
+
+            c = spec["capture"]
+            try:
+                capture = await asyncio.to_thread(
+                    begin_capture, c["source_dir"], tp=int(c["tp"]), store_url=c["store_url"], name=c["name"],
+                    snapshot_id=c["snapshot_id"], **overrides)
+                kwargs, first_boot = capture.engine_kwargs(), "wrote_snapshot"
+            except SnapshotExists:
+                # Another replica claimed the id and writes it; this one serves from the source.
+                log.info("thawline: %s/%s is being written by another replica; serving from %s",
+                         c["name"], c["snapshot_id"], c["source_dir"])
+                kwargs = {"model": c["source_dir"], "tensor_parallel_size": int(c["tp"]), **overrides}
+                first_boot = "served_from_source"
+        elif spec.get("snapshot_url"):
             from snapshots.engine import engine_kwargs
             from snapshots.vllm_loader import ERROR_FILE_ENV
 
@@ -125,6 +147,8 @@ class EngineHost:
         try:
             engine = AsyncLLM.from_vllm_config(vllm_config, disable_log_stats=True)
         except Exception as exc:
+            if capture is not None:
+                capture.abort()
             reason = Path(error_file).read_text() if error_file and os.path.exists(error_file) else None
             if reason:
                 raise RuntimeError(f"engine start from {spec.get('snapshot_url')} failed: {reason}") from exc
@@ -132,6 +156,15 @@ class EngineHost:
         finally:
             if error_file and os.path.exists(error_file):
                 os.unlink(error_file)
+        snapshot_url = None
+        if capture is not None:
+            try:
+                infos = await engine.collective_rpc("thawline_engine_info")
+                snapshot_url = await asyncio.to_thread(capture.commit, infos, vllm_config.model_config)
+            except BaseException:
+                capture.abort(keep_engine_dir=True)
+                engine.shutdown()
+                raise
         engine_done = time.time()
         state = State()
         await init_app_state(engine, state, args, supported_tasks=await engine.get_supported_tasks())
@@ -147,21 +180,11 @@ class EngineHost:
                      "engine_init_detail_s": {"config": round(config_done - restore_done, 3),
                                               "engine": round(engine_done - config_done, 3),
                                               "serving_state": round(serving_done - engine_done, 3)}}
+        if first_boot:
+            self.info["first_boot"] = first_boot
+        if snapshot_url:
+            self.info["snapshot_url"] = snapshot_url
         return {"restore_done": restore_done, "engine_ready": serving_done, **self.info}
-
-    def create_snapshot(self, source_dir: str, *, tp: int, store_url: str, name: str,
-                        snapshot_id: str, overrides: dict) -> str | None:
-        """Snapshot on first boot: boot vLLM on the source once, every rank writes its shard.
-        Returns the snapshot URL, or None when another replica already claimed this id (then
-        that one writes it and this one serves from the source)."""
-        from snapshots.engine import create_engine_snapshot
-        from snapshots.errors import SnapshotExists
-
-        try:
-            return create_engine_snapshot(source_dir, tp=tp, store_url=store_url, name=name,
-                                          snapshot_id=snapshot_id, **overrides)
-        except SnapshotExists:
-            return None
 
     # -- requests ------------------------------------------------------------------------------
 

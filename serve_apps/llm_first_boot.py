@@ -2,9 +2,11 @@
 
 - `snapshot_url` given: restore it.
 - `model_source` + `snapshot_store`: if the first-boot snapshot (deterministic id, see
-  llm_args.first_boot_ref) is committed, restore it. Otherwise this replica boots from the
-  source and tries to write the snapshot. The store's exclusive claim of the id decides the
-  race: of two replicas booting at once exactly one writes; the other serves from the source.
+  llm_args.first_boot_ref) is committed, restore it. Otherwise this replica boots vLLM once
+  from the source: if it wins the store's exclusive claim of the id, its workers write their
+  ranks while loading, the snapshot is committed once the engine is up, and the same engine
+  serves (llm_engine.EngineHost.start, spec "capture"). Of two replicas booting at once exactly
+  one writes; the other serves from the source without writing.
 """
 from __future__ import annotations
 

@@ -40,10 +40,6 @@ class _LocalHost:
     async def start(self, spec: dict) -> dict:
         return await self.host.start(spec)
 
-    async def create_snapshot(self, source_dir: str, **kw) -> str | None:
-        # Blocking (boots and shuts down a capture engine): keep the replica's loop responsive.
-        return await asyncio.to_thread(self.host.create_snapshot, source_dir, **kw)
-
     async def generate(self, request: dict) -> dict:
         return await self.host.generate(request)
 
@@ -63,9 +59,6 @@ class _PooledHost:
 
     async def start(self, spec: dict) -> dict:
         return await self.actor.start.remote(spec)
-
-    async def create_snapshot(self, source_dir: str, **kw) -> str | None:
-        return await self.actor.create_snapshot.remote(source_dir, **kw)
 
     async def generate(self, request: dict) -> dict:
         return await self.actor.generate.remote(request)
@@ -141,20 +134,17 @@ class LLMServer:
         a = self.args
         url = await asyncio.to_thread(committed_snapshot, a)
         if url is None:
-            # Snapshot on first boot: make it (if this replica wins the claim), then restore it.
+            # Snapshot on first boot: one engine boot on the source writes the snapshot (if this
+            # replica wins the claim of its id) and then serves; started["first_boot"] says which.
             source = await asyncio.to_thread(local_source, a.model_source)
             name, sid = first_boot_ref(a)
             t0 = time.time()
-            url = await self._host.create_snapshot(source, tp=a.tensor_parallel_size, store_url=a.snapshot_store,
-                                                   name=name, snapshot_id=sid,
-                                                   overrides=effective_engine_overrides(a))
-            if url is None:
-                log.info("thawline: another replica is writing %s/%s; serving from %s", name, sid, source)
-                started = await self._host.start(self._spec(source_dir=source))
-                return {**started, "first_boot": "served_from_source"}
-            log.info("thawline: first boot wrote %s in %.1f s", url, time.time() - t0)
-            started = await self._host.start(self._spec(snapshot_url=url))
-            return {**started, "first_boot": "wrote_snapshot", "snapshot_url": url}
+            started = await self._host.start(self._spec(capture={
+                "source_dir": source, "tp": a.tensor_parallel_size, "store_url": a.snapshot_store,
+                "name": name, "snapshot_id": sid}))
+            log.info("thawline: first boot (%s) up in %.1f s%s", started.get("first_boot"), time.time() - t0,
+                     f", wrote {started['snapshot_url']}" if started.get("snapshot_url") else "")
+            return started
         started = await self._host.start(self._spec(snapshot_url=url))
         return {**started, "snapshot_url": url}
 

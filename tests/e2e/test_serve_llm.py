@@ -161,6 +161,8 @@ def test_tp2_first_boot_writes_snapshot_then_restores_it(served):
     assert r.usage.completion_tokens == 2
     first = _state(served, TP2_APP)["last_cold_start"]
     assert first["first_boot"] == "wrote_snapshot", first
+    # One engine boot: the engine whose workers wrote the snapshot is the one that answered.
+    assert first["load_format"] == "thawline_capture", first
     snaps = SnapshotStore(served["tp2_store"]).list()
     assert len(snaps) == 1, "exactly one first-boot snapshot"
     assert first["snapshot_url"] == snaps[0].url and snaps[0].tp_size == 2
