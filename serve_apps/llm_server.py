@@ -69,14 +69,10 @@ class _PooledHost:
             yield await ref
 
     async def close(self) -> None:
-        # The replica owns the claimed host: nothing else will stop it. Shut the engine down
-        # first: its EngineCore is a forkserver child, which a bare kill of the host would orphan.
-        try:
-            await asyncio.wait_for(self.actor.shutdown.remote(), 15)
-        except Exception as e:  # still kill the host; say why the clean shutdown failed
-            log.warning("thawline: engine host shutdown failed: %s", e)
-        finally:
-            ray.kill(self.actor, no_restart=True)
+        # The replica owns the claimed host and stops it (the pool does only if we die first).
+        from serve_apps.llm_warm_pool import stop_host
+
+        await stop_host(self.actor)
 
 
 class LLMServer:
@@ -111,8 +107,11 @@ class LLMServer:
             from serve_apps.llm_warm_pool import get_or_create_pool
 
             pool = get_or_create_pool(ray.get_runtime_context().get_node_id(), a.warm_pool_size)
+            ctx = ray.get_runtime_context()
+            owner = (ctx.get_actor_name(), ctx.namespace)  # the pool stops the host if we die
             try:
-                claimed = await asyncio.wait_for(pool.claim.remote(POOL_PENDING_WAIT_S), POOL_PENDING_WAIT_S + 5)
+                claimed = await asyncio.wait_for(pool.claim.remote(POOL_PENDING_WAIT_S, owner),
+                                                 POOL_PENDING_WAIT_S + 5)
             except (asyncio.TimeoutError, ray.exceptions.RayError) as e:
                 log.warning("thawline: warm pool unavailable (%s); importing in the replica", e)
                 claimed = None

@@ -4,7 +4,10 @@ A cold LLM replica would otherwise spend most of its start importing torch + vLL
 own process and vLLM's EngineCore). A pooled host (serve_apps/llm_engine.EngineHost as an actor)
 has done both before any request: imports in its process and a preloaded forkserver for the
 EngineCore. The replica claims one on its own node, hands it the snapshot, and forwards
-requests to it; when the replica stops it kills the host.
+requests to it; when the replica stops it kills the host. A replica that dies without stopping
+(crash, OOM kill, node agent kill) cannot: the pool remembers each claimed host's owner (the
+replica's named actor) and stops hosts whose owner is gone, so a crashed replica's engine does
+not hold the node's memory forever.
 
 Hosts reserve no Ray resources while idle (num_cpus=0): the resources they use once claimed are
 the claiming replica's placement-group bundle. The pool refills after a delay, so the refill's
@@ -22,6 +25,8 @@ log = logging.getLogger("thawline.serve")
 
 POOL_NAMESPACE = "thawline"
 REFILL_DELAY_S = 20.0
+REAP_INTERVAL_S = 5.0  # how often the pool checks that the owners of claimed hosts still live
+HOST_SHUTDOWN_TIMEOUT_S = 15.0
 
 
 def pool_name(node_id: str) -> str:
@@ -39,17 +44,45 @@ def _host_actor(node_id: str):
     )
 
 
+async def stop_host(host) -> None:
+    """Shut a host's engine down cleanly (its EngineCore is a forkserver child, which a bare kill
+    of the host would orphan), then kill the host actor. Never raises."""
+    try:
+        await asyncio.wait_for(host.shutdown.remote(), HOST_SHUTDOWN_TIMEOUT_S)
+    except Exception as e:  # still kill the host; say why the clean shutdown failed
+        log.warning("thawline: engine host shutdown failed: %s", e)
+    finally:
+        try:
+            ray.kill(host, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+def _actor_alive(name: str, namespace: str) -> bool:
+    try:
+        ray.get_actor(name, namespace=namespace)
+        return True
+    except ValueError:  # no live actor of that name: dead (named actors free their name on death)
+        return False
+
+
 class WarmPool:
     """Keeps `size` ready hosts on one node. Async actor: claim() never blocks behind a refill."""
 
-    def __init__(self, node_id: str, size: int, refill_delay_s: float = REFILL_DELAY_S) -> None:
+    def __init__(self, node_id: str, size: int, refill_delay_s: float = REFILL_DELAY_S,
+                 reap_interval_s: float = REAP_INTERVAL_S) -> None:
         self.node_id = node_id
         self.size = size
         self.refill_delay_s = refill_delay_s
+        self.reap_interval_s = reap_interval_s
         self._ready: list = []        # hosts whose constructor finished
         self._pending: set = set()   # hosts still importing
+        self._owned: list = []       # [host, owner actor name, owner namespace] of claimed hosts
         self._claimed = 0
+        self._reaped = 0
+        self._reap_rounds = 0
         self._refill_task = None
+        self._reap_task = None
         self._became_ready = asyncio.Event()
 
     async def _fill(self) -> None:
@@ -74,9 +107,11 @@ class WarmPool:
         await self._fill()
         return self.stats()
 
-    async def claim(self, wait_s: float = 0.0):
+    async def claim(self, wait_s: float = 0.0, owner: tuple[str, str] | None = None):
         """A ready host (the caller owns it from now on), or None. With none ready but one still
-        importing, wait up to `wait_s` for it: it is further along than a fresh import would be."""
+        importing, wait up to `wait_s` for it: it is further along than a fresh import would be.
+        owner: (actor name, namespace) of the claiming replica; the pool stops the host once no
+        live actor has that name."""
         deadline = asyncio.get_running_loop().time() + wait_s
         while not self._ready and self._pending:
             self._became_ready.clear()
@@ -93,7 +128,26 @@ class WarmPool:
         self._claimed += 1
         if self._refill_task is None or self._refill_task.done():
             self._refill_task = asyncio.get_running_loop().create_task(self._delayed_fill())
+        if owner is not None:
+            self._owned.append([host, owner[0], owner[1]])
+            if self._reap_task is None or self._reap_task.done():
+                self._reap_task = asyncio.get_running_loop().create_task(self._reap())
         return [host]  # wrapped: a bare handle in a return value would be resolved differently
+
+    async def _reap(self) -> None:
+        """Stop claimed hosts whose owner died. A replica that stopped cleanly killed its host
+        already; stopping it again is harmless."""
+        while self._owned:
+            await asyncio.sleep(self.reap_interval_s)
+            self._reap_rounds += 1
+            for entry in list(self._owned):
+                host, name, namespace = entry
+                if await asyncio.to_thread(_actor_alive, name, namespace):
+                    continue
+                self._owned.remove(entry)
+                self._reaped += 1
+                log.info("thawline: owner %s of a claimed engine host is gone; stopping the host", name)
+                await stop_host(host)
 
     async def _delayed_fill(self) -> None:
         await asyncio.sleep(self.refill_delay_s)
@@ -101,7 +155,8 @@ class WarmPool:
 
     def stats(self) -> dict:
         return {"node_id": self.node_id, "size": self.size, "ready": len(self._ready),
-                "pending": len(self._pending), "claimed": self._claimed}
+                "pending": len(self._pending), "claimed": self._claimed, "owned": len(self._owned),
+                "reaped": self._reaped, "reap_rounds": self._reap_rounds}
 
 
 def get_or_create_pool(node_id: str, size: int):
