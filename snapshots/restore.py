@@ -7,6 +7,9 @@ Steps: resolve `<model>/latest`; fetch through the node-local cache when the sto
 (snapshots/readplan.py) issued from a thread pool straight into one preallocated buffer (pinned
 when CUDA is present, so a later H2D copy is a DMA); optionally re-hash every tensor; hand out
 tensors that are views of the buffer (or of one device copy of it).
+
+Host-resident consumers that already have the rank's files locally (CPU engines) use the host
+path instead, snapshots/maprank.py: tensors as copy-on-write views of the part files, no buffer.
 """
 from __future__ import annotations
 
@@ -126,7 +129,7 @@ def _check_part_sizes(reader: _Reader, rank: int, info: RankInfo) -> None:
             raise SnapshotCorrupt(f"rank {rank}: part file {p.path} has {size} bytes, expected {p.nbytes}", rank=rank)
 
 
-def _verify_rows(rank: int, rows, view_of: Callable) -> None:
+def verify_rows(rank: int, rows, view_of: Callable) -> None:
     for row in rows:
         if checksum(view_of(row)) != row.checksum:
             raise SnapshotCorrupt(f"checksum mismatch in rank {rank} tensor {row.name!r} ({row.file} @ {row.offset})", rank=rank, tensor=row.name)
@@ -146,7 +149,7 @@ def verify_rank(fs, snap_path: str, rank: int, rows, info: RankInfo, *, threads:
             buf = bytearray(rg.nbytes)
             mv = memoryview(buf)
             reader.read_into(rg.file, rg.start, mv)
-            _verify_rows(rank, rg.rows, lambda row: mv[row.offset - rg.start: row.offset - rg.start + row.nbytes])
+            verify_rows(rank, rg.rows, lambda row: mv[row.offset - rg.start: row.offset - rg.start + row.nbytes])
             if progress:
                 progress(rg.nbytes)
             return rg.nbytes
@@ -209,7 +212,7 @@ def read_rank(fs, snap_path: str, meta: SnapshotMeta, rank: int, rows, *, verify
         # xxhash releases the GIL, so hashing spreads over the same number of threads.
         groups = [rows[i::threads] for i in range(threads)]
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(lambda g: _verify_rows(rank, g, view_of), groups))
+            list(pool.map(lambda g: verify_rows(rank, g, view_of), groups))
     t_verify = time.perf_counter()
     src = buf
     if device is not None and torch.device(device).type != "cpu":

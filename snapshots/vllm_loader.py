@@ -137,6 +137,7 @@ class ThawlineLoader(BaseModelLoader):
     def _restore_into(self, model: nn.Module, url: str, rank: int, tp: int) -> dict:
         import vllm
 
+        from snapshots.maprank import map_rank
         from snapshots.restore import restore
         from snapshots.store import SnapshotStore
 
@@ -160,7 +161,11 @@ class ThawlineLoader(BaseModelLoader):
             # vLLM's fresh parameters cost 3x the mapping + checksum pass in bench/engine_start.py.
             mine_rows = [r for r in rows if r.rank == rank]
             check_parameters(expected, {r.name: (tuple(r.shape), r.dtype) for r in mine_rows}, rank=rank, where=where)
-            nbytes = _map_into(local, mine_rows, params, rank=rank, verify=self.options.verify)
+            mapped = map_rank(local, mine_rows, rank=rank, verify=self.options.verify)
+            with torch.no_grad():
+                for name, tensor in mapped.items():
+                    params[name].data = tensor
+            nbytes = sum(r.nbytes for r in mine_rows)
             how = "mapped from the part files"
         else:
             # Device parameters: the restore engine (pinned host buffer, one H2D copy per rank).
@@ -199,56 +204,6 @@ class ThawlineLoader(BaseModelLoader):
         from snapshots.cache import SnapshotCache
 
         return str(SnapshotCache().fetch(resolved.url, ranks=[rank]).path)
-
-
-def _map_into(snap_dir: str, rows, params: dict, *, rank: int, verify: bool) -> int:
-    """Point each parameter at its bytes in a private (copy-on-write) mapping of the local part
-    file: no copy and no fresh anonymous memory to fault in. The start prefetch
-    (pagecache.read_ahead) has usually brought the file into the page cache by now, so mapping is
-    free and the only pass over the bytes is the checksum (verify=True), from a thread pool
-    (xxh3 releases the GIL). A write by vLLM (e.g. an in-place repack) copies just that page;
-    the snapshot file itself is never modified."""
-    import mmap
-    from concurrent.futures import ThreadPoolExecutor
-
-    from snapshots.checksum import checksum
-    from snapshots.errors import SnapshotCorrupt
-
-    bases: dict[str, tuple[memoryview, torch.Tensor]] = {}
-    for row in rows:
-        if row.file in bases:
-            continue
-        path = os.path.join(snap_dir, row.file)
-        try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
-        except FileNotFoundError:
-            raise SnapshotCorrupt(f"rank {rank}: part file {row.file} is missing", rank=rank) from None
-        if mapping is None:
-            raise SnapshotCorrupt(f"rank {rank}: part file {row.file} is empty", rank=rank)
-        bases[row.file] = (memoryview(mapping), torch.frombuffer(mapping, dtype=torch.uint8))
-    for row in rows:
-        # A view past the end of a mapped file faults with SIGBUS on first touch: check first.
-        if row.offset + row.nbytes > len(bases[row.file][0]):
-            raise SnapshotCorrupt(f"rank {rank}: part file {row.file} is truncated inside tensor {row.name!r}",
-                                  rank=rank, tensor=row.name)
-
-    def verify_one(row) -> None:
-        raw = bases[row.file][0][row.offset:row.offset + row.nbytes]
-        if checksum(raw) != row.checksum:
-            raise SnapshotCorrupt(f"checksum mismatch in rank {rank} tensor {row.name!r} ({row.file} @ {row.offset})",
-                                  rank=rank, tensor=row.name)
-
-    if verify:
-        with ThreadPoolExecutor(max_workers=max(2, min(os.cpu_count() or 2, 16))) as pool:
-            list(pool.map(verify_one, sorted(rows, key=lambda r: -r.nbytes)))
-    with torch.no_grad():
-        for row in rows:
-            param = params[row.name]
-            flat = bases[row.file][1][row.offset:row.offset + row.nbytes]
-            param.data = flat.view(param.dtype).view(param.shape)
-    return sum(r.nbytes for r in rows)
 
 
 def _all_gather_tp(obj: dict) -> list[dict]:
