@@ -58,6 +58,17 @@ async def stop_host(host) -> None:
             pass
 
 
+async def _host_stopped(host) -> bool:
+    """True when the host actor is already dead; a host too busy to answer counts as alive."""
+    try:
+        await asyncio.wait_for(host.describe.remote(), HOST_SHUTDOWN_TIMEOUT_S)
+        return False
+    except ray.exceptions.RayActorError:
+        return True
+    except asyncio.TimeoutError:
+        return False
+
+
 def _actor_alive(name: str, namespace: str) -> bool:
     try:
         ray.get_actor(name, namespace=namespace)
@@ -136,7 +147,7 @@ class WarmPool:
 
     async def _reap(self) -> None:
         """Stop claimed hosts whose owner died. A replica that stopped cleanly killed its host
-        already; stopping it again is harmless."""
+        already: its entry is dropped without counting it as reaped."""
         while self._owned:
             await asyncio.sleep(self.reap_interval_s)
             self._reap_rounds += 1
@@ -145,6 +156,8 @@ class WarmPool:
                 if await asyncio.to_thread(_actor_alive, name, namespace):
                     continue
                 self._owned.remove(entry)
+                if await _host_stopped(host):
+                    continue  # the replica stopped it on its way out (the normal case)
                 self._reaped += 1
                 log.info("thawline: owner %s of a claimed engine host is gone; stopping the host", name)
                 await stop_host(host)

@@ -37,6 +37,7 @@ def _host_alive(ray, host) -> bool:
 
 
 def test_claimed_host_is_stopped_once_its_owner_dies_and_not_before(ray_local):
+    """Crash: the pool stops the orphaned host. Clean stop: the pool only forgets the claim."""
     ray = ray_local
     from serve_apps.llm_warm_pool import WarmPool
 
@@ -45,6 +46,11 @@ def test_claimed_host_is_stopped_once_its_owner_dies_and_not_before(ray_local):
         async def claim(self, pool):
             ctx = ray.get_runtime_context()
             return await pool.claim.remote(300, (ctx.get_actor_name(), ctx.namespace))
+
+        async def close(self, host):  # what LLMServer does when Serve stops it
+            from serve_apps.llm_warm_pool import stop_host
+
+            await stop_host(host)
 
     node = ray.get_runtime_context().get_node_id()
     pool = ray.remote(WarmPool).options(num_cpus=0, max_concurrency=100).remote(
@@ -69,4 +75,14 @@ def test_claimed_host_is_stopped_once_its_owner_dies_and_not_before(ray_local):
     wait_for(lambda: not _host_alive(ray, host), 60, "the orphaned host to be stopped")
     stats = ray.get(pool.stats.remote())
     assert stats["owned"] == 0 and stats["reaped"] == 1, stats
+
+    # A replica that stops cleanly stops its own host; the pool then just forgets the claim.
+    ray.get(pool.ensure.remote(1))
+    polite = Replica.options(name="replica-stopping-cleanly").remote()
+    host2 = ray.get(polite.claim.remote(pool), timeout=300)[0]
+    ray.get(polite.close.remote(host2), timeout=60)
+    ray.kill(polite, no_restart=True)
+    wait_for(lambda: ray.get(pool.stats.remote())["owned"] == 0, 60, "the pool to forget the clean claim")
+    assert not _host_alive(ray, host2)
+    assert ray.get(pool.stats.remote())["reaped"] == 1, "a cleanly stopped host is not counted as reaped"
     ray.kill(pool)
