@@ -151,7 +151,8 @@ class EngineHost:
                 capture.abort()
             reason = Path(error_file).read_text() if error_file and os.path.exists(error_file) else None
             if reason:
-                raise RuntimeError(f"engine start from {spec.get('snapshot_url')} failed: {reason}") from exc
+                where = spec.get("snapshot_url") or spec.get("source_dir") or (spec.get("capture") or {}).get("source_dir")
+                raise RuntimeError(f"engine start from {where} failed: {reason}") from exc
             raise
         finally:
             if error_file and os.path.exists(error_file):
