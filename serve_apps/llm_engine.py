@@ -80,7 +80,8 @@ class EngineHost:
     # -- start ---------------------------------------------------------------------------------
 
     async def start(self, spec: dict) -> dict:
-        """Start the engine. spec: served_model_id, and snapshot_url or source_dir; overrides
+        """Start the engine. spec: served_model_id, and snapshot_url or capture (snapshot on first
+        boot: source_dir, tp, store_url, name, snapshot_id); overrides
         (vLLM engine args), verify, gpu_ids (GPU replicas: the devices of the replica's bundles),
         placement_group (GPU TP: the replica's group, so vLLM's Ray workers use its bundles).
         Returns the marks restore_done / engine_ready (time.time()) and engine facts."""
@@ -131,7 +132,7 @@ class EngineHost:
             os.unlink(error_file)  # the loader creates it exclusively on failure
             os.environ[ERROR_FILE_ENV] = error_file
         else:
-            kwargs = {"model": spec["source_dir"], **overrides}
+            raise ValueError("engine spec needs snapshot_url or capture")
         restore_done = time.time()
 
         served = spec["served_model_id"]
@@ -151,8 +152,8 @@ class EngineHost:
                 capture.abort()
             reason = Path(error_file).read_text() if error_file and os.path.exists(error_file) else None
             if reason:
-                where = spec.get("snapshot_url") or spec.get("source_dir") or (spec.get("capture") or {}).get("source_dir")
-                raise RuntimeError(f"engine start from {where} failed: {reason}") from exc
+                # Only a snapshot start sets the error file the loader writes its reason to.
+                raise RuntimeError(f"engine start from {spec['snapshot_url']} failed: {reason}") from exc
             raise
         finally:
             if error_file and os.path.exists(error_file):
