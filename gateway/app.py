@@ -26,6 +26,7 @@ from gateway.config import GatewayConfig
 from gateway.dispatch import Dispatcher, Trace
 from gateway.errors import AuthError, BadRequest, GatewayError, NotFound, PayloadTooLarge
 from gateway.keys import KeyStore
+from gateway.limits.bounds import apply_route_bounds
 from gateway.openapi import openapi_document
 from gateway.providers import build_provider
 from gateway.providers.base import CHAT, COMPLETIONS, EMBEDDINGS, Provider, Response, Usage
@@ -58,6 +59,32 @@ async def _send_json(send, status: int, payload: bytes, extra: list[tuple[bytes,
 
 async def send_error(send, e: GatewayError) -> None:
     await _send_json(send, e.status, e.body(), _hdr_list(e.headers))
+
+
+async def read_body(receive, max_body: int, content_length: bytes | None = None) -> bytes:
+    """The request body, at most `max_body` bytes, else PayloadTooLarge (413).
+
+    Chunks are kept in a list and joined once: `body += chunk` copies the whole body again per
+    ASGI message, quadratic in a body that arrives in many small messages. The size is checked
+    per message, so an oversized body is refused as soon as it passes the limit, without
+    receiving (or buffering) the rest of it.
+    """
+    if content_length is not None and content_length.isdigit() and int(content_length) > max_body:
+        raise PayloadTooLarge(f"request body is {int(content_length)} bytes; the limit is {max_body}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise _ClientGone()
+        chunk = msg.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > max_body:
+                raise PayloadTooLarge(f"request body exceeds the limit of {max_body} bytes")
+            chunks.append(chunk)
+        if not msg.get("more_body"):
+            return b"".join(chunks)
 
 
 def _text_of(body: dict, endpoint: str) -> str:
@@ -110,6 +137,9 @@ class Gateway:
         self.providers = providers or {n: build_provider(n, p) for n, p in cfg.providers.items()}
         self.breakers = breakers or BreakerSet(cfg.breaker)
         self.limits, self.costs, self.metrics = limits, costs, metrics
+        if limits is not None and costs is not None and getattr(limits, "budgets", None):
+            # budget reservations at the broker also count the spend the ledger already knows of
+            limits.spend_floor = costs.period_spend
         self.dispatcher = Dispatcher(self.providers, self.breakers, cfg.retry, metrics)
         self.max_body = cfg.server.max_body_bytes
         self._on_shutdown = on_shutdown or []
@@ -203,19 +233,7 @@ class Gateway:
         return {k: v for k, v in scope["headers"] if k in (b"authorization", b"content-length")}
 
     async def _read_body(self, receive, headers: dict[bytes, bytes]) -> bytes:
-        cl = headers.get(b"content-length")
-        if cl is not None and cl.isdigit() and int(cl) > self.max_body:
-            raise PayloadTooLarge(f"request body is {int(cl)} bytes; the limit is {self.max_body}")
-        body = b""
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                raise _ClientGone()
-            body += msg.get("body", b"")
-            if len(body) > self.max_body:
-                raise PayloadTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
-            if not msg.get("more_body"):
-                return body
+        return await read_body(receive, self.max_body, headers.get(b"content-length"))
 
     @staticmethod
     def _auth(headers: dict[bytes, bytes]) -> str | None:
@@ -242,17 +260,20 @@ class Gateway:
             if route is None:
                 raise NotFound(f"The model `{alias}` does not exist", param="model")
             self.keys.check_route(key, alias)
-            cap = route.cfg.max_tokens_cap
-            if cap is not None and endpoint != EMBEDDINGS:
-                # clamp (not reject): SDKs often send a large default; the cap bounds spend and
-                # the tpm pre-charge either way
-                mk = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-                if body.get(mk) is None or body[mk] > cap:
-                    body[mk] = cap
+            # clamp both max_tokens fields, bound n, refuse price/retention-changing options: what
+            # is pre-charged and reserved below is what the upstream receives (gateway/limits/bounds.py)
+            max_out = apply_route_bounds(body, endpoint, route.cfg)
             if self.costs is not None:
                 self.costs.check_budget(key_id=key.id, route=alias)
-            est = self._estimate(body, endpoint=endpoint, max_tokens_cap=cap)
-            adm = await self.limits.admit(key_id=key.id, route=alias, est_tokens=est) if self.limits else None
+            est = self._estimate(body, endpoint=endpoint, max_tokens_cap=route.cfg.max_tokens_cap)
+            worst = 0.0
+            if self.costs is not None and self.costs.budgets:
+                n = body.get("n") if endpoint != EMBEDDINGS else None
+                worst = self.costs.worst_case_usd(
+                    [(t.provider_name, t.model) for tier in route.tiers for t in tier],
+                    prompt_tokens=self._prompt_tokens(body, endpoint), max_output_tokens=max_out * (n or 1))
+            adm = (await self.limits.admit(key_id=key.id, route=alias, est_tokens=est, est_cost_usd=worst)
+                   if self.limits else None)
             extra = _hdr_list(adm.headers) if adm is not None and adm.headers else []
             trace = Trace()
             actual = 0
@@ -263,7 +284,8 @@ class Gateway:
                     actual = await self._call(send, endpoint, body, key.id, route, trace, extra)
             finally:
                 if adm is not None:
-                    await self.limits.settle(adm, actual_tokens=actual)
+                    # the budget reservation settles at what the answer cost (0 without one)
+                    await self.limits.settle(adm, actual_tokens=actual, actual_cost_usd=trace.cost_usd)
 
         return handle
 
@@ -279,11 +301,11 @@ class Gateway:
         for target, usage, st in usage_by_rec:
             if usage is None:
                 continue
-            self.costs.record(LedgerRow(
+            trace.cost_usd += self.costs.record(LedgerRow(
                 key_id=key_id, route=route.alias, target=target.provider_name, model=target.model,
                 tokens_in=usage.prompt_tokens, tokens_out=usage.completion_tokens, tokens_cached=usage.cached_tokens,
                 latency_ms=latency, ttft_ms=trace.ttft_ms, status=st, attempts=trace.attempts,
-                estimated=usage.estimated, stream=stream))
+                estimated=usage.estimated, stream=stream)).cost_usd
             total += usage.prompt_tokens + usage.completion_tokens
             rows += 1
         if rows == 0:
@@ -310,6 +332,11 @@ class Gateway:
                 if u is None and r.status == "ok" and resp is not None:
                     u = Usage(self._prompt_tokens(body, endpoint),
                               self._count_tokens(_text_of(resp.body, endpoint)), 0, True)
+                    if isinstance(resp.body.get("usage"), (dict, list, str, int, float)):
+                        # the upstream's usage was unbelievable (see Usage.from_openai): the
+                        # client gets the counted one, never negative or non-numeric counts
+                        resp.body["usage"] = u.to_openai()
+                        resp.raw = None
                 recs.append((r.target, u, r.status))
             actual = self._ledger(key_id=key_id, route=route, trace=trace, endpoint=endpoint, body=body,
                                   stream=False, status=status if resp is not None else "error", usage_by_rec=recs)
@@ -386,7 +413,8 @@ class Gateway:
             try:
                 since = (datetime.fromtimestamp(float(since_s), tz=timezone.utc) if since_s.replace(".", "").isdigit()
                          else datetime.fromisoformat(since_s.replace("Z", "+00:00")))
-            except ValueError:
+            except (ValueError, OverflowError, OSError):
+                # OverflowError / OSError: unix seconds beyond what a datetime can hold
                 raise BadRequest("'since' must be an ISO-8601 time or unix seconds", param="since") from None
             if since.tzinfo is None:
                 since = since.replace(tzinfo=timezone.utc)
@@ -401,6 +429,10 @@ class Gateway:
                                                  default=str))
 
     async def _metrics(self, scope, receive, send) -> None:
+        # admin only: the series carry per-route and per-target spend and traffic. Prometheus
+        # scrapes with `authorization: Bearer <admin key>` (docs/config-gateway.md, ServerConfig)
+        if not self.keys.is_admin(self._auth(self._headers(scope))):
+            raise AuthError("admin key required", code="admin_key_required")
         if self.metrics is None:
             body, ctype = b"", "text/plain"
         else:
@@ -410,6 +442,11 @@ class Gateway:
         await send({"type": "http.response.body", "body": body})
 
     async def _openapi_doc(self, scope, receive, send) -> None:
+        # the document enumerates every route alias: any caller that may use the API (a valid
+        # client key, anonymous when require_auth is off, or the admin key) may read it
+        auth = self._auth(self._headers(scope))
+        if not self.keys.is_admin(auth):
+            self.keys.authenticate(auth)
         await _send_json(send, 200, self._openapi)
 
     async def _health(self, scope, receive, send) -> None:

@@ -52,6 +52,12 @@ class Breaker:
             return True
         return False
 
+    def release(self, now: float) -> None:
+        """The request let through never reached the target (refused before it was sent): a
+        half-open probe it held goes back unused, so the next request can probe."""
+        if self.current(now) == HALF_OPEN:
+            self.probe_in_flight = False
+
     def record(self, ok: bool, now: float) -> None:
         st = self.current(now)
         if st == HALF_OPEN:
@@ -113,6 +119,9 @@ class BreakerSet:
 
     def allow(self, target: str) -> bool:
         return self.get(target).allow(self.clock())
+
+    def release(self, target: str) -> None:
+        self.get(target).release(self.clock())
 
     def record(self, target: str, ok: bool) -> None:
         now = self.clock()

@@ -122,19 +122,28 @@ async def stream_asgi(app: Any, request: dict[str, Any]) -> AsyncIterator[dict[s
             yield {"status": status, "headers": headers, "body": _decode(b"".join(chunks))}
             return
         reader = PayloadReader()
-        pending = ""
+        # the unfinished last line, in pieces joined once it ends: `pending += piece` would copy
+        # it again per body message (quadratic in a long line sent in small messages)
+        parts: list[str] = []
         # incremental: a multi-byte character may be split across two body messages
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         while (msg := await run.queue.get()) is not None:
             if msg["type"] != "http.response.body":
                 continue
-            pending += utf8.decode(msg.get("body", b""))
-            *lines, pending = pending.split("\n")
+            piece = utf8.decode(msg.get("body", b""))
+            if "\n" not in piece:
+                if piece:
+                    parts.append(piece)
+                continue
+            parts.append(piece)
+            *lines, rest = "".join(parts).split("\n")
+            parts = [rest] if rest else []
             for line in lines:
                 for payload in reader.feed_line(line):
                     yield payload
                 if reader.done:
                     return
+        pending = "".join(parts)
         # the body ended without [DONE]: its last line had no newline, then flush the parser
         for line in ([pending] if pending else []):
             for payload in reader.feed_line(line):

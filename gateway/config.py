@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.costs.schema import BudgetSpec, ModelPrice
 from gateway.limits.schema import LimiterTuning, LimitSpec
@@ -30,6 +31,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Names end up in target ids, metric labels, limiter/budget scopes, ledger rows and log lines, so
+# they are checked with re.fullmatch: `re.match(r"^...$")` would accept "m\n" (`$` also matches
+# before a trailing newline). Route aliases are what clients send as `model`, so they may also
+# hold the separators model ids use (`org/model`, `ft:base:org:id`, `model@version`).
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ALIAS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}")
+
+
+def _matching(kind: str, rx: re.Pattern, allowed: str) -> AfterValidator:
+    def check(v: str) -> str:
+        if not rx.fullmatch(v):
+            raise ValueError(f"invalid {kind} {v!r}: use a letter or digit, then {allowed}")
+        return v
+    return AfterValidator(check)
+
+
+Name = Annotated[str, _matching("name", _NAME_RE, "letters, digits, '.', '_', '-' (at most 128)")]
+RouteAlias = Annotated[str, _matching("route alias", _ALIAS_RE,
+                                      "letters, digits, '.', '_', '-', ':', '/', '@', '+' (at most 256)")]
+
+
 class ProviderConfig(_Strict):
     type: ProviderType = Field(description="Wire protocol: openai, anthropic, gemini, openai_compatible, "
                                            "or serve (a local Serve app called through a DeploymentHandle).")
@@ -41,8 +63,8 @@ class ProviderConfig(_Strict):
                                     "env_vars: Ray's runtime-env agent logs those in clear text.")
     prices: dict[str, ModelPrice] = Field(default_factory=dict, description="Per-model USD prices per 1M "
                                           "tokens; overrides the shipped price table for this provider.")
-    app: str | None = Field(None, description="serve only: the Serve application name of the LLM app.")
-    deployment: str | None = Field(None, description="serve only: deployment name inside `app` "
+    app: Name | None = Field(None, description="serve only: the Serve application name of the LLM app.")
+    deployment: Name | None = Field(None, description="serve only: deployment name inside `app` "
                                                      "(default: the app's ingress deployment).")
     usd_per_hour: float | None = Field(None, ge=0, description="serve only: cost of one replica-hour of "
                                        "the local model; shared out to requests by tokens.")
@@ -67,9 +89,15 @@ class TargetConfig(_Strict):
     provider: str = Field(description="Name of an entry under `providers`.")
     model: str = Field(description="Model name sent to that provider (for serve: the model id the app serves).")
     timeout_s: float = Field(60.0, gt=0, description="Whole-attempt timeout in seconds (non-streamed), or "
-                             "max gap between stream chunks after the first one.")
+                             "max gap between stream chunks after the first one. For a local (serve) "
+                             "target it starts once a replica is up: a non-streamed call may take "
+                             "first_token_timeout_s + timeout_s in all.")
     first_token_timeout_s: float = Field(30.0, gt=0, description="Give up on this target if no first byte "
-                                         "(non-stream) or first token (stream) arrives within this time.")
+                                         "(non-stream) or first token (stream) arrives within this time. For "
+                                         "a local (serve) target this is also its cold-path budget, the same "
+                                         "streamed or not: the LLM app waits at most this long for a replica "
+                                         "(its cold_start_max_wait_s still caps it), then answers 503 "
+                                         "cold_start_timeout and the request falls back.")
     weight: float = Field(1.0, gt=0, description="Share of traffic among targets with the same `priority`.")
     priority: int | None = Field(None, description="Targets are tried by ascending priority; equal "
                                  "priorities are load-balanced by weight. Default: position in the list.")
@@ -82,14 +110,27 @@ class RouteConfig(_Strict):
     spillover_when_cold: bool = Field(False, description="If the local (serve) target is cold, send the "
                                       "request down the chain instead of waiting, while the model warms.")
     max_tokens_cap: int | None = Field(None, gt=0, description="Upper bound on max_tokens for this route; "
-                                       "larger requests are clamped down to it.")
+                                       "larger requests are clamped down to it (max_tokens and "
+                                       "max_completion_tokens both).")
+    default_max_tokens: int = Field(4096, gt=0, description="Sent upstream as max_tokens when a request sets "
+                                    "neither max_tokens nor max_completion_tokens and the route has no "
+                                    "max_tokens_cap, so what the tpm pre-charge and the budget reservation "
+                                    "count is what the upstream may produce.")
+    max_n: int = Field(8, ge=1, description="Largest `n` (choices per request) accepted; larger gets 400. "
+                       "Pre-charges and budget reservations count n times max_tokens.")
+    allowed_service_tiers: list[str] = Field(default_factory=lambda: ["auto", "default"], description=
+                                             "`service_tier` values passed upstream; others (e.g. priority, "
+                                             "flex, scale: a different price) get 400. The ledger prices every "
+                                             "tier at the route's price table.")
+    allow_store: bool = Field(False, description="Whether `store: true` (upstream retention of the "
+                              "completion) is passed upstream; if false such requests get 400.")
     limits: LimitSpec | None = Field(None, description="rpm / tpm / max_concurrent for the whole route, "
                                      "exact across gateway replicas.")
     budget: BudgetSpec | None = Field(None, description="USD per day / month for the whole route.")
 
 
 class KeyConfig(_Strict):
-    id: str = Field(description="Stable key id used in the ledger and in limits (not secret).")
+    id: Name = Field(description="Stable key id used in the ledger and in limits (not secret).")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the bearer key. Generate "
                         "with `python -c 'import hashlib,sys;print(hashlib.sha256(sys.argv[1].encode()).hexdigest())' KEY`.")
     routes: list[str] = Field(default_factory=lambda: ["*"], description="Route aliases this key may use; "
@@ -127,15 +168,20 @@ class LedgerConfig(_Strict):
 class ServerConfig(_Strict):
     max_body_bytes: int = Field(1_048_576, gt=0, description="Requests with a larger body get 413.")
     admin_key_env: str | None = Field("THAWLINE_ADMIN_KEY", description="Env var holding the admin bearer "
-                                      "key (guards /v1/usage and other admin endpoints).")
+                                      "key. It guards /v1/usage and /metrics (Prometheus scrapes with "
+                                      "`Authorization: Bearer <admin key>`, e.g. a scrape job's `authorization: "
+                                      "{credentials_file: ...}`); with no admin key set both answer 401. "
+                                      "/openapi.json takes any valid client key or the admin key.")
     admin_key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Alternative to "
                                          "admin_key_env: hex SHA-256 of the admin key.")
-    require_auth: bool = Field(True, description="If false, requests without a key run as key id 'anonymous'.")
+    require_auth: bool = Field(True, description="If false, requests that send no key (no Authorization "
+                               "header) run as key id 'anonymous'. A key that is sent must still be valid: an "
+                               "unknown key is 401 either way.")
 
 
 class GatewayConfig(_Strict):
-    providers: dict[str, ProviderConfig] = Field(description="Upstreams by name.")
-    routes: dict[str, RouteConfig] = Field(description="Model alias (what clients send as `model`) -> chain.")
+    providers: dict[Name, ProviderConfig] = Field(description="Upstreams by name.")
+    routes: dict[RouteAlias, RouteConfig] = Field(description="Model alias (what clients send as `model`) -> chain.")
     keys: list[KeyConfig] = Field(default_factory=list, description="Client keys, stored hashed.")
     breaker: BreakerConfig = Field(default_factory=BreakerConfig, description="Circuit breaker policy.")
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry/backoff policy.")
@@ -170,7 +216,8 @@ class ConfigError(ValueError):
 def _format(err: ValidationError, source: str) -> str:
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
+        # repr a key that is no printable one-liner (a bad name like "m\n"): the message is one line
+        loc = ".".join(str(p) if not isinstance(p, str) or p.isprintable() else repr(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (not allowed)"

@@ -42,6 +42,7 @@ class Trace:
     stream_id: str | None = None          # id/model of the first streamed chunk (for the usage chunk)
     stream_model: str | None = None
     started_at: float = field(default_factory=time.perf_counter)
+    cost_usd: float = 0.0                 # what the ledger rows priced at record time (hosted targets)
 
 
 class StreamSink(Protocol):
@@ -155,7 +156,13 @@ class Dispatcher:
                 if f is None:
                     trace.attempts += 1
                     trace.target = target
-                    f = await attempt(target, provider)
+                    try:
+                        f = await attempt(target, provider)
+                    except GatewayError:
+                        # refused before anything was sent (a shape this target cannot take):
+                        # no outcome to record, but a half-open probe must not stay taken
+                        self.breakers.release(target.id)
+                        raise
                     self._observe(target, f)
                     if f is None:
                         return

@@ -38,15 +38,18 @@ class KeyStore:
         self._admin_digest = admin
 
     def authenticate(self, authorization: str | None) -> KeyConfig:
-        token = _bearer(authorization)
-        if token is None:
+        # With require_auth off, only a request that sends NO key runs as anonymous. A key that
+        # is sent but unknown (or a header that is no bearer key) is still refused: a typo'd or
+        # revoked key must not silently lose its own limits, budget and ledger identity.
+        if not authorization or not authorization.strip():
             if not self._require_auth:
                 return ANONYMOUS
             raise AuthError("missing bearer key: send `Authorization: Bearer <key>`")
+        token = _bearer(authorization)
+        if token is None:
+            raise AuthError("malformed Authorization header: send `Authorization: Bearer <key>`")
         key = self._by_digest.get(hashlib.sha256(token.encode()).hexdigest())
         if key is None:
-            if not self._require_auth:
-                return ANONYMOUS
             raise AuthError("invalid API key")
         return key
 

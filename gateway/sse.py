@@ -35,25 +35,28 @@ class SSEParser:
         self._data: list[str] = []
 
     def feed(self, chunk: bytes) -> list[Event]:
-        self._buf += chunk
+        # Scan with a cursor and cut the buffer once per feed: slicing the rest off after every
+        # line would copy a many-line chunk once per line (quadratic).
+        buf = self._buf + chunk if self._buf else chunk
+        pos, n = 0, len(buf)
         out: list[Event] = []
-        while True:
-            i = self._buf.find(b"\n")
-            j = self._buf.find(b"\r")
+        while pos < n:
+            i = buf.find(b"\n", pos)
+            j = buf.find(b"\r", pos, i if i >= 0 else n)
             if i < 0 and j < 0:
                 break
             # the earliest line terminator; \r\n counts as one
-            if j >= 0 and (i < 0 or j < i):
-                if j + 1 == len(self._buf):
+            if j >= 0:
+                if j + 1 == n:
                     break  # a lone \r at the end may be the first half of \r\n: wait for more
-                end, nxt = j, j + (2 if self._buf[j + 1:j + 2] == b"\n" else 1)
+                end, nxt = j, j + (2 if buf[j + 1:j + 2] == b"\n" else 1)
             else:
                 end, nxt = i, i + 1
-            line = self._buf[:end].decode("utf-8")
-            self._buf = self._buf[nxt:]
-            ev = self._line(line)
+            ev = self._line(buf[pos:end].decode("utf-8"))
+            pos = nxt
             if ev is not None:
                 out.append(ev)
+        self._buf = buf[pos:] if pos else buf
         return out
 
     def _line(self, line: str) -> Event | None:

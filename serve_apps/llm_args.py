@@ -12,6 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# What clients send as `model`: HF-style ids included ("meta-llama/Llama-3.1-8B-Instruct").
+# Inner spaces are tolerated (a display-style id); control characters and edge spaces are not.
+_MODEL_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._:/@+ -]{0,126}[A-Za-z0-9._:/@+-])?")
 # `${VAR}` or `${VAR:-default}`; the default may itself be empty.
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -98,6 +101,15 @@ class LLMAppArgs(_Strict):
     @classmethod
     def _expand(cls, v):
         return expand_env(v) if isinstance(v, str) else v
+
+    @field_validator("served_model_id", "snapshot_name")
+    @classmethod
+    def _model_name(cls, v):
+        # fullmatch: `$` in re.match would accept a trailing newline ("tiny\n")
+        if v is not None and not _MODEL_ID.fullmatch(v):
+            raise ValueError(f"{v!r} is not a model id: letters, digits, inner spaces and . _ - : / @ +, "
+                             "starting with a letter or digit, at most 128 characters")
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> "LLMAppArgs":

@@ -31,6 +31,17 @@ def _error(message: str, code: int = 400, type_: str = "invalid_request_error") 
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
 
+def _vllm_error(e: Exception) -> dict:
+    """An exception from vLLM's serving classes as the error body vLLM's own HTTP server would
+    answer with. Those classes raise for bad input (a prompt longer than the context is a
+    ValueError) and rely on the server's exception handlers for the status; called directly,
+    the mapping is ours to apply: 4xx for the client's mistakes, 5xx for the engine's."""
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+    log.info("thawline: request failed in the engine: %s: %s", type(e).__name__, str(e)[:300])
+    return create_error_response(e).model_dump()
+
+
 def _parse_sse(frame: str) -> dict | None:
     """vLLM's serving classes yield SSE frames ('data: {...}\\n\\n'); None for '[DONE]'."""
     data = frame.strip()
@@ -217,7 +228,10 @@ class EngineHost:
         if err:
             return err
         fn, req = call
-        out = await fn(req, None)
+        try:
+            out = await fn(req, None)
+        except Exception as e:  # noqa: BLE001 - mapped to a status exactly as vLLM's server maps it
+            return _vllm_error(e)
         if hasattr(out, "error") and not hasattr(out, "choices"):  # vLLM ErrorResponse
             return out.model_dump()
         return out.model_dump(exclude_none=True)
@@ -228,14 +242,21 @@ class EngineHost:
             yield err
             return
         fn, req = call
-        out = await fn(req, None)
+        try:
+            out = await fn(req, None)
+        except Exception as e:  # noqa: BLE001 - e.g. the prompt exceeds the context: a 400
+            yield _vllm_error(e)
+            return
         if not hasattr(out, "__aiter__"):  # an ErrorResponse before the stream started
             yield out.model_dump()
             return
-        async for frame in out:
-            chunk = _parse_sse(frame)
-            if chunk is not None:
-                yield chunk
+        try:
+            async for frame in out:
+                chunk = _parse_sse(frame)
+                if chunk is not None:
+                    yield chunk
+        except Exception as e:  # noqa: BLE001 - mid-stream: the router turns it into a broken stream
+            yield _vllm_error(e)
 
     def shutdown(self) -> None:
         if self._engine is not None:

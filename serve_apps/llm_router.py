@@ -17,7 +17,6 @@ Handle (for the gateway): generate(request) -> dict, generate_stream(request) ->
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import AsyncIterator
@@ -26,8 +25,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
+from gateway.llm_protocol import ColdStartTimeout, LLMAppError, cold_start_timeout, error_body, status_of
 from gateway.readiness import get_or_create_board
 from serve_apps.llm_args import LLMAppArgs
+from serve_apps.llm_sse import sse_frames
 from serve_apps.llm_timeline import log_line, phases
 
 log = logging.getLogger("thawline.serve")
@@ -38,23 +39,6 @@ MAX_WAIT_HEADER = "x-thawline-max-wait-s"
 
 # Histogram boundaries (s): from a warm-pool cold start (~1 s) to a big-model first boot.
 _BOUNDARIES = [0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 90, 120, 180, 300]
-
-
-class LLMAppError(Exception):
-    """A request the app answers with an error; `body` is OpenAI's error shape."""
-
-    def __init__(self, status: int, body: dict) -> None:
-        super().__init__(f"{status}: {body['error']['message']}")
-        self.status, self.body = status, body
-
-
-class ColdStartTimeout(LLMAppError):
-    pass
-
-
-def _error_status(body: dict) -> int:
-    code = body.get("error", {}).get("code")
-    return code if isinstance(code, int) and 400 <= code < 600 else 400
 
 
 @serve.ingress(api)
@@ -100,10 +84,7 @@ class LLMRouter:
         try:
             info = await asyncio.wait_for(self._server.ready.remote(), max_wait_s)
         except asyncio.TimeoutError:
-            raise ColdStartTimeout(503, {"error": {
-                "message": f"model {self.args.served_model_id!r} is scaled to zero and no replica became ready "
-                           f"within {max_wait_s:g}s (cold_start_max_wait_s); it keeps warming, retry later",
-                "type": "service_unavailable", "param": None, "code": "cold_start_timeout"}}) from None
+            raise cold_start_timeout(self.args.served_model_id, max_wait_s) from None
         return t_req, info
 
     def _first_token(self, t_req: float, info: dict) -> None:
@@ -134,7 +115,7 @@ class LLMRouter:
         t_req, info = await self._wait_ready(self._max_wait(request.get("max_wait_s")))
         out = await self._server.generate.remote(self._normalise(request))
         if "error" in out:
-            raise LLMAppError(_error_status(out), out)
+            raise LLMAppError(status_of(out), out)
         self._first_token(t_req, info)
         return out
 
@@ -142,10 +123,12 @@ class LLMRouter:
         t_req, info = await self._wait_ready(self._max_wait(request.get("max_wait_s")))
         first = True
         async for chunk in self._server_stream.generate_stream.remote(self._normalise(request)):
+            if "error" in chunk:
+                # before the first chunk: a rejected request (its 4xx); later: the engine failed
+                # mid-answer, which the caller must see as a broken stream, not as a chunk
+                raise LLMAppError(status_of(chunk), chunk)
             if first:
                 first = False
-                if "error" in chunk:
-                    raise LLMAppError(_error_status(chunk), chunk)
                 self._first_token(t_req, info)
             yield chunk
 
@@ -180,8 +163,9 @@ class LLMRouter:
         try:
             body = await request.json()
         except ValueError:
-            return JSONResponse({"error": {"message": "request body is not JSON", "type": "invalid_request_error",
-                                           "param": None, "code": 400}}, status_code=400)
+            return JSONResponse(error_body("request body is not JSON"), status_code=400)
+        if not isinstance(body, dict):
+            return JSONResponse(error_body("request body must be a JSON object"), status_code=400)
         req = {"endpoint": endpoint, "body": body, "max_wait_s": request.headers.get(MAX_WAIT_HEADER)}
         if not body.get("stream"):
             try:
@@ -198,28 +182,9 @@ class LLMRouter:
             return self._error_response(e)
         except StopAsyncIteration:
             first = None
-        return StreamingResponse(self._sse(first, gen, want_usage), media_type="text/event-stream")
+        return StreamingResponse(sse_frames(first, gen, want_usage), media_type="text/event-stream")
 
     @staticmethod
     def _error_response(e: LLMAppError) -> JSONResponse:
         headers = {"retry-after": "5"} if isinstance(e, ColdStartTimeout) else None
         return JSONResponse(e.body, status_code=e.status, headers=headers)
-
-    @staticmethod
-    async def _sse(first, gen, want_usage: bool):
-        async def frames():
-            if first is not None:
-                yield first
-            async for c in gen:
-                yield c
-
-        try:
-            async for chunk in frames():
-                if not want_usage and not chunk.get("choices") and "usage" in chunk:
-                    continue  # the usage-only chunk the handle protocol always adds
-                if not want_usage:
-                    chunk.pop("usage", None)
-                yield f"data: {json.dumps(chunk)}\n\n"
-        except Exception as e:  # after 200 was sent: end with an SSE error event, never silently
-            yield f"data: {json.dumps({'error': {'message': str(e)[:500], 'type': 'server_error', 'code': 500}})}\n\n"
-        yield "data: [DONE]\n\n"

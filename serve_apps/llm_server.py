@@ -107,8 +107,8 @@ class LLMServer:
             from serve_apps.llm_warm_pool import get_or_create_pool
 
             pool = get_or_create_pool(ray.get_runtime_context().get_node_id(), a.warm_pool_size)
-            ctx = ray.get_runtime_context()
-            owner = (ctx.get_actor_name(), ctx.namespace)  # the pool stops the host if we die
+            # By actor id, not name: the pool stops the host once this replica's actor is dead.
+            owner = ray.get_runtime_context().get_actor_id()
             try:
                 claimed = await asyncio.wait_for(pool.claim.remote(POOL_PENDING_WAIT_S, owner),
                                                  POOL_PENDING_WAIT_S + 5)

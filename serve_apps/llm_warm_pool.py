@@ -6,8 +6,13 @@ has done both before any request: imports in its process and a preloaded forkser
 EngineCore. The replica claims one on its own node, hands it the snapshot, and forwards
 requests to it; when the replica stops it kills the host. A replica that dies without stopping
 (crash, OOM kill, node agent kill) cannot: the pool remembers each claimed host's owner (the
-replica's named actor) and stops hosts whose owner is gone, so a crashed replica's engine does
-not hold the node's memory forever.
+replica's actor id, checked against the GCS actor table) and stops hosts whose owner is gone,
+so a crashed replica's engine does not hold the node's memory forever. The bookkeeping is the
+pure `ClaimBook` (serve_apps/llm_claims.py); this actor only supplies the liveness check.
+
+Owners are tracked by actor id, never by name: inside a Serve replica the runtime context's
+namespace is the job's, not the `serve` namespace the replica is registered in, so a name looked
+up there is never found and every claimed host would be reaped at once.
 
 Hosts reserve no Ray resources while idle (num_cpus=0): the resources they use once claimed are
 the claiming replica's placement-group bundle. The pool refills after a delay, so the refill's
@@ -20,6 +25,8 @@ import logging
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from serve_apps.llm_claims import ClaimBook
 
 log = logging.getLogger("thawline.serve")
 
@@ -69,12 +76,13 @@ async def _host_stopped(host) -> bool:
         return False
 
 
-def _actor_alive(name: str, namespace: str) -> bool:
-    try:
-        ray.get_actor(name, namespace=namespace)
-        return True
-    except ValueError:  # no live actor of that name: dead (named actors free their name on death)
-        return False
+def actor_alive(actor_id: str) -> bool:
+    """Whether the GCS still knows `actor_id` as a live (or restarting) actor. No dashboard
+    needed: this reads the GCS actor table directly."""
+    from ray._private.state import actors
+
+    info = actors(actor_id=actor_id)
+    return bool(info) and info.get("State") not in ("DEAD",)
 
 
 class WarmPool:
@@ -88,10 +96,8 @@ class WarmPool:
         self.reap_interval_s = reap_interval_s
         self._ready: list = []        # hosts whose constructor finished
         self._pending: set = set()   # hosts still importing
-        self._owned: list = []       # [host, owner actor name, owner namespace] of claimed hosts
+        self._claims = ClaimBook()   # claimed hosts by owner actor id
         self._claimed = 0
-        self._reaped = 0
-        self._reap_rounds = 0
         self._refill_task = None
         self._reap_task = None
         self._became_ready = asyncio.Event()
@@ -118,11 +124,11 @@ class WarmPool:
         await self._fill()
         return self.stats()
 
-    async def claim(self, wait_s: float = 0.0, owner: tuple[str, str] | None = None):
+    async def claim(self, wait_s: float = 0.0, owner_actor_id: str | None = None):
         """A ready host (the caller owns it from now on), or None. With none ready but one still
         importing, wait up to `wait_s` for it: it is further along than a fresh import would be.
-        owner: (actor name, namespace) of the claiming replica; the pool stops the host once no
-        live actor has that name."""
+        owner_actor_id: the claiming replica's actor id (ray.get_runtime_context().get_actor_id());
+        the pool stops the host once that actor is dead."""
         deadline = asyncio.get_running_loop().time() + wait_s
         while not self._ready and self._pending:
             self._became_ready.clear()
@@ -139,37 +145,36 @@ class WarmPool:
         self._claimed += 1
         if self._refill_task is None or self._refill_task.done():
             self._refill_task = asyncio.get_running_loop().create_task(self._delayed_fill())
-        if owner is not None:
-            self._owned.append([host, owner[0], owner[1]])
+        if owner_actor_id is not None:
+            self._claims.add(host, owner_actor_id)
             if self._reap_task is None or self._reap_task.done():
                 self._reap_task = asyncio.get_running_loop().create_task(self._reap())
         return [host]  # wrapped: a bare handle in a return value would be resolved differently
 
     async def _reap(self) -> None:
         """Stop claimed hosts whose owner died. A replica that stopped cleanly killed its host
-        already: its entry is dropped without counting it as reaped."""
-        while self._owned:
+        already: its claim is dropped without counting it as reaped."""
+        while self._claims:
             await asyncio.sleep(self.reap_interval_s)
-            self._reap_rounds += 1
-            for entry in list(self._owned):
-                host, name, namespace = entry
-                if await asyncio.to_thread(_actor_alive, name, namespace):
+            for claim in await asyncio.to_thread(self._claims.orphans, actor_alive):
+                if await _host_stopped(claim.host):
+                    self._claims.forget(claim)  # the replica stopped it on its way out (the normal case)
                     continue
-                self._owned.remove(entry)
-                if await _host_stopped(host):
-                    continue  # the replica stopped it on its way out (the normal case)
-                self._reaped += 1
-                log.info("thawline: owner %s of a claimed engine host is gone; stopping the host", name)
-                await stop_host(host)
+                log.info("thawline: owner %s of a claimed engine host is gone; stopping the host", claim.owner)
+                await stop_host(claim.host)
+                self._claims.reaped(claim)
 
     async def _delayed_fill(self) -> None:
         await asyncio.sleep(self.refill_delay_s)
         await self._fill()
 
+    def claims(self) -> list[dict]:
+        """The live claims: owner replica actor id and claimed host actor id (both hex)."""
+        return [{"owner": c.owner, "host": c.host._actor_id.hex()} for c in self._claims.all()]
+
     def stats(self) -> dict:
         return {"node_id": self.node_id, "size": self.size, "ready": len(self._ready),
-                "pending": len(self._pending), "claimed": self._claimed, "owned": len(self._owned),
-                "reaped": self._reaped, "reap_rounds": self._reap_rounds}
+                "pending": len(self._pending), "claimed": self._claimed, **self._claims.stats()}
 
 
 def get_or_create_pool(node_id: str, size: int):

@@ -13,6 +13,7 @@ copied.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -26,8 +27,9 @@ from typing import Callable
 from filelock import FileLock
 
 from . import fsutil
-from .errors import SnapshotCorrupt
+from .errors import SnapshotCorrupt, SnapshotIOError
 from .format import MANIFEST, SNAPSHOT_JSON, SnapshotMeta, parse_meta
+from .paths import local_join
 
 FETCH_CHUNK = 32 << 20
 FETCH_THREADS = 8
@@ -79,6 +81,7 @@ class SnapshotCache:
         if store.is_local:
             return CacheResult(Path(r.path), False, 0, time.perf_counter() - t0)
         raw_meta = store.read_meta_raw(r)
+        # parse_meta also rejects unsafe paths (absolute, '..'): every one is joined onto `local`.
         meta = parse_meta(raw_meta, where=f"{r.url}/{SNAPSHOT_JSON}")
         wanted = list(range(meta.tp_size)) if ranks is None else sorted(set(ranks))
         for rank in wanted:
@@ -92,13 +95,13 @@ class SnapshotCache:
         with FileLock(str(locks / f"{lock_base}.common.lock")):
             if not self._valid_common(local, raw_meta, meta):
                 files = [MANIFEST, *meta.files]
-                fetched_bytes += self._download(store, r.path, local, files, progress)
+                fetched_bytes += self._download(store, r.path, r.url, local, files, progress)
                 self._mark(local, "common", raw_meta)
         for rank in wanted:
             with FileLock(str(locks / f"{lock_base}.rank-{rank}.lock")):
                 if not self._valid_rank(local, raw_meta, meta, rank):
                     files = [p.path for p in meta.ranks[rank].parts]
-                    fetched_bytes += self._download(store, r.path, local, files, progress)
+                    fetched_bytes += self._download(store, r.path, r.url, local, files, progress)
                     self._check_sizes(local, meta, rank)
                     self._mark(local, f"rank-{rank}", raw_meta)
         with FileLock(str(locks / f"{lock_base}.common.lock")):
@@ -107,6 +110,26 @@ class SnapshotCache:
             if not target.exists() or target.read_bytes() != raw_meta:
                 fsutil.write_atomic(fsutil.url_to_fs("file://" + str(local))[0], str(target), raw_meta)
         return CacheResult(local, fetched_bytes > 0, fetched_bytes, time.perf_counter() - t0)
+
+    def discard(self, snapshot_url: str, ranks: list[int], *, storage_options: dict | None = None) -> None:
+        """Forget the cached copy of `ranks` and of the shared files (manifest, engine files), so
+        the next fetch downloads them again. For a copy found corrupt after it was marked
+        complete (a flipped bit on disk, an edit): without this, every later restore would fail
+        on the same bad bytes. Only the markers go; the re-fetch replaces each file by rename, so
+        a process still reading (or mapping) the old file keeps its bytes."""
+        from .store import SnapshotStore
+
+        store, ref = SnapshotStore.for_snapshot(snapshot_url, storage_options)
+        model, sid = ref.split("/")
+        if store.is_local:
+            return
+        local = self.local_path(store.url, model, sid)
+        lock_base = f"{_store_key(store.url)}--{model}--{sid}"
+        locks = self.dir / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        for name in ["common", *[f"rank-{r}" for r in ranks]]:
+            with FileLock(str(locks / f"{lock_base}.{name}.lock")):
+                self._marker(local, name).unlink(missing_ok=True)
 
     # ---- validation --------------------------------------------------------------------------
     @staticmethod
@@ -128,7 +151,8 @@ class SnapshotCache:
         return data.get("meta_sha256") == hashlib.sha256(raw_meta).hexdigest()
 
     def _valid_common(self, local: Path, raw_meta: bytes, meta: SnapshotMeta) -> bool:
-        return self._marked(local, "common", raw_meta) and all((local / f).is_file() for f in [MANIFEST, *meta.files])
+        return self._marked(local, "common", raw_meta) and all(
+            local_join(local, f, where=str(local / SNAPSHOT_JSON)).is_file() for f in [MANIFEST, *meta.files])
 
     def _valid_rank(self, local: Path, raw_meta: bytes, meta: SnapshotMeta, rank: int) -> bool:
         if not self._marked(local, f"rank-{rank}", raw_meta):
@@ -142,30 +166,40 @@ class SnapshotCache:
     @staticmethod
     def _check_sizes(local: Path, meta: SnapshotMeta, rank: int) -> None:
         for p in meta.ranks[rank].parts:
-            f = local / p.path
+            f = local_join(local, p.path, where=str(local / SNAPSHOT_JSON))
             size = f.stat().st_size if f.exists() else -1
             if size != p.nbytes:
                 raise SnapshotCorrupt(f"cached {f} has {size} bytes, expected {p.nbytes}", rank=rank)
 
     # ---- download ----------------------------------------------------------------------------
     @staticmethod
-    def _download(store, remote_dir: str, local: Path, files: list[str], progress) -> int:
-        """Parallel ranged GETs into `<file>.partial`, renamed into place when complete."""
+    def _download(store, remote_dir: str, remote_url: str, local: Path, files: list[str], progress) -> int:
+        """Parallel ranged GETs into `<file>.partial`, renamed into place when complete.
+
+        Complete means: every byte written (write_all loops on short writes and raises on none,
+        naming the file), the size on disk equal to the store's, and the file fsynced. Only then
+        the rename, and only after all renames the caller's completion marker. Any failure
+        removes the partial files and leaves no marker, so the next fetch starts over.
+        """
         total = 0
         jobs = []
         opened: dict[str, int] = {}
+        sizes: dict[str, int] = {}
+        dsts: dict[str, Path] = {}
+        ok = False
         try:
             for rel in files:
                 src = fsutil.join(remote_dir, rel)
                 try:
                     size = store.fs.size(src)
                 except FileNotFoundError:
-                    raise SnapshotCorrupt(f"{store.url}: {rel} is missing from the snapshot", rank=None) from None
-                dst = local / rel
+                    raise SnapshotCorrupt(f"{remote_url}: {rel} is missing from the snapshot", rank=None) from None
+                dst = local_join(local, rel, where=f"{remote_url}/{SNAPSHOT_JSON}")
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(str(dst) + ".partial", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                opened[rel] = fd
-                os.ftruncate(fd, size)
+                partial = str(dst) + ".partial"
+                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                opened[rel], sizes[rel], dsts[rel] = fd, size, dst
+                _reserve(fd, size, partial)
                 for start in range(0, size, FETCH_CHUNK):
                     jobs.append((rel, src, start, min(size, start + FETCH_CHUNK)))
                 total += size
@@ -174,17 +208,61 @@ class SnapshotCache:
                 rel, src, start, end = job
                 data = store.fs.cat_file(src, start=start, end=end)
                 if len(data) != end - start:
-                    raise SnapshotCorrupt(f"{store.url}: short read of {rel} at {start}")
-                os.pwrite(opened[rel], data, start)
+                    raise SnapshotCorrupt(f"{remote_url}/{rel}: short read at byte {start}")
+                fsutil.write_all(opened[rel], data, start, str(dsts[rel]) + ".partial")
                 if progress:
                     progress(len(data))
                 return len(data)
 
             with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
                 list(pool.map(one, jobs))
+            for rel, fd in opened.items():
+                partial = str(dsts[rel]) + ".partial"
+                on_disk = os.fstat(fd).st_size
+                if on_disk != sizes[rel]:
+                    raise SnapshotIOError(f"{partial}: {on_disk} bytes on disk after download, expected {sizes[rel]}")
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    raise SnapshotIOError(f"{partial}: fsync failed: {exc.strerror or exc}") from exc
+            ok = True
         finally:
             for fd in opened.values():
                 os.close(fd)
+            if not ok:
+                for dst in dsts.values():
+                    try:
+                        os.unlink(str(dst) + ".partial")
+                    except FileNotFoundError:
+                        pass
         for rel in files:
-            os.replace(str(local / rel) + ".partial", local / rel)
+            os.replace(str(dsts[rel]) + ".partial", dsts[rel])
+        for parent in {d.parent for d in dsts.values()}:
+            _fsync_dir(parent)  # the renames survive a crash before the marker is written
         return total
+
+
+def _reserve(fd: int, size: int, name: str) -> None:
+    """Allocate the file's blocks up front, so a full disk fails here, before any transfer,
+    with ENOSPC naming the file. Filesystems without fallocate just skip the reservation."""
+    if size <= 0 or not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return
+        raise SnapshotIOError(f"{name}: cannot reserve {size} bytes: {exc.strerror or exc}") from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

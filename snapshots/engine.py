@@ -265,7 +265,16 @@ def read_engine_state(snapshot_url: str, storage_options: dict | None = None):
         raw = store.fs.cat_file(fsutil.join(resolved.path, ENGINE_STATE_PATH))
     except FileNotFoundError:
         raise SnapshotMismatch(f"snapshot {resolved.url} has no {ENGINE_STATE_PATH}: it was not made by `--engine vllm`") from None
-    return store, resolved, meta, EngineState.model_validate_json(raw)
+    state = EngineState.model_validate_json(raw)
+    # Paths in engine_state.json are read from the store and their files written on this node:
+    # the same rule as snapshot.json's (snapshots/paths.py).
+    from snapshots.paths import safe_relpath
+
+    where = f"{resolved.url}/{ENGINE_STATE_PATH}"
+    for rel in [*state.hf_files, state.compile_cache, state.nccl_topo_file, state.nccl_graph_file]:
+        if rel is not None:
+            safe_relpath(rel, where=where)
+    return store, resolved, meta, state
 
 
 def _materialise(store, resolved, state: EngineState, edir: Path) -> None:

@@ -26,13 +26,32 @@ class SnapshotCorrupt(SnapshotError):
         self.tensor = tensor
 
 
+class UnsafeSnapshotPath(SnapshotCorrupt):
+    """A path read from snapshot.json / the manifest / engine state is absolute, not normalised, or
+    leaves the snapshot dir. Followed, it would read or write anywhere on the node."""
+
+
+class UnsupportedStore(SnapshotError):
+    """The URL's fsspec scheme is not a snapshot store (http://, ftp://, chained URLs, ...)."""
+
+
+class SnapshotIOError(SnapshotError):
+    """Writing a file failed (disk full, short write, I/O error); the message names the file."""
+
+
+class ClaimLost(SnapshotError):
+    """The writer no longer owns its snapshot id: gc is collecting it, or another writer claimed it."""
+
+
 class UnsupportedFormatVersion(SnapshotError):
     """snapshot.json carries a format version this reader does not understand."""
 
-    def __init__(self, found, supported: int):
-        super().__init__(f"unsupported snapshot format version {found!r} (this thawline reads version {supported})")
+    def __init__(self, found, supported: int, where: str | None = None):
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}unsupported snapshot format version {found!r} (this thawline reads version {supported})")
         self.found = found
         self.supported = supported
+        self.where = where
 
 
 class RankOutOfRange(SnapshotError):

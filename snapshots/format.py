@@ -31,7 +31,8 @@ MANIFEST = "manifest.parquet"
 CLAIM = ".claim"
 LATEST = "latest"
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Used with fullmatch: `$` alone also matches before a trailing newline, which let "m\n" through.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def align_up(n: int, align: int = ALIGN) -> int:
@@ -53,7 +54,7 @@ def rank_fragment_path(rank: int) -> str:
 
 def check_name(kind: str, value: str) -> str:
     """Model names and ids are single path components: a slash would make `<model>/<id>` ambiguous."""
-    if not isinstance(value, str) or not _NAME_RE.match(value) or value == LATEST and kind == "snapshot id":
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or value == LATEST and kind == "snapshot id":
         raise ValueError(
             f"invalid {kind} {value!r}: use 1-128 characters from [A-Za-z0-9._-], starting with a letter or digit"
             + (" ('latest' is reserved)" if value == LATEST else "")
@@ -130,9 +131,17 @@ def parse_meta(raw: bytes | str, where: str = "snapshot.json") -> SnapshotMeta:
         raise SnapshotCorrupt(f"{where}: not a JSON object")
     version = data.get("format_version")
     if version != FORMAT_VERSION:
-        raise UnsupportedFormatVersion(version, FORMAT_VERSION)
+        raise UnsupportedFormatVersion(version, FORMAT_VERSION, where=where)
     try:
-        return SnapshotMeta.model_validate(data)
+        meta = SnapshotMeta.model_validate(data)
     except Exception as exc:  # pydantic.ValidationError: keep it to one line
         first = str(exc).splitlines()
         raise SnapshotCorrupt(f"{where}: invalid ({' '.join(first[:3])})") from exc
+    # Readers index ranks by position and join every named path onto a local dir: both are
+    # checked here, once, so no reader ever uses an unchecked value.
+    if len(meta.ranks) != meta.tp_size or any(info.rank != i for i, info in enumerate(meta.ranks)):
+        raise SnapshotCorrupt(f"{where}: ranks must list ranks 0..{meta.tp_size - 1} in order")
+    from .paths import check_meta_paths
+
+    check_meta_paths(meta, where)
+    return meta

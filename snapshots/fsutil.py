@@ -5,6 +5,7 @@ s3:// (s3fs) and gs:// (gcsfs) behave the same; only exclusive create needs per-
 """
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import uuid
@@ -17,11 +18,35 @@ from fsspec.implementations.memory import MemoryFileSystem
 # so one process-wide lock makes its exclusive create atomic.
 _MEMORY_CREATE_LOCK = threading.Lock()
 
+# Schemes that are snapshot stores. fsspec opens almost anything (http://, ftp://, chained
+# "simplecache::..." URLs), and a URL taken from a config or a command line must not turn a fetch
+# into a request to an arbitrary server. Other fsspec schemes are refused unless the caller passes
+# allow_any_scheme=True or sets THAWLINE_ALLOW_ANY_SCHEME=1 (a deliberate, documented opt-in).
+STORE_SCHEMES = frozenset({"file", "local", "memory", "s3", "s3a", "gs", "gcs"})
+ALLOW_ANY_SCHEME_ENV = "THAWLINE_ALLOW_ANY_SCHEME"
 
-def url_to_fs(url: str, storage_options: dict | None = None):
+
+def scheme_of(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else "file"
+
+
+def check_scheme(url: str, allow_any_scheme: bool = False) -> str:
+    """The URL's scheme if it is a store (or any scheme when allowed); UnsupportedStore otherwise."""
+    proto = scheme_of(url)
+    if proto in STORE_SCHEMES or allow_any_scheme or os.environ.get(ALLOW_ANY_SCHEME_ENV) == "1":
+        return proto
+    from .errors import UnsupportedStore
+
+    raise UnsupportedStore(
+        f"{url}: scheme {proto!r} is not a snapshot store (allowed: {', '.join(sorted(STORE_SCHEMES))}; "
+        f"set {ALLOW_ANY_SCHEME_ENV}=1 to use another fsspec scheme deliberately)"
+    )
+
+
+def url_to_fs(url: str, storage_options: dict | None = None, *, allow_any_scheme: bool = False):
     """(filesystem, root path without protocol). A bare path means file://."""
     options = dict(storage_options or {})
-    proto = url.split("://", 1)[0] if "://" in url else "file"
+    proto = check_scheme(url, allow_any_scheme)
     if proto in ("s3", "s3a", "gs", "gcs"):
         # Stores are shared and mutated by other processes (writers, gc, TP workers): a cached
         # listing would hide a just-committed snapshot or show a deleted one.
@@ -71,10 +96,13 @@ def create_exclusive(fs, path: str, data: bytes) -> None:
         os.makedirs(parent, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            os.write(fd, data)
+            write_all(fd, data, 0, path)
             os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            os.unlink(path)  # a half-written claim must not hold the id
+            raise
+        os.close(fd)
         return
     try:
         fs.makedirs(parent, exist_ok=True)
@@ -89,22 +117,88 @@ def create_exclusive(fs, path: str, data: bytes) -> None:
         f.write(data)
 
 
-def write_atomic(fs, path: str, data: bytes) -> None:
+def write_all(fd: int, data, offset: int, name: str) -> None:
+    """pwrite every byte of `data` at `offset`, looping on short writes.
+
+    A short write is normal for pwrite (signals, a nearly full disk); ignoring its count leaves a
+    hole that reads back as zeros. 0 bytes written, or an OSError (ENOSPC, EIO), raises
+    SnapshotIOError naming the file.
+    """
+    from .errors import SnapshotIOError
+
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        try:
+            n = os.pwrite(fd, view[done:], offset + done)
+        except OSError as exc:
+            raise SnapshotIOError(f"{name}: write failed at byte {offset + done}: {exc.strerror or exc}") from exc
+        if n <= 0:
+            raise SnapshotIOError(f"{name}: write made no progress at byte {offset + done} (disk full?)")
+        done += n
+
+
+def _write_temp(path: str, data: bytes, makedirs: bool) -> str:
+    """Write `data` to a fresh temp file next to `path`, fsynced; returns the temp path."""
+    parent = path.rsplit("/", 1)[0]
+    if makedirs:
+        os.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        write_all(fd, data, 0, path)
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            from .errors import SnapshotIOError
+
+            raise SnapshotIOError(f"{path}: fsync failed: {exc.strerror or exc}") from exc
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def write_atomic(fs, path: str, data: bytes, *, makedirs: bool = True) -> None:
     """A reader sees the old state or all of `data`, never a prefix.
 
     Object stores make a single PUT atomic already; on local disks write a temp file and rename.
+    makedirs=False: fail (FileNotFoundError) when the parent is gone instead of re-creating it
+    (a heartbeat must not resurrect a dir that gc removed).
     """
     if is_local(fs):
-        parent = path.rsplit("/", 1)[0]
-        os.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp = _write_temp(path, data, makedirs)
         os.replace(tmp, path)
         return
     fs.pipe_file(path, data)
+
+
+def publish_exclusive(fs, path: str, data: bytes) -> None:
+    """Make `path` appear with all of `data` at once, only if it does not exist (FileExistsError).
+
+    The commit point: atomic like write_atomic (no reader sees a prefix) and exclusive like
+    create_exclusive (never replaces someone else's file). Local: temp file, then link(2), which
+    fails if the name exists; object stores: one conditional PUT (create_exclusive).
+    """
+    if is_local(fs):
+        tmp = _write_temp(path, data, True)
+        try:
+            os.link(tmp, path)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+                raise
+            # No hard links on this filesystem (some FUSE / SMB mounts): exists-then-rename, still
+            # atomic for readers; exclusive up to that small window.
+            if os.path.exists(path):
+                raise FileExistsError(errno.EEXIST, "file exists", path) from None
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    create_exclusive(fs, path, data)
 
 
 def exists(fs, path: str) -> bool:

@@ -19,6 +19,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from .errors import SnapshotCorrupt
+from .paths import safe_relpath
 from .restore import verify_rows, default_threads
 from .tensorbytes import torch_dtype
 
@@ -35,6 +36,7 @@ def map_rank(snap_dir: str, rows, *, rank: int, verify: bool = True, threads: in
     for row in rows:
         if row.file in mapped:
             continue
+        safe_relpath(row.file, where=f"{snap_dir}/manifest.parquet")
         try:
             with open(os.path.join(snap_dir, row.file), "rb") as f:
                 if os.fstat(f.fileno()).st_size == 0:

@@ -13,6 +13,7 @@ path instead, snapshots/maprank.py: tensors as copy-on-write views of the part f
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,8 @@ from . import fsutil, hostbuf, readplan
 from .checksum import checksum
 from .errors import SnapshotCorrupt
 from .format import RankInfo, SnapshotMeta
+
+log = logging.getLogger(__name__)
 
 # 64 MiB pieces: large enough for sequential throughput per request, small enough that a 2-thread
 # pool stays balanced and an S3 GET fits comfortably in memory.
@@ -122,6 +125,15 @@ def _rank_of(part: str) -> int | None:
         return None
 
 
+def _check_row_files(rank: int, rows, info: RankInfo) -> None:
+    """Rows may only point into this rank's own part files (the manifest is untrusted input)."""
+    parts = {p.path for p in info.parts}
+    for row in rows:
+        if row.rank != rank or row.file not in parts:
+            raise SnapshotCorrupt(f"rank {rank}: manifest row {row.name!r} points at {row.file!r}, "
+                                  f"not a part file of rank {rank}", rank=rank, tensor=row.name)
+
+
 def _check_part_sizes(reader: _Reader, rank: int, info: RankInfo) -> None:
     for p in info.parts:
         size = reader.size(p.path)
@@ -138,6 +150,7 @@ def verify_rows(rank: int, rows, view_of: Callable) -> None:
 def verify_rank(fs, snap_path: str, rank: int, rows, info: RankInfo, *, threads: int | None = None,
                 progress: Callable[[int], None] | None = None) -> int:
     """Stream one rank in bounded ranges and re-hash every tensor. Returns bytes checked."""
+    _check_row_files(rank, rows, info)
     reader = _Reader(fs, snap_path)
     threads = threads or default_threads(not reader.local)
     reader.open([p.path for p in info.parts])
@@ -180,6 +193,7 @@ def read_rank(fs, snap_path: str, meta: SnapshotMeta, rank: int, rows, *, verify
     info = meta.rank_info(rank)
     if len(rows) != info.num_tensors:
         raise SnapshotCorrupt(f"rank {rank}: manifest has {len(rows)} tensors, snapshot.json says {info.num_tensors}", rank=rank)
+    _check_row_files(rank, rows, info)
     t0 = time.perf_counter()
     reader = _Reader(fs, snap_path)
     threads = threads or default_threads(not reader.local)
@@ -255,19 +269,35 @@ def restore(snapshot_url: str, rank: int, *, verify: bool = True, threads: int |
     store, ref = SnapshotStore.for_snapshot(snapshot_url, storage_options)
     resolved = store.resolve(ref)
     resolved_url = resolved.url
+
+    def read(store, resolved):
+        meta = store.inspect(resolved)
+        meta.rank_info(rank)  # RankOutOfRange before any manifest I/O
+        rows = store.read_manifest(resolved, rank)
+        return meta, read_rank(store.fs, resolved.path, meta, rank, rows, verify=verify,
+                               threads=threads, device=device, progress=progress)
+
     fetch_s, cached = 0.0, False
     if use_cache and not store.is_local:
         from .cache import SnapshotCache
 
-        res = SnapshotCache(cache_dir).fetch(resolved.url, ranks=[rank], storage_options=storage_options)
+        cache = SnapshotCache(cache_dir)
+        res = cache.fetch(resolved.url, ranks=[rank], storage_options=storage_options)
         fetch_s, cached = res.seconds, not res.fetched
-        store, ref = SnapshotStore.for_snapshot(res.path.as_uri())
-        resolved = store.resolve(ref)
-    meta = store.inspect(resolved)
-    meta.rank_info(rank)  # RankOutOfRange before any manifest I/O
-    rows = store.read_manifest(resolved, rank)
-    tensors, buf, timings = read_rank(store.fs, resolved.path, meta, rank, rows, verify=verify,
-                                      threads=threads, device=device, progress=progress)
+        local, local_ref = SnapshotStore.for_snapshot(res.path.as_uri())
+        try:
+            meta, (tensors, buf, timings) = read(local, local.resolve(local_ref))
+        except SnapshotCorrupt as exc:
+            if res.fetched:
+                raise  # fresh from the store: the store's copy is what is corrupt
+            # A copy marked complete earlier went bad on this node's disk: fetch it again once.
+            log.warning("thawline: cached copy of rank %d of %s is corrupt (%s); fetching it again", rank, resolved_url, exc)
+            cache.discard(resolved.url, [rank], storage_options=storage_options)
+            res = cache.fetch(resolved.url, ranks=[rank], storage_options=storage_options)
+            fetch_s, cached = fetch_s + res.seconds, False
+            meta, (tensors, buf, timings) = read(local, local.resolve(local_ref))
+    else:
+        meta, (tensors, buf, timings) = read(store, resolved)
     timings.fetch_s = fetch_s
     timings.cached = cached
     timings.seconds = time.perf_counter() - t0

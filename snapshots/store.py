@@ -6,14 +6,16 @@ for readers; `<model>/latest` resolves to the most recently committed one.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from . import fsutil, manifest
+from .claim import CLAIM
 from .errors import SnapshotCorrupt, SnapshotError, SnapshotNotFound
 from .format import (
-    CLAIM,
     DEFAULT_PART_BYTES,
     LATEST,
     MANIFEST,
@@ -23,7 +25,10 @@ from .format import (
     new_snapshot_id,
     parse_meta,
 )
+from .paths import safe_relpath
 from .writer import RankWriter, SnapshotWriter, claim, read_claim
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,16 +74,19 @@ def split_snapshot_url(url: str) -> tuple[str, str]:
 
 
 class SnapshotStore:
-    def __init__(self, url: str, storage_options: dict | None = None):
+    def __init__(self, url: str, storage_options: dict | None = None, *, allow_any_scheme: bool = False):
+        """allow_any_scheme: accept fsspec schemes other than file/memory/s3/gs (see fsutil.check_scheme)."""
         self.url = url.rstrip("/")
         self.storage_options = storage_options or {}
-        self.fs, self.root = fsutil.url_to_fs(self.url, self.storage_options)
+        self.fs, self.root = fsutil.url_to_fs(self.url, self.storage_options, allow_any_scheme=allow_any_scheme)
 
     @classmethod
-    def for_snapshot(cls, snapshot_url: str, storage_options: dict | None = None) -> tuple["SnapshotStore", str]:
+    def for_snapshot(cls, snapshot_url: str, storage_options: dict | None = None, *,
+                     allow_any_scheme: bool = False) -> tuple["SnapshotStore", str]:
         """(store, '<model>/<id>') for a full snapshot URL."""
+        fsutil.check_scheme(snapshot_url, allow_any_scheme)
         store_url, ref = split_snapshot_url(snapshot_url)
-        return cls(store_url, storage_options), ref
+        return cls(store_url, storage_options, allow_any_scheme=allow_any_scheme), ref
 
     @property
     def is_local(self) -> bool:
@@ -131,8 +139,10 @@ class SnapshotStore:
         for cand in self._committed_ids(model):
             r = self._ref(model, cand)
             try:
-                created = json.loads(self.read_meta_raw(r)).get("created_at", 0.0)
-            except (ValueError, SnapshotNotFound):
+                created = self._created_at(r)
+            except SnapshotNotFound:
+                continue
+            if created is None:
                 continue
             key = (created, cand)
             if best is None or key > best[0]:
@@ -141,17 +151,41 @@ class SnapshotStore:
             raise SnapshotNotFound(f"no committed snapshot of model {model!r} in {self.url}")
         return best[1]
 
+    def _created_at(self, r: SnapshotRef) -> float | None:
+        """created_at of a committed snapshot, or None (with a warning naming the file) when its
+        snapshot.json is malformed: one bad snapshot must not make `<model>/latest` unusable.
+        The format version is not checked here: a newer-format snapshot is valid, and resolving to
+        it lets the reader refuse it with UnsupportedFormatVersion."""
+        where = f"{r.url}/{SNAPSHOT_JSON}"
+        try:
+            data = json.loads(self.read_meta_raw(r))
+        except ValueError as exc:
+            log.warning("thawline: skipping %s for latest: not valid JSON (%s)", where, exc)
+            return None
+        created = data.get("created_at") if isinstance(data, dict) else None
+        if not isinstance(created, (int, float)) or isinstance(created, bool) or not math.isfinite(created):
+            log.warning("thawline: skipping %s for latest: %s", where,
+                        "not a JSON object" if not isinstance(data, dict) else f"created_at is {created!r}, not a number")
+            return None
+        return float(created)
+
     def inspect(self, ref: str | SnapshotRef) -> SnapshotMeta:
         r = ref if isinstance(ref, SnapshotRef) else self.resolve(ref)
         return parse_meta(self.read_meta_raw(r), where=f"{r.url}/{SNAPSHOT_JSON}")
 
     def read_manifest(self, ref: SnapshotRef, rank: int | None = None) -> list[manifest.ManifestRow]:
         path = fsutil.join(ref.path, MANIFEST)
+        where = f"{ref.url}/{MANIFEST}"
         try:
             with self.fs.open(path, "rb") as f:
-                return manifest.decode(f) if rank is None else manifest.read_rank(f, rank)
+                rows = manifest.decode(f) if rank is None else manifest.read_rank(f, rank)
         except FileNotFoundError:
             raise SnapshotCorrupt(f"{ref.url}: {MANIFEST} is missing") from None
+        except Exception as exc:  # noqa: BLE001 - pyarrow/parquet raise many types; name the file
+            raise SnapshotCorrupt(f"{where}: not a valid manifest ({exc})") from exc
+        for row in rows:  # restore and map_rank open these paths
+            safe_relpath(row.file, where=where)
+        return rows
 
     def list(self) -> list[SnapshotInfo]:
         """Committed snapshots only, sorted by model then creation time."""
@@ -208,50 +242,51 @@ class SnapshotStore:
         if part_bytes < 4096:
             raise ValueError(f"part_bytes must be >= 4096, got {part_bytes}")
         r = self._ref(model, sid)
-        claim(self.fs, r.path, model, sid, tp_size, part_bytes)
-        return SnapshotWriter(self.fs, r.path, r.url, model, sid, tp_size=tp_size, part_bytes=part_bytes)
+        c = claim(self.fs, r.path, model, sid, tp_size, part_bytes)
+        return SnapshotWriter(self.fs, r.path, r.url, model, sid, tp_size=tp_size, part_bytes=part_bytes, claim_data=c)
 
-    def open_writer(self, model: str, snapshot_id: str) -> SnapshotWriter:
+    def open_writer(self, model: str, snapshot_id: str, *, heartbeat: bool = True) -> SnapshotWriter:
         """Re-open the coordinator side of an id claimed earlier (e.g. in another process)."""
         r = self._ref(check_name("model name", model), check_name("snapshot id", snapshot_id))
         c = read_claim(self.fs, r.path)
         if fsutil.exists(self.fs, fsutil.join(r.path, SNAPSHOT_JSON)):
             raise SnapshotError(f"snapshot {model}/{snapshot_id} is already committed")
-        return SnapshotWriter(self.fs, r.path, r.url, model, snapshot_id, tp_size=c["tp_size"], part_bytes=c["part_bytes"])
+        return SnapshotWriter(self.fs, r.path, r.url, model, snapshot_id, tp_size=c["tp_size"], part_bytes=c["part_bytes"],
+                              claim_data=c, heartbeat=heartbeat)
 
     def open_rank_writer(self, model: str, snapshot_id: str, rank: int) -> RankWriter:
-        """For a TP worker in another process, after create_writer() claimed the id."""
-        return self.open_writer(model, snapshot_id).rank_writer(rank)
+        """For a TP worker in another process, after create_writer() claimed the id. The rank
+        writer heartbeats the claim itself until it is closed."""
+        return self.open_writer(model, snapshot_id, heartbeat=False).rank_writer(rank, heartbeat=True)
 
     # ---- removing ----------------------------------------------------------------------------
     def delete(self, ref: str | SnapshotRef) -> SnapshotRef:
-        """Uncommit first (snapshot.json), so readers stop seeing it before the bytes go."""
+        """Uncommit first (snapshot.json), so readers stop seeing it before the bytes go.
+
+        The claim goes last: a delete interrupted halfway leaves a claimed, uncommitted dir,
+        which gc recognises and finishes (gc never removes a dir without a claim).
+        """
         r = ref if isinstance(ref, SnapshotRef) else self.resolve(ref)
         self.fs.rm_file(fsutil.join(r.path, SNAPSHOT_JSON))
-        self.fs.rm(r.path, recursive=True)
+        claim_path = fsutil.join(r.path, CLAIM)
+        for p in sorted(self.fs.find(r.path)):
+            if p.rstrip("/") != claim_path:
+                self.fs.rm_file(p)
+        try:
+            self.fs.rm_file(claim_path)
+        except FileNotFoundError:
+            pass
+        try:
+            self.fs.rm(r.path, recursive=True)  # empty dirs left behind on file:// and memory://
+        except (FileNotFoundError, OSError):
+            pass
         return r
 
     def gc(self, older_than_s: float = 3600.0) -> list[str]:
-        """Remove uncommitted snapshot dirs (a writer died) whose claim is older than `older_than_s`.
-
-        The age threshold protects writers still in progress; pass 0 only when no writer runs.
-        A dir with neither claim nor snapshot.json (a delete interrupted halfway) is always removed.
+        """Remove uncommitted snapshot dirs of writers whose heartbeat stopped more than
+        `older_than_s` ago; returns their URLs. Only dirs proven to be ours are touched
+        (snapshots/gc.py): a recognised claim, no snapshot.json, no unrecognised file.
         """
-        removed = []
-        now = time.time()
-        if hasattr(self.fs, "invalidate_cache"):
-            self.fs.invalidate_cache(self.root)
-        for model in self._ls_dirs(self.root):
-            for sid in self._ls_dirs(self._path(model)):
-                path = self._path(model, sid)
-                if fsutil.exists(self.fs, fsutil.join(path, SNAPSHOT_JSON)):
-                    continue
-                try:
-                    claimed_at = json.loads(self.fs.cat_file(fsutil.join(path, CLAIM))).get("claimed_at", 0.0)
-                except (FileNotFoundError, ValueError):
-                    claimed_at = 0.0
-                if now - claimed_at < older_than_s:
-                    continue
-                self.fs.rm(path, recursive=True)
-                removed.append(f"{self.url}/{model}/{sid}")
-        return removed
+        from .gc import collect
+
+        return collect(self, older_than_s)

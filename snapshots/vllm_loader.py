@@ -39,6 +39,7 @@ from snapshots.engine_state import (
     rank_digests,
     shard_digest,
 )
+from snapshots.errors import SnapshotCorrupt
 
 # Under the "vllm." namespace so the lines go through vLLM's own log handler and format.
 logger = init_logger("vllm.thawline.loader")
@@ -161,7 +162,18 @@ class ThawlineLoader(BaseModelLoader):
             # vLLM's fresh parameters cost 3x the mapping + checksum pass in bench/engine_start.py.
             mine_rows = [r for r in rows if r.rank == rank]
             check_parameters(expected, {r.name: (tuple(r.shape), r.dtype) for r in mine_rows}, rank=rank, where=where)
-            mapped = map_rank(local, mine_rows, rank=rank, verify=self.options.verify)
+            try:
+                mapped = map_rank(local, mine_rows, rank=rank, verify=self.options.verify)
+            except SnapshotCorrupt:
+                if store.is_local:
+                    raise
+                # The node-cache copy went bad after it was marked complete: fetch it again once.
+                from snapshots.cache import SnapshotCache
+
+                logger.warning("thawline: cached copy of rank %d of %s is corrupt; fetching it again", rank, where)
+                SnapshotCache().discard(resolved.url, [rank])
+                local = self._local_snapshot(store, resolved, rank)
+                mapped = map_rank(local, mine_rows, rank=rank, verify=self.options.verify)
             with torch.no_grad():
                 for name, tensor in mapped.items():
                     params[name].data = tensor

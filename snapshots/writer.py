@@ -5,22 +5,21 @@ Commit protocol (why a killed writer leaves nothing visible):
   2. each rank streams tensors into rank-<r>/part-<p>.bin and closes with a manifest fragment
      rank-<r>/manifest.parquet (possibly from another process: open_rank_writer);
   3. commit merges the fragments into manifest.parquet, then writes snapshot.json LAST.
-Readers only ever look at ids that have snapshot.json; `gc` removes claimed-but-uncommitted dirs.
+Readers only ever look at ids that have snapshot.json; `gc` removes claimed-but-uncommitted dirs
+whose heartbeat stopped. Claim, heartbeat and the commit/gc protocol: snapshots/claim.py.
 """
 from __future__ import annotations
 
-import json
 import os
-import socket
 import time
 from typing import Any
 
 from . import fsutil, manifest
 from .checksum import ALGORITHM, checksum
-from .errors import RankOutOfRange, SnapshotError, SnapshotExists
+from .claim import CLAIM, GC_MARK, HEARTBEAT, Heartbeat, claim, ensure_owned, lost_reason, read_claim  # noqa: F401 - claim/read_claim re-exported
+from .errors import ClaimLost, RankOutOfRange, SnapshotCorrupt, SnapshotError, SnapshotIOError
 from .format import (
     ALIGN,
-    CLAIM,
     DEFAULT_PART_BYTES,
     FORMAT_VERSION,
     MANIFEST,
@@ -36,15 +35,17 @@ from .format import (
 from .tensorbytes import as_bytes
 
 _ZEROS = bytes(ALIGN)
-_RESERVED = {CLAIM, SNAPSHOT_JSON, MANIFEST}
+_RESERVED = {CLAIM, HEARTBEAT, GC_MARK, SNAPSHOT_JSON, MANIFEST}
 
 
 class RankWriter:
     """Streams one rank's tensors to its part files; holds at most one tensor's bytes at a time."""
 
-    def __init__(self, fs, snap_path: str, rank: int, *, part_bytes: int = DEFAULT_PART_BYTES):
+    def __init__(self, fs, snap_path: str, rank: int, *, part_bytes: int = DEFAULT_PART_BYTES,
+                 heartbeat: Heartbeat | None = None):
         self._fs = fs
         self._snap = snap_path
+        self._heartbeat = heartbeat  # set when this rank writes from its own process (open_rank_writer)
         self.rank = rank
         self._part_bytes = part_bytes
         self._rows: list[manifest.ManifestRow] = []
@@ -55,21 +56,37 @@ class RankWriter:
         self._closed = False
         self.bytes_written = 0
 
+    def _part_file(self) -> str:
+        return fsutil.join(self._snap, part_path(self.rank, self._part))
+
+    def _io_error(self, exc: OSError) -> SnapshotIOError:
+        # OSError from a buffered write names no file; a full disk must say which one.
+        return SnapshotIOError(f"{self._part_file()}: write failed: {exc.strerror or exc}")
+
     def _open_part(self) -> None:
         self._close_part()
         self._part += 1
-        path = fsutil.join(self._snap, part_path(self.rank, self._part))
-        if fsutil.is_local(self._fs):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self._file = open(path, "wb")
-        else:
-            self._file = self._fs.open(path, "wb")
+        path = self._part_file()
+        try:
+            if fsutil.is_local(self._fs):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                self._file = open(path, "wb")
+            else:
+                self._file = self._fs.open(path, "wb")
+        except OSError as exc:
+            raise self._io_error(exc) from exc
         self._offset = 0
 
     def _close_part(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            f, self._file = self._file, None
+            try:
+                if fsutil.is_local(self._fs):
+                    f.flush()
+                    os.fsync(f.fileno())
+                f.close()
+            except OSError as exc:
+                raise self._io_error(exc) from exc
 
     def add(self, name: str, tensor) -> None:
         """Append one tensor (torch or numpy). Its bytes go to the current part at a 4 KiB aligned offset."""
@@ -85,9 +102,12 @@ class RankWriter:
         if self._file is None or (self._offset > 0 and start + nbytes > self._part_bytes):
             self._open_part()
             start = 0
-        if start > self._offset:
-            self._file.write(_ZEROS[: start - self._offset])
-        self._file.write(data)
+        try:
+            if start > self._offset:
+                self._file.write(_ZEROS[: start - self._offset])
+            self._file.write(data)
+        except OSError as exc:
+            raise self._io_error(exc) from exc
         self._offset = start + nbytes
         self.bytes_written += nbytes
         self._names.add(name)
@@ -108,13 +128,27 @@ class RankWriter:
         """Finish the part files, then publish this rank's manifest fragment (read by commit)."""
         if self._closed:
             return
-        self._close_part()
-        fsutil.write_atomic(self._fs, fsutil.join(self._snap, rank_fragment_path(self.rank)), manifest.encode(self._rows))
+        try:
+            self._close_part()
+            fsutil.write_atomic(self._fs, fsutil.join(self._snap, rank_fragment_path(self.rank)), manifest.encode(self._rows))
+        finally:
+            self._stop_heartbeat()
         self._closed = True
 
     def abort(self) -> None:
-        self._close_part()
+        try:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+        except OSError:
+            pass  # aborting anyway; the part file is a leftover for gc
+        finally:
+            self._stop_heartbeat()
         self._closed = True
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
 
     def __enter__(self):
         return self
@@ -126,42 +160,11 @@ class RankWriter:
             self.abort()
 
 
-def _claim_body(model: str, snapshot_id: str, tp_size: int, part_bytes: int) -> bytes:
-    return json.dumps(
-        {
-            "format_version": FORMAT_VERSION,
-            "model": model,
-            "snapshot_id": snapshot_id,
-            "tp_size": tp_size,
-            "part_bytes": part_bytes,
-            "claimed_at": time.time(),
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-        }
-    ).encode()
-
-
-def claim(fs, snap_path: str, model: str, snapshot_id: str, tp_size: int, part_bytes: int) -> dict:
-    """Exclusive create of the claim object; SnapshotExists if anyone claimed or committed the id."""
-    body = _claim_body(model, snapshot_id, tp_size, part_bytes)
-    try:
-        fsutil.create_exclusive(fs, fsutil.join(snap_path, CLAIM), body)
-    except FileExistsError:
-        raise SnapshotExists(f"snapshot {model}/{snapshot_id} already exists or is being written by another writer") from None
-    return json.loads(body)
-
-
-def read_claim(fs, snap_path: str) -> dict:
-    try:
-        return json.loads(fs.cat_file(fsutil.join(snap_path, CLAIM)))
-    except FileNotFoundError:
-        raise SnapshotError(f"no writer claimed {snap_path} (call create_writer first)") from None
-
-
 class SnapshotWriter:
     """Coordinator side of one snapshot. Construct through SnapshotStore.create_writer()."""
 
-    def __init__(self, fs, snap_path: str, url: str, model: str, snapshot_id: str, *, tp_size: int, part_bytes: int):
+    def __init__(self, fs, snap_path: str, url: str, model: str, snapshot_id: str, *, tp_size: int, part_bytes: int,
+                 claim_data: dict | None = None, heartbeat: bool = True):
         self._fs = fs
         self._snap = snap_path
         self.url = url
@@ -170,16 +173,28 @@ class SnapshotWriter:
         self.tp_size = tp_size
         self.part_bytes = part_bytes
         self.committed = False
+        self._claim = claim_data if claim_data is not None else read_claim(fs, snap_path)
+        self._token = self._claim.get("token")
+        # While this writer is open, its heartbeat tells gc it is alive however long it takes.
+        self._heartbeat = Heartbeat(fs, snap_path, self._claim, owner=self).start() if heartbeat else None
 
-    def rank_writer(self, rank: int) -> RankWriter:
+    def rank_writer(self, rank: int, *, heartbeat: bool = False) -> RankWriter:
+        """heartbeat=True: the rank writer beats on its own until closed (a TP worker process whose
+        coordinator object is not kept, see SnapshotStore.open_rank_writer)."""
         if not 0 <= rank < self.tp_size:
             raise RankOutOfRange(rank, self.tp_size)
-        return RankWriter(self._fs, self._snap, rank, part_bytes=self.part_bytes)
+        hb = Heartbeat(self._fs, self._snap, self._claim).start() if heartbeat else None
+        return RankWriter(self._fs, self._snap, rank, part_bytes=self.part_bytes, heartbeat=hb)
+
+    def stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
 
     def put_file(self, relpath: str, data: bytes) -> None:
         """Store an extra file (engine state, engine/hf/config.json, ...) inside the snapshot."""
         rel = relpath.strip("/")
-        if not rel or ".." in rel.split("/") or rel in _RESERVED or rel.startswith("rank-"):
+        if not rel or any(c in ("", ".", "..") for c in rel.split("/")) or rel in _RESERVED or rel.startswith("rank-") \
+                or ".tmp-" in rel:
             raise ValueError(f"invalid snapshot file path {relpath!r}")
         fsutil.write_atomic(self._fs, fsutil.join(self._snap, rel), data)
 
@@ -201,6 +216,8 @@ class SnapshotWriter:
         """
         if self.committed:
             raise SnapshotError(f"snapshot {self.model}/{self.snapshot_id} is already committed")
+        # Fail before touching anything if gc took the id meanwhile (see snapshots/claim.py).
+        ensure_owned(self._fs, self._snap, self._token, self.url)
         fields = dict(meta_fields or {})
         rows: list[manifest.ManifestRow] = []
         ranks: list[RankInfo] = []
@@ -211,7 +228,13 @@ class SnapshotWriter:
             except FileNotFoundError:
                 missing.append(r)
                 continue
-            rrows = manifest.decode(frag)
+            where = f"{self.url}/{rank_fragment_path(r)}"
+            try:
+                rrows = manifest.decode(frag)
+            except Exception as exc:  # noqa: BLE001 - pyarrow raises several types; name the file
+                raise SnapshotCorrupt(f"{where}: not a valid manifest fragment ({exc})", rank=r) from exc
+            if any(row.rank != r or not row.file.startswith(f"rank-{r}/") or ".." in row.file.split("/") for row in rrows):
+                raise SnapshotCorrupt(f"{where}: rows name another rank or a path outside rank-{r}/", rank=r)
             rows.extend(rrows)
             ends: dict[str, int] = {}
             for row in rrows:
@@ -255,14 +278,34 @@ class SnapshotWriter:
         fsutil.write_atomic(self._fs, fsutil.join(self._snap, MANIFEST), manifest.encode(rows))
         for r in range(self.tp_size):
             self._fs.rm_file(fsutil.join(self._snap, rank_fragment_path(r)))
-        # The commit point: until this object exists no reader sees the snapshot.
-        fsutil.write_atomic(self._fs, fsutil.join(self._snap, SNAPSHOT_JSON), meta.model_dump_json(indent=2).encode())
+        # The commit point (c1): until this object exists no reader sees the snapshot. Exclusive,
+        # so a writer that lost its id can never replace another writer's snapshot.json.
+        meta_path = fsutil.join(self._snap, SNAPSHOT_JSON)
+        try:
+            fsutil.publish_exclusive(self._fs, meta_path, meta.model_dump_json(indent=2).encode())
+        except FileExistsError:
+            raise ClaimLost(f"{self.url}: {SNAPSHOT_JSON} already exists: another writer committed this id") from None
+        # c2: gc may have marked the id between our first check and c1. Then gc may be deleting
+        # it: uncommit and fail loudly rather than report a snapshot that is about to vanish.
+        reason = lost_reason(self._fs, self._snap, self._token)
+        if reason:
+            try:
+                self._fs.rm_file(meta_path)
+            except FileNotFoundError:
+                pass
+            self.stop_heartbeat()
+            raise ClaimLost(f"{self.url}: commit undone, this writer lost the snapshot: {reason}")
         self.committed = True
+        self.stop_heartbeat()
         return meta
 
     def abort(self) -> None:
         """Remove everything written so far (claim included), freeing the id."""
+        self.stop_heartbeat()
         if self.committed:
+            return
+        # Only while the id is still ours: after gc collected it another writer may own the dir.
+        if lost_reason(self._fs, self._snap, self._token) is not None:
             return
         try:
             self._fs.rm(self._snap, recursive=True)

@@ -4,11 +4,13 @@ Environment: nothing may reach a hub or phone home; every server binds to 127.0.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,23 @@ def s3_bucket_url(moto_server, request):
     if not fs.exists(bucket):
         fs.mkdir(bucket)
     return f"s3://{bucket}"
+
+
+@contextlib.contextmanager
+def fresh_store_url(kind: str, request, tmp_path: Path, prefix: str = "thawline-test"):
+    """A fresh, empty store URL of `kind` (file, memory or s3 through the moto fixture), removed
+    afterwards where the store outlives the test."""
+    if kind == "file":
+        yield f"file://{tmp_path}/{prefix}"
+    elif kind == "memory":
+        import fsspec
+
+        root = f"/{prefix}-{uuid.uuid4().hex[:8]}"
+        try:
+            yield f"memory://{root}"
+        finally:
+            fsspec.filesystem("memory").rm(root, recursive=True)
+    elif kind == "s3":
+        yield f"{request.getfixturevalue('s3_bucket_url')}/{uuid.uuid4().hex[:8]}"
+    else:
+        raise ValueError(f"unknown store kind {kind!r}")

@@ -41,7 +41,7 @@ def parse_since(value: str | None, now: float | None = None) -> float | None:
         return None
     now = time.time() if now is None else now
     v = value.strip()
-    m = _REL.match(v)
+    m = _REL.fullmatch(v)
     if m:
         return now - float(m.group(1)) * _UNIT_S[m.group(2)]
     try:

@@ -1,7 +1,8 @@
 """`thawline snapshot ...`: create, ls, inspect, verify, rm, gc, fetch, restore.
 
 Snapshot references are full URLs `<store-url>/<model>/<id>`; `<model>/latest` works wherever an id
-does. Results go to stdout, progress bars and errors to stderr. Heavy imports (torch, vllm) happen
+does. Store URLs are file://, memory://, s3:// or gs:// (or a local path); other fsspec schemes
+(http://, ...) are refused unless THAWLINE_ALLOW_ANY_SCHEME=1. Results go to stdout, progress bars and errors to stderr. Heavy imports (torch, vllm) happen
 inside the commands that need them.
 """
 from __future__ import annotations
@@ -139,9 +140,14 @@ def rm_(snapshot: str = typer.Argument(..., help="<store>/<model>/<id|latest>.")
 @one_line_errors
 def gc(
     store: str = typer.Argument(..., help="Store URL."),
-    older_than: float = typer.Option(3600.0, "--older-than", min=0, help="Only remove leftovers claimed more than this many seconds ago (protects running writers)."),
+    older_than: float = typer.Option(3600.0, "--older-than", min=0, help="Only remove leftovers whose writer's last heartbeat (every 30 s while it runs) is older than this many seconds."),
 ) -> None:
-    """Remove leftovers of writers that never committed."""
+    """Remove leftovers of writers that died before committing.
+
+    Only dirs proven to be Thawline's are touched: <model>/<id> with a claim our writer made for
+    exactly that path, no snapshot.json and no file gc does not recognise; anything else (a wrong
+    URL, foreign files) is left alone.
+    """
     from snapshots.store import SnapshotStore
 
     removed = SnapshotStore(store).gc(older_than_s=older_than)

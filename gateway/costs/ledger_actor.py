@@ -5,8 +5,10 @@ request, and get the current day/month spend of every budgeted scope back in the
 a budget set on a key is enforced across all replicas. One writer per ledger URL keeps the
 Parquet parts few and large. It also prices local (serve) targets: every flush it reads how many
 replica-seconds each local app used since the last one (ReadinessBoard) and shares that cost out
-to the period's requests by tokens; an idle period becomes one `idle` row, so the ledger's local
-total is the accelerator bill, comparable with hosted spend.
+to the period's answered requests by tokens; replica time no answer paid for (an idle period, or
+one whose requests all failed) becomes one `idle` row outside every key's and route's spend, so
+the ledger's local total is the accelerator bill, comparable with hosted spend, and a request
+that got no answer is never billed.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import ray
 
 from gateway.costs.budget import periods
 from gateway.costs.ledger import FlushError, Ledger
-from gateway.costs.pricing import accelerator_cost_usd, share_by_tokens
+from gateway.costs.pricing import accelerator_cost_usd, allocate_local
 from gateway.costs.schema import LedgerRow
 
 log = logging.getLogger(__name__)
@@ -102,13 +104,16 @@ class LedgerActor:
                     self.pending_local[target] = rows
                 continue
             cost = accelerator_cost_usd(secs - last, usd_per_hour)
+            # Requests that got no answer pay nothing (issue 11); replica time no answer paid
+            # for is its own `idle` line, outside every key's and route's spend.
+            shares, unbilled = allocate_local(cost, rows)
+            for r, c in zip(rows, shares):
+                r["cost_usd"] = c
             if rows:
-                for r, c in zip(rows, share_by_tokens(cost, [r["tokens_in"] + r["tokens_out"] for r in rows])):
-                    r["cost_usd"] = c
                 self.ledger.append(rows)
-            elif cost > 0:
+            if unbilled > 0:
                 idle = LedgerRow(key_id="-", route="-", target=target, model=app, status="idle",
-                                 attempts=0, cost_usd=cost, pricing="local").to_dict()
+                                 attempts=0, cost_usd=unbilled, pricing="local").to_dict()
                 self.ledger.append([idle])
 
     async def flush(self) -> int:

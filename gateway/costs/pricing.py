@@ -30,3 +30,37 @@ def share_by_tokens(total_usd: float, tokens: list[int]) -> list[float]:
 
 def accelerator_cost_usd(replica_seconds: float, usd_per_hour: float) -> float:
     return max(replica_seconds, 0.0) * usd_per_hour / 3600.0
+
+
+def worst_case_usd(prices: "list[ModelPrice | None]", *, prompt_tokens: int, max_output_tokens: int) -> float:
+    """The most one request may cost: its prompt plus every output token it may produce, at the
+    dearest of the targets it may land on (a chain's max). Unpriced and local targets count 0
+    (local spend is known only afterwards, from replica time). What budgets reserve at admission."""
+    worst = 0.0
+    for p in prices:
+        if p is not None:
+            worst = max(worst, cost_usd(p, tokens_in=max(prompt_tokens, 0), tokens_out=max(max_output_tokens, 0)))
+    return worst
+
+
+def answered(row: dict) -> bool:
+    """Whether a ledger row stands for output the client got: some output tokens, or an answer
+    that finished (an empty completion is still an answer). A failed attempt that produced
+    nothing (all targets failed, timeouts, 5xx to the client) is not billed to anyone."""
+    return row["tokens_out"] > 0 or (row["status"] == "ok" and row["tokens_in"] > 0)
+
+
+def allocate_local(total_usd: float, rows: list[dict]) -> tuple[list[float], float]:
+    """Split one period's replica cost of a local app: (cost per row, unbilled USD).
+
+    Only answered rows pay, by tokens; rows without an answer get 0. Replica time no answer
+    paid for (an idle period, or one whose requests all failed) is returned as unbilled: it
+    goes on its own ledger line (status "idle"), never into a key's or route's spend."""
+    paying = [i for i, r in enumerate(rows) if answered(r)]
+    out = [0.0] * len(rows)
+    if not paying:
+        return out, max(total_usd, 0.0)
+    for i, c in zip(paying, share_by_tokens(total_usd, [rows[i]["tokens_in"] + rows[i]["tokens_out"]
+                                                        for i in paying])):
+        out[i] = c
+    return out, 0.0

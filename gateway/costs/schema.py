@@ -21,7 +21,10 @@ class ModelPrice(BaseModel):
 
 class BudgetSpec(BaseModel):
     """Spend caps in USD. Once reached, further requests get 429 `budget_exceeded` until the
-    UTC day / month rolls over."""
+    UTC day / month rolls over. Each request reserves its worst-case cost (prompt + max_tokens x n
+    at its route's dearest priced target) at admission, exactly across gateway replicas, and
+    settles to its real cost after the answer: a burst crosses a budget by at most one request's
+    worst case. Local (serve) targets are priced afterwards from replica time and reserve nothing."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -5,7 +5,11 @@ LedgerActor every `sync_interval_s`, and its reply carries the cluster-wide spen
 budgeted scope. A budget check therefore sees all replicas' spend up to one sync interval old
 plus this replica's own spend since: across replicas a budget can be overrun by at most what
 the other replicas spend within one interval (and by requests already in flight when it is
-reached, whose cost is only known when they finish).
+reached, whose cost is only known when they finish). That check alone would let a concurrent
+burst overshoot (issue 11), so budgets are also reserved at admission: the LimitClient reserves
+each request's `worst_case_usd` out of budget cells at the limits broker (exact across
+replicas) and settles them to the real cost; this check remains for what is priced afterwards
+(local targets).
 """
 from __future__ import annotations
 
@@ -14,10 +18,10 @@ import logging
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
-from gateway.costs.budget import SpendTotals, check
+from gateway.costs.budget import SpendTotals, check, periods
 from gateway.costs.ledger import Ledger
 from gateway.costs.prices import PriceBook
-from gateway.costs.pricing import cost_usd
+from gateway.costs.pricing import cost_usd, worst_case_usd
 from gateway.costs.schema import BudgetSpec, LedgerRow
 from gateway.errors import BudgetExceeded
 from gateway.metrics import METRICS
@@ -78,6 +82,20 @@ class CostTracker:
         if over is not None:
             METRICS.budget_rejection(over.scope.split(":", 1)[0])
             raise BudgetExceeded(over.message())
+
+    def period_spend(self, scope: str, dim: str) -> float:
+        """USD `scope` ("key:<id>" / "route:<alias>") spent this UTC day (dim "usd_day") or month,
+        as far as this replica knows (cluster-wide at the last sync plus its own since)."""
+        day, month = periods(self.clock())
+        return self._spent(scope, day if dim == "usd_day" else month)
+
+    def worst_case_usd(self, targets: list[tuple[str, str]], *, prompt_tokens: int,
+                       max_output_tokens: int) -> float:
+        """The most a request may cost on any of `targets` ((provider, model) pairs): what a
+        budget reserves for it at admission. Local targets count 0 (priced afterwards)."""
+        prices = [None if prov in self.local_targets else self.book.lookup(prov, model)[0]
+                  for prov, model in targets]
+        return worst_case_usd(prices, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens)
 
     def record(self, row: LedgerRow) -> LedgerRow:
         """Price `row` (sets cost_usd and pricing), count it in metrics, queue it for the ledger."""

@@ -75,18 +75,25 @@ class LimitBroker:
         self.changed = asyncio.Event()
 
     async def acquire(self, holder: str, needs: dict[Cell, tuple[int, int, int]],
-                      wait_s: float | None = None) -> dict[str, Any]:
-        """needs: cell -> (limit, need, want_extra). Returns the GrantResult as a dict."""
+                      wait_s: float | None = None, returns: dict[Cell, tuple[int, int]] | None = None,
+                      floors: dict[Cell, int] | None = None) -> dict[str, Any]:
+        """needs: cell -> (limit, need, want_extra). Returns the GrantResult as a dict.
+        returns: the caller's unreserved remainder of the needed cells, handed back first, so
+        the whole need is judged against all free quota at once (LocalLeases.take_avail).
+        floors: budget cell -> spend the caller's cost ledger view knows of this period."""
         self.calls["acquire"] += 1
         for c in needs:
             self.askers.setdefault(c, set()).add(holder)
         now = self.clock()
         self._seen(holder, now)
+        if returns:
+            self.pool.release(holder, returns, now)
+            self._notify()
         wait_s = self.tuning.max_wait_s if wait_s is None else wait_s
         deadline = time.monotonic() + wait_s
         asked: dict[str, int] = {}
         while True:
-            res = self.pool.grant(holder, needs, self.clock())
+            res = self.pool.grant(holder, needs, self.clock(), floors)
             if res.ok:
                 return _as_dict(res)
             short = [s.cell for s in res.short if s.reset_s != float("inf")]
@@ -111,7 +118,8 @@ class LimitBroker:
                 pass
 
     async def watch(self, holder: str, returns: dict[Cell, tuple[int, int]],
-                    charges: dict[Cell, int], timeout_s: float, ack: int = 0) -> tuple[list[Cell], int]:
+                    charges: dict[Cell, int], timeout_s: float, ack: int = 0,
+                    consumed: dict[Cell, tuple[int, int]] | None = None) -> tuple[list[Cell], int]:
         """A replica's long-poll: hand back `returns`, report `charges` (token overage), then wait
         until the broker wants quota back or `timeout_s`. Returns (cells to hand back, seq); the
         replica's next call passes `ack=seq` along with those cells' unused quota. `["*"]` means
@@ -130,6 +138,8 @@ class LimitBroker:
         self.answers[holder] = max(self.answers.get(holder, 0), ack)
         if returns:
             self.pool.release(holder, returns, now)
+        if consumed:
+            self.pool.consume(holder, consumed, now)
         for c, n in charges.items():
             self.pool.charge(c, n, now)
         self._notify()                                  # a waiting acquire may now succeed
@@ -143,8 +153,11 @@ class LimitBroker:
         return sorted(self.reclaim.pop(holder, set())), self.asked_seq.get(holder, 0)
 
     async def release(self, holder: str, returns: dict[Cell, tuple[int, int]],
-                      charges: dict[Cell, int] | None = None, drop: bool = False) -> None:
+                      charges: dict[Cell, int] | None = None, drop: bool = False,
+                      consumed: dict[Cell, tuple[int, int]] | None = None) -> None:
         now = self.clock()
+        if consumed:
+            self.pool.consume(holder, consumed, now)
         self.pool.release(holder, returns, now)
         for c, n in (charges or {}).items():
             self.pool.charge(c, n, now)
@@ -164,6 +177,7 @@ class LimitBroker:
         for c, st in self.pool.cells.items():
             self.pool.free(c, now)                       # roll the window
             cells[f"{c[0]}|{c[1]}"] = {"limit": st.limit, "held": dict(st.held), "debt": st.debt,
+                                        "floor": st.floor,
                                         "free": st.free(), "window": st.window,
                                         "askers": len(self.askers.get(c, ()))}
         return {"cells": cells, "calls": dict(self.calls), "holders": sorted(self.last_seen)}
@@ -171,7 +185,7 @@ class LimitBroker:
 
 def _as_dict(res) -> dict[str, Any]:
     return {"ok": res.ok, "window": res.window, "reset_s": res.reset_s, "grants": res.grants,
-            "free": res.free,
+            "free": res.free, "windows": res.windows,
             "short": [(s.cell, s.limit, s.free, s.reset_s) for s in res.short]}
 
 

@@ -15,15 +15,16 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from gateway.errors import RateLimited
+from gateway.errors import BudgetExceeded, RateLimited
 from gateway.limits.headers import ratelimit_headers
 from gateway.limits.lease import LocalLeases, Reservation
-from gateway.limits.pool import CONCURRENT, Cell
+from gateway.limits.pool import BUDGET_DIMS, CONCURRENT, NANO, RATE_DIMS, Cell, usd_to_nano
 from gateway.limits.schema import LimiterTuning, LimitSpec
 from gateway.metrics import METRICS
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
+    from gateway.costs.schema import BudgetSpec
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class Admission:
     key_id: str
     route: str
     est_tokens: int
+    est_cost_nano: int = 0          # worst-case cost reserved out of budget cells
     headers: dict[str, str] = field(default_factory=dict)
     res: Reservation = field(default_factory=Reservation)
     settled: bool = False
@@ -45,9 +47,15 @@ class LimitClient:
     def __init__(self, route_limits: dict[str, LimitSpec], key_limits: dict[str, LimitSpec], *,
                  broker: Any = None, tuning: LimiterTuning | None = None, holder_id: str | None = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 window_s: float = 60.0):
+                 window_s: float = 60.0, budgets: "dict[str, BudgetSpec] | None" = None):
         self.route_limits = {k: v for k, v in route_limits.items() if v is not None and not v.is_empty()}
         self.key_limits = {k: v for k, v in key_limits.items() if v is not None and not v.is_empty()}
+        # "key:<id>" / "route:<alias>" -> BudgetSpec: each request reserves its worst-case cost
+        # out of these at admission (exact across replicas, like the rate limits) and settles it.
+        self.budgets = {k: v for k, v in (budgets or {}).items() if v is not None}
+        # (scope, dim) -> USD the cost ledger already knows this scope spent this period (set by
+        # the gateway from its CostTracker); sent along with budget requests to the broker.
+        self.spend_floor: Callable[[str, str], float] | None = None
         self.tuning = tuning or LimiterTuning()
         self.holder = holder_id or f"replica-{uuid.uuid4().hex[:12]}"
         self.clock, self.wall, self.window_s = clock, wall, window_s
@@ -65,8 +73,10 @@ class LimitClient:
                     broker: Any = None) -> "LimitClient":
         routes = {alias: r.limits for alias, r in cfg.routes.items() if r.limits is not None}
         keys = {k.id: k.limits for k in cfg.keys if k.limits is not None}
-        client = cls(routes, keys, tuning=tuning, broker=broker)
-        if broker is None and (client.route_limits or client.key_limits):
+        budgets = {f"route:{a}": r.budget for a, r in cfg.routes.items() if r.budget is not None}
+        budgets.update({f"key:{k.id}": k.budget for k in cfg.keys if k.budget is not None})
+        client = cls(routes, keys, tuning=tuning, broker=broker, budgets=budgets)
+        if broker is None and (client.route_limits or client.key_limits or client.budgets):
             from gateway.limits.broker import get_broker    # Ray only where limits exist
             client._broker = get_broker(client.tuning)
         return client
@@ -83,16 +93,33 @@ class LimitClient:
                 for dim, limit in (("requests", spec.rpm), ("tokens", spec.tpm), (CONCURRENT, spec.max_concurrent)):
                     if limit is not None:
                         plan.append(((scope, dim), limit))
+            for scope in (f"key:{key_id}", f"route:{route}"):
+                b = self.budgets.get(scope)
+                if b is None:
+                    continue
+                for dim, usd in (("usd_day", b.usd_per_day), ("usd_month", b.usd_per_month)):
+                    if usd is not None:
+                        plan.append(((scope, dim), max(usd_to_nano(usd), 1)))
             self._plans[(key_id, route)] = plan
         return plan
 
-    async def admit(self, *, key_id: str, route: str, est_tokens: int) -> Admission:
+    async def admit(self, *, key_id: str, route: str, est_tokens: int, est_cost_usd: float = 0.0) -> Admission:
+        """Admit one request: its quota of every rate/concurrency cell, and `est_cost_usd` (its
+        worst-case cost) reserved out of every budget of its key and route. Raises RateLimited
+        or BudgetExceeded."""
         plan = self._plan(key_id, route)
-        adm = Admission(key_id=key_id, route=route, est_tokens=est_tokens)
+        est_nano = usd_to_nano(est_cost_usd)
+        adm = Admission(key_id=key_id, route=route, est_tokens=est_tokens, est_cost_nano=est_nano)
+        if not plan:
+            return adm
+        # A request that can cost nothing (local or unpriced target) reserves no budget; the
+        # CostTracker's own check still refuses it once the budget is spent.
+        plan = [(c, lim) for c, lim in plan if c[1] not in BUDGET_DIMS or est_nano > 0]
         if not plan:
             return adm
         limits = dict(plan)
-        needs = {c: (est_tokens if c[1] == "tokens" else 1) for c, _ in plan}
+        needs = {c: (est_tokens if c[1] == "tokens" else est_nano if c[1] in BUDGET_DIMS else 1)
+                 for c, _ in plan}
         if self._watch is None:
             self._watch = asyncio.get_running_loop().create_task(self._watch_loop())
         tries = 0
@@ -139,7 +166,12 @@ class LimitClient:
         self._last_reply = None
         t_sent = self.clock()
         req = {c: (limits[c], n, self.leases.want_extra(c, t_sent)) for c, n in deficits.items()}
-        fut = asyncio.wrap_future(self._broker.acquire.remote(self.holder, req).future())
+        # Hand back what is left of these leases in the same call (reserve() took nothing of
+        # a short cell): the broker judges the whole need against all free quota at once.
+        returns = self.leases.take_avail([c for c in deficits if c[1] != CONCURRENT], t_sent)
+        floors = self._floors(deficits)
+        fut = asyncio.wrap_future(self._broker.acquire.remote(self.holder, req, None, returns or None,
+                                                              floors or None).future())
         try:
             reply = await asyncio.shield(fut)
         except asyncio.CancelledError:
@@ -157,23 +189,27 @@ class LimitClient:
             self._last_reply = reply
             self.leases.unreserve(res, now)
             raise self._rejected(reply, plan)
+        windows = reply.get("windows")
         if self.leases.still_valid(res, now):
             if self.leases.apply_grants(reply["grants"], reply["window"], reply["reset_s"], t_sent,
-                                        deficits, res, now):
+                                        deficits, res, now, windows):
                 adm.res = res
                 adm.headers = self._headers(plan)
                 return reply
         else:
             self.leases.apply_grants(reply["grants"], reply["window"], reply["reset_s"], t_sent,
-                                     {}, Reservation(), now)
+                                     {}, Reservation(), now, windows)
         self.leases.unreserve(res, now)
         return None
 
-    async def settle(self, admission: Admission, *, actual_tokens: int) -> None:
-        self.settle_nowait(admission, actual_tokens=actual_tokens)
+    async def settle(self, admission: Admission, *, actual_tokens: int,
+                     actual_cost_usd: float | None = None) -> None:
+        self.settle_nowait(admission, actual_tokens=actual_tokens, actual_cost_usd=actual_cost_usd)
 
-    def settle_nowait(self, admission: Admission, *, actual_tokens: int) -> None:
-        """Synchronous settle (usable from a `finally` that cannot await)."""
+    def settle_nowait(self, admission: Admission, *, actual_tokens: int,
+                      actual_cost_usd: float | None = None) -> None:
+        """Synchronous settle (usable from a `finally` that cannot await). `actual_cost_usd`:
+        what the answer cost (0 for no answer); None keeps the whole reservation as spent."""
         if admission.settled:
             return
         admission.settled = True
@@ -184,6 +220,9 @@ class LimitClient:
         for c, (w, n) in res.rate.items():
             if c[1] == "tokens":
                 self.leases.settle_tokens(c, w, n, actual_tokens, now, res.epoch)
+            elif c[1] in BUDGET_DIMS:
+                actual = n if actual_cost_usd is None else usd_to_nano(actual_cost_usd)
+                self.leases.settle_cost(c, w, n, actual, now, res.epoch)
 
     async def close(self) -> None:
         """Hand every lease back and leave (graceful shutdown)."""
@@ -195,8 +234,9 @@ class LimitClient:
             except (asyncio.CancelledError, Exception):
                 pass
         if self._broker is not None:
+            consumed = self.leases.pop_consumed()
             await self._broker.release.remote(self.holder, self.leases.return_all(self.clock()),
-                                              self.leases.pop_charges(), True)
+                                              self.leases.pop_charges(), True, consumed or None)
 
     # -- helpers -------------------------------------------------------------------------
     def _absorb(self, fut: asyncio.Future, t_sent: float) -> None:
@@ -207,6 +247,18 @@ class LimitClient:
             self.leases.apply_grants(reply["grants"], reply["window"], reply["reset_s"], t_sent, {},
                                      Reservation(), self.clock())
 
+    def _floors(self, cells) -> dict[Cell, int]:
+        if self.spend_floor is None:
+            return {}
+        out = {}
+        for c in cells:
+            if c[1] in BUDGET_DIMS:
+                try:
+                    out[c] = usd_to_nano(self.spend_floor(c[0], c[1]))
+                except Exception as e:      # a view of spend is an optimisation, never a failure
+                    log.debug("spend floor unavailable: %s", e)
+        return out
+
     def _reset_s(self) -> float:
         return self.window_s - (self.wall() % self.window_s)
 
@@ -215,7 +267,7 @@ class LimitClient:
         best: dict[str, tuple[int, int, float]] = {}
         reset = self._reset_s()
         for c, limit in plan:
-            if c[1] == CONCURRENT:
+            if c[1] not in RATE_DIMS:
                 continue
             remaining = self.leases.local_avail(c, now) + self._free.get(c, 0)
             cur = best.get(c[1])
@@ -223,8 +275,18 @@ class LimitClient:
                 best[c[1]] = (limit, remaining, reset)
         return ratelimit_headers(best.get("requests"), best.get("tokens"))
 
-    def _rejected(self, reply: dict, plan: list[tuple[Cell, int]]) -> RateLimited:
+    def _rejected(self, reply: dict, plan: list[tuple[Cell, int]]) -> RateLimited | BudgetExceeded:
         short = reply["short"]
+        over = [s for s in short if s[0][1] in BUDGET_DIMS]
+        if over:
+            # Spend plus what requests in flight may still cost has reached the budget.
+            (scope, dim), limit, free, _ = over[0]
+            kind, name = scope.split(":", 1)
+            METRICS.budget_rejection(kind)
+            period = "day" if dim == "usd_day" else "month"
+            return BudgetExceeded(
+                f"budget exceeded: {kind} {name!r} has spent or reserved for requests in flight "
+                f"all of its ${limit / NANO:.4f} per {period} budget")
         headers = self._headers(plan)
         retry = 0.0
         parts = []
@@ -251,8 +313,10 @@ class LimitClient:
         while not self._closed:
             returns = self.leases.returnable(self.clock(), idle_s=self.tuning.idle_return_s, force=force)
             charges = self.leases.pop_charges()
+            consumed = self.leases.pop_consumed()
             try:
-                cells, ack = await self._broker.watch.remote(self.holder, returns, charges, timeout, ack)
+                cells, ack = await self._broker.watch.remote(self.holder, returns, charges, timeout, ack,
+                                                             consumed or None)
                 if cells == ["*"]:
                     # Presumed dead by the broker, our quota is already back in its pool.
                     self.leases.forget_all()
@@ -266,6 +330,9 @@ class LimitClient:
                 # undershoot until the window ends); overage must not be lost, so keep it.
                 for c, n in charges.items():
                     self.leases.charges[c] = self.leases.charges.get(c, 0) + n
+                for c, (w, n) in consumed.items():     # settled spend must not be lost either
+                    w0, n0 = self.leases.consumed.get(c, (w, 0))
+                    self.leases.consumed[c] = (w, n + (n0 if w0 == w else 0))
                 log.warning("limit broker unreachable (%s); retrying in %.2fs", type(e).__name__, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)

@@ -63,6 +63,7 @@ class LocalLeases:
         self.slots: dict[Cell, SlotLease] = {}
         self.demand: dict[Cell, _Demand] = {}
         self.charges: dict[Cell, int] = {}   # overage to report to the broker
+        self.consumed: dict[Cell, tuple[int, int]] = {}   # budget cells: settled cost to report
         self.horizon_s = horizon_s
         self.epoch = 0
 
@@ -99,14 +100,30 @@ class LocalLeases:
                 ls = self.rate[c] = RateLease()
             if not ls.valid(now):
                 ls.avail = 0
-            take = min(ls.avail, n)
-            if take:
-                ls.avail -= take
-                ls.last_used = now
-                res.rate[c] = (ls.window, take)
-            if take < n:
-                deficits[c] = n - take
+            # All or nothing per cell: a partial take would sit in this pending admission where
+            # the broker cannot reclaim it (returnable() offers only `avail`), so two replicas
+            # each holding part of the last request's quota would both be refused (issue 11).
+            # The caller hands the remainder back with its broker call (take_avail) instead.
+            if ls.avail >= n:
+                if n:
+                    ls.avail -= n
+                    ls.last_used = now
+                    res.rate[c] = (ls.window, n)
+            else:
+                deficits[c] = n
         return res, deficits
+
+    def take_avail(self, cells, now: float) -> dict[Cell, tuple[int, int]]:
+        """Remove the unreserved remainder of these rate cells' leases, to hand back to the
+        broker in the same call that asks for a whole admission's quota: the broker then sees
+        all free quota in one place and either grants the request or not, never half of it."""
+        out: dict[Cell, tuple[int, int]] = {}
+        for c in cells:
+            ls = self.rate.get(c)
+            if ls is not None and ls.avail > 0 and ls.valid(now):
+                out[c] = (ls.window, ls.avail)
+                ls.avail = 0
+        return out
 
     def want_extra(self, cell: Cell, now: float) -> int:
         """Extra quota to lease beyond the deficit: about `horizon_s` of recent demand. Slots are
@@ -122,15 +139,20 @@ class LocalLeases:
         return res.epoch == self.epoch and all(self.rate[c].valid(now) and self.rate[c].window == w for c, (w, _) in res.rate.items())
 
     def apply_grants(self, grants: dict[Cell, int], window: int, reset_s: float, t_sent: float,
-                     deficits: dict[Cell, int], res: Reservation, now: float) -> bool:
+                     deficits: dict[Cell, int], res: Reservation, now: float,
+                     windows: dict[Cell, tuple[int, float]] | None = None) -> bool:
         """Add a broker grant; the deficit part goes to `res`, the rest to the local pool.
+        `windows`: cell -> (window, reset_s) for cells not on the rate window (budget periods).
 
         Returns False when the grant arrived for an already expired window (a reply overtaken
         by a window change): nothing is added and the caller retries.
         """
-        expires = t_sent + reset_s
-        if now >= expires:
+        if now >= t_sent + reset_s:
             return False
+        windows = windows or {}
+        for c, (_, r) in windows.items():
+            if now >= t_sent + r:
+                return False
         for c, got in grants.items():
             if c[1] == CONCURRENT:
                 sl = self.slots.setdefault(c, SlotLease())
@@ -140,17 +162,18 @@ class LocalLeases:
                 if deficits.get(c):
                     res.slots.append(c)
                 continue
+            cw, cr = windows.get(c, (window, reset_s))
             ls = self.rate.setdefault(c, RateLease())
-            if ls.window != window or not ls.valid(now):
-                ls.window, ls.avail = window, 0
-            ls.expires = expires                  # same window: the later (still safe) expiry
+            if ls.window != cw or not ls.valid(now):
+                ls.window, ls.avail = cw, 0
+            ls.expires = t_sent + cr              # same window: the later (still safe) expiry
             need = deficits.get(c, 0)
             ls.avail += got - need
             ls.last_used = now
             if need:
-                w, n = res.rate.get(c, (window, 0))
+                w, n = res.rate.get(c, (cw, 0))
                 # A reservation mixing two windows cannot happen: still_valid() is checked first.
-                res.rate[c] = (window, n + need)
+                res.rate[c] = (cw, n + need)
         return True
 
     def unreserve(self, res: Reservation, now: float) -> None:
@@ -195,8 +218,40 @@ class LocalLeases:
             if delta - cover:
                 self.charges[cell] = self.charges.get(cell, 0) + delta - cover
 
+    def settle_cost(self, cell: Cell, window: int, reserved: int, actual: int, now: float,
+                    epoch: int | None = None) -> None:
+        """Budget cells: reserved `reserved` nano-USD, the answer cost `actual`. The unused part
+        goes back into the lease; the cost is reported as consumed (moved from this lease to the
+        period's spend at the broker); an overage the lease cannot cover is charged as debt."""
+        ls = self.rate.get(cell)
+        same = (ls is not None and ls.window == window and ls.valid(now)
+                and (epoch is None or epoch == self.epoch))
+        if not same:
+            # The broker dropped this lease (new period, or it took our quota back): the cost is
+            # still spend of this period if the period is the same; report it as plain debt.
+            if ls is not None and ls.window == window and actual > 0:
+                self.charges[cell] = self.charges.get(cell, 0) + actual
+            return
+        delta = actual - reserved
+        if delta <= 0:
+            ls.avail += -delta
+            used = actual
+        else:
+            cover = min(ls.avail, delta)
+            ls.avail -= cover
+            used = reserved + cover
+            if delta - cover:
+                self.charges[cell] = self.charges.get(cell, 0) + delta - cover
+        if used > 0:
+            w, n = self.consumed.get(cell, (window, 0))
+            self.consumed[cell] = (window, (n if w == window else 0) + used)
+
     def pop_charges(self) -> dict[Cell, int]:
         out, self.charges = self.charges, {}
+        return out
+
+    def pop_consumed(self) -> dict[Cell, tuple[int, int]]:
+        out, self.consumed = self.consumed, {}
         return out
 
     # -- giving back ---------------------------------------------------------------------
@@ -221,6 +276,10 @@ class LocalLeases:
         """Drop every lease without handing it back (the broker already took it back). Slots of
         requests in flight stay counted as in use and are released by their settle as usual."""
         self.epoch += 1
+        # The broker dropped the leases these costs were to be moved out of: still spend.
+        for c, (_, n) in self.consumed.items():
+            self.charges[c] = self.charges.get(c, 0) + n
+        self.consumed.clear()
         for ls in self.rate.values():
             ls.avail = 0
         for sl in self.slots.values():

@@ -1,9 +1,11 @@
 """Broker-side quota accounting: who holds how much of which limit (pure logic, no Ray).
 
 A *cell* is one limit of one scope: `("route:chat", "requests")`, `("key:k1", "tokens")`,
-`("key:k1", "concurrent")`. Rate cells (`requests`, `tokens`) count per fixed window of
-`window_s` seconds aligned to the epoch (so "per minute" means per wall-clock minute); the
-`concurrent` cell counts slots held right now.
+`("key:k1", "concurrent")`, `("key:k1", "usd_day")`. Rate cells (`requests`, `tokens`) count per
+fixed window of `window_s` seconds aligned to the epoch (so "per minute" means per wall-clock
+minute); the `concurrent` cell counts slots held right now. Budget cells (`usd_day`,
+`usd_month`, in nano-USD) count per UTC calendar day / month: requests reserve their worst-case
+cost out of them at admission, and settle (consume) the actual cost afterwards.
 
 The invariant that makes limits exact across replicas: for every cell,
 
@@ -16,10 +18,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 Cell = tuple[str, str]          # (scope, dim)
 RATE_DIMS = ("requests", "tokens")
+BUDGET_DIMS = ("usd_day", "usd_month")
+WINDOWED = RATE_DIMS + BUDGET_DIMS
 CONCURRENT = "concurrent"
+NANO = 1_000_000_000            # budget cells count nano-USD (integers, like every other cell)
+
+
+def usd_to_nano(usd: float) -> int:
+    """Round up: a reservation is never smaller than the cost it stands for."""
+    return int(math.ceil(max(usd, 0.0) * NANO - 1e-6)) if usd > 0 else 0
+
+
+def budget_period(dim: str, now: float) -> tuple[int, float]:
+    """(period id, seconds until it ends) of a budget cell at wall time `now`: the UTC calendar
+    day / month, the same periods the cost ledger totals spend in (costs/budget.periods)."""
+    if dim == "usd_day":
+        return int(now // 86400), (int(now // 86400) + 1) * 86400 - now
+    t = datetime.fromtimestamp(now, tz=timezone.utc)
+    nxt = datetime(t.year + (t.month == 12), t.month % 12 + 1, 1, tzinfo=timezone.utc)
+    return t.year * 12 + t.month - 1, nxt.timestamp() - now
 
 
 @dataclass(slots=True)
@@ -27,10 +48,18 @@ class CellState:
     limit: int
     window: int = -1                        # rate cells: the window `held` belongs to
     held: dict[str, int] = field(default_factory=dict)
-    debt: int = 0                           # rate cells: usage above what was leased (tpm overage)
+    debt: int = 0                           # rate cells: usage above what was leased (tpm overage);
+                                            # budget cells: cost settled (consumed) this period
+    floor: int = 0                          # budget cells: spend the cost ledger knows of (it also
+                                            # sees spend the broker never did: local pricing, restarts)
+
+    def spent(self) -> int:
+        # Both are lower bounds of the real spend (each may miss what the other saw); their max
+        # is one too, and counting it once never double-counts a request both know of.
+        return max(self.debt, self.floor)
 
     def free(self) -> int:
-        return self.limit - sum(self.held.values()) - self.debt
+        return self.limit - sum(self.held.values()) - self.spent()
 
 
 @dataclass(slots=True)
@@ -49,6 +78,8 @@ class GrantResult:
     grants: dict[Cell, int] = field(default_factory=dict)
     free: dict[Cell, int] = field(default_factory=dict)       # free after this call (for headers)
     short: list[Shortfall] = field(default_factory=list)
+    # cell -> (window, reset_s) for cells whose window is not the rate window (budget periods)
+    windows: dict[Cell, tuple[int, float]] = field(default_factory=dict)
 
 
 class QuotaPool:
@@ -68,6 +99,12 @@ class QuotaPool:
     def reset_s(self, now: float) -> float:
         return (self.window_of(now) + 1) * self.window_s - now
 
+    def period(self, dim: str, now: float) -> tuple[int, float]:
+        """(window id, seconds left in it) of a windowed cell."""
+        if dim in BUDGET_DIMS:
+            return budget_period(dim, now)
+        return self.window_of(now), self.reset_s(now)
+
     def _cell(self, cell: Cell, limit: int, now: float) -> CellState:
         st = self.cells.get(cell)
         if st is None:
@@ -75,35 +112,49 @@ class QuotaPool:
         # The config is the holders' (all replicas run the same gateway.yaml); the last caller
         # wins so a redeploy with a new limit takes effect without restarting the broker.
         st.limit = limit
-        if cell[1] in RATE_DIMS:
-            w = self.window_of(now)
+        if cell[1] in WINDOWED:
+            w = self.period(cell[1], now)[0]
             if st.window != w:
                 # A new window: every lease of the old one is void on the holders' side too (they
                 # expire locally no later than the window end), so nothing is carried over.
-                st.window, st.held, st.debt = w, {}, 0
+                st.window, st.held, st.debt, st.floor = w, {}, 0, 0
         return st
 
     # -- operations ----------------------------------------------------------------------
-    def grant(self, holder: str, needs: dict[Cell, tuple[int, int, int]], now: float) -> GrantResult:
+    def grant(self, holder: str, needs: dict[Cell, tuple[int, int, int]], now: float,
+              floors: dict[Cell, int] | None = None) -> GrantResult:
         """All-or-nothing: give `holder` `need` of every cell, plus up to `want` extra each.
 
         needs: cell -> (limit, need, want_extra). Extra quota is what makes the hot path local:
         the holder admits its next requests out of it without calling the broker. When other
         holders hold quota of the cell, extra is capped at a fair share of what is free so no
         replica parks the whole limit while another one is busy.
+
+        Budget cells admit a request while anything at all is free, reserving its whole worst
+        case even past the limit: a budget blocks once reached, and the request that crosses it
+        crosses it by at most its own worst case (never by the sum of a concurrent burst's).
+        `floors`: budget cell -> spend the cost ledger knows of this period (see CellState).
         """
         w = self.window_of(now)
         res = GrantResult(ok=True, window=w, reset_s=self.reset_s(now))
         states = {c: self._cell(c, lim, now) for c, (lim, _, _) in needs.items()}
+        for c, n in (floors or {}).items():
+            st = states.get(c)
+            if st is not None and c[1] in BUDGET_DIMS:
+                st.floor = max(st.floor, n)
         for c, (lim, need, _) in needs.items():
             st = states[c]
             free = st.free()
-            if free < need:
+            budget = c[1] in BUDGET_DIMS
+            if (free <= 0 and need > 0) if budget else free < need:
                 res.ok = False
-                reset = res.reset_s if c[1] in RATE_DIMS else self.slot_retry_s
-                if need > lim:
-                    # One request asking more than the whole limit (huge max_tokens) can never pass.
-                    reset = math.inf
+                if budget:
+                    reset = budget_period(c[1], now)[1]
+                else:
+                    reset = res.reset_s if c[1] in RATE_DIMS else self.slot_retry_s
+                    if need > lim:
+                        # One request asking more than the whole limit (huge max_tokens) can never pass.
+                        reset = math.inf
                 res.short.append(Shortfall(cell=c, limit=lim, free=max(free, 0), reset_s=reset))
         if not res.ok:
             res.free = {c: max(st.free(), 0) for c, st in states.items()}
@@ -117,6 +168,8 @@ class QuotaPool:
             st.held[holder] = st.held.get(holder, 0) + got
             res.grants[c] = got
             res.free[c] = st.free()
+            if c[1] in BUDGET_DIMS:
+                res.windows[c] = budget_period(c[1], now)
         return res
 
     def release(self, holder: str, returns: dict[Cell, tuple[int, int]], now: float) -> None:
@@ -126,7 +179,7 @@ class QuotaPool:
             st = self.cells.get(c)
             if st is None or n <= 0:
                 continue
-            if c[1] in RATE_DIMS:
+            if c[1] in WINDOWED:
                 self._cell(c, st.limit, now)
                 if window != st.window:
                     continue
@@ -139,10 +192,29 @@ class QuotaPool:
         """Usage above what a holder had leased (actual tokens > the pre-charged estimate and no
         lease left to cover it). It is spent, so it reduces what the current window can grant."""
         st = self.cells.get(cell)
-        if st is None or n <= 0 or cell[1] not in RATE_DIMS:
+        if st is None or n <= 0 or cell[1] not in WINDOWED:
             return
         self._cell(cell, st.limit, now)
         st.debt += n
+
+    def consume(self, holder: str, consumed: dict[Cell, tuple[int, int]], now: float) -> None:
+        """Budget cells: settled cost that the holder had reserved out of its lease, cell ->
+        (window, nano-USD). It moves from the holder's lease to the period's spend, so it stays
+        counted when the holder later hands its leases back or dies."""
+        for c, (window, n) in consumed.items():
+            st = self.cells.get(c)
+            if st is None or n <= 0 or c[1] not in BUDGET_DIMS:
+                continue
+            self._cell(c, st.limit, now)
+            if window != st.window:
+                continue                        # a past period's spend: its window is closed
+            have = st.held.get(holder, 0)
+            take = min(n, have)
+            if take:
+                st.held[holder] = have - take
+                if st.held[holder] == 0:
+                    del st.held[holder]
+            st.debt += n
 
     def holders_of(self, cells: list[Cell], *, exclude: str) -> set[str]:
         """Holders other than `exclude` that hold quota of any of `cells` (reclaim candidates)."""

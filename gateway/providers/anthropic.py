@@ -14,8 +14,8 @@ import orjson
 from gateway.providers.base import CHAT, COMPLETIONS, Response, Usage, scrub, unsupported
 from gateway.providers.http import HttpProvider, broken
 from gateway.providers.translate import (chat_body_from_completion, chat_chunk, chat_response,
-                                         completion_chunk_from_chat, completion_from_chat, content_text,
-                                         stop_list)
+                                         check_chat_shapes, completion_chunk_from_chat, completion_from_chat,
+                                         content_text, invalid, stop_list)
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI does not
@@ -45,10 +45,24 @@ def _blocks(content: Any) -> list[dict] | str:
     return out
 
 
+def _tool_input(args: Any, param: str) -> dict:
+    """OpenAI sends tool-call arguments as a JSON string; Anthropic wants the object itself."""
+    if not isinstance(args, str):
+        return args
+    try:
+        obj = orjson.loads(args)
+    except orjson.JSONDecodeError:
+        raise invalid(param, "must be a JSON object encoded as a string") from None
+    if not isinstance(obj, dict):
+        raise invalid(param, "must be a JSON object encoded as a string")
+    return obj
+
+
 def to_anthropic(body: dict, model: str) -> dict:
+    check_chat_shapes(body)   # malformed shapes -> a 400 naming the field, not a crash below
     system: list[str] = []
     messages: list[dict] = []
-    for m in body.get("messages", []):
+    for mi, m in enumerate(body.get("messages", [])):
         role = m.get("role")
         if role in ("system", "developer"):
             system.append(content_text(m.get("content")))
@@ -65,11 +79,11 @@ def to_anthropic(body: dict, model: str) -> dict:
             blocks: list[dict] = []
             if content_text(m.get("content")):
                 blocks.append({"type": "text", "text": content_text(m.get("content"))})
-            for tc in m["tool_calls"]:
-                fn = tc.get("function", {})
-                args = fn.get("arguments") or "{}"
-                blocks.append({"type": "tool_use", "id": tc.get("id", ""), "name": fn.get("name", ""),
-                               "input": orjson.loads(args) if isinstance(args, str) else args})
+            for ti, tc in enumerate(m["tool_calls"]):
+                fn = tc["function"]
+                args = _tool_input(fn.get("arguments") or "{}",
+                                   f"messages[{mi}].tool_calls[{ti}].function.arguments")
+                blocks.append({"type": "tool_use", "id": tc.get("id") or "", "name": fn["name"], "input": args})
             messages.append({"role": "assistant", "content": blocks})
         else:
             messages.append({"role": "assistant" if role == "assistant" else "user",

@@ -7,11 +7,14 @@ it. A stream that ends without the provider's terminal marker raises `ProviderEr
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from gateway.fallback import Failure, Kind
+
+_log = logging.getLogger("thawline.gateway")
 
 if TYPE_CHECKING:
     from gateway.router import Target
@@ -33,11 +36,16 @@ class Usage:
 
     @classmethod
     def from_openai(cls, u: dict | None) -> "Usage | None":
+        """None when absent or not believable (negative, non-numeric, missing counts): the
+        gateway then counts the tokens itself, and the answer is still served and billed."""
         if not u:
             return None
-        details = u.get("prompt_tokens_details") or {}
-        return cls(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0),
-                   int(details.get("cached_tokens") or 0))
+        from gateway.costs.tokens import usage_from_openai
+        t = usage_from_openai(u)
+        if t is None:
+            _log.warning("upstream sent an invalid `usage` (%s); counting tokens locally", repr(u)[:200])
+            return None
+        return cls(*t)
 
     def __add__(self, other: "Usage") -> "Usage":
         return Usage(self.prompt_tokens + other.prompt_tokens,

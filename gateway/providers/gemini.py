@@ -14,9 +14,9 @@ import orjson
 
 from gateway.providers.base import CHAT, COMPLETIONS, EMBEDDINGS, Response, Usage
 from gateway.providers.http import HttpProvider, broken
-from gateway.providers.translate import (chat_body_from_completion, chat_chunk, chat_response,
-                                         completion_chunk_from_chat, completion_from_chat, content_text,
-                                         new_id, stop_list)
+from gateway.providers.translate import (InvalidRequest, chat_body_from_completion, chat_chunk,
+                                         chat_response, check_chat_shapes, completion_chunk_from_chat,
+                                         completion_from_chat, content_text, new_id, stop_list)
 
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
           "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
@@ -41,6 +41,7 @@ def _parts(content: Any) -> list[dict]:
 
 
 def to_gemini(body: dict) -> dict:
+    check_chat_shapes(body)   # malformed shapes -> a 400 naming the field, not a crash below
     system: list[str] = []
     contents: list[dict] = []
     for m in body.get("messages", []):
@@ -150,7 +151,10 @@ class GeminiProvider(HttpProvider):
         inputs = body.get("input")
         texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
         if not all(isinstance(t, str) for t in texts):
-            raise broken(self.name, "Gemini embeddings take text input only")
+            # the request's fault, not the upstream's: a 400, not a failure that falls back and
+            # counts against this target's breaker
+            raise InvalidRequest("Gemini embeddings take text input only (not token ids)", param="input",
+                                 code="unsupported_value")
         payload = {"requests": [{"model": f"models/{target.model}", "content": {"parts": [{"text": t}]}}
                                 for t in texts]}
         obj, _ = await self.post_json(self._url(target.model, "batchEmbedContents"), payload, target)

@@ -14,6 +14,7 @@ import time
 from typing import AsyncIterator
 
 from gateway.fallback import Failure, Kind
+from gateway.llm_protocol import as_app_error
 from gateway.providers.base import CHAT, COMPLETIONS, Provider, ProviderError, Response, Usage, unsupported
 
 log = logging.getLogger("thawline.gateway")
@@ -99,26 +100,43 @@ class ServeProvider(Provider):
         st = self._state
         return st is not None and st.get("state") != "warm"
 
-    @property
-    def replica_seconds(self) -> float:
-        return float((self._state or {}).get("replica_seconds") or 0.0)
-
     def _failure(self, e: Exception, *, started: bool) -> ProviderError:
-        kind = Kind.STREAM_BROKEN if started else Kind.STATUS
-        return ProviderError(Failure(kind, f"local app {self.cfg.app!r}: {type(e).__name__}: {str(e)[:200]}",
-                                     status=None if started else 503))
+        """An LLM app's own error keeps its status: a 4xx is the request's fault (no fallback,
+        no breaker failure; the client gets that 4xx), a 503 cold-start timeout falls back.
+        Anything else (a dead replica, a lost actor) is the target's ill health: 503, or a
+        broken stream once output went out."""
+        app_err = as_app_error(e)
+        where = f"local app {self.cfg.app!r}"
+        if started:
+            why = str(app_err) if app_err is not None else f"{type(e).__name__}: {str(e)[:200]}"
+            return ProviderError(Failure(Kind.STREAM_BROKEN, f"{where}: {why}"))
+        if app_err is not None:
+            msg = ((app_err.body.get("error") or {}).get("message") if isinstance(app_err.body, dict) else None)
+            return ProviderError(Failure(Kind.STATUS, f"{where}: {msg or app_err}", status=app_err.status,
+                                         retry_after_s=5.0 if app_err.status == 503 else None))
+        return ProviderError(Failure(Kind.STATUS, f"{where}: {type(e).__name__}: {str(e)[:200]}", status=503))
+
+    @staticmethod
+    def _request(endpoint: str, body: dict, target, *, stream: bool) -> dict:
+        # The target's cold-path budget: its first_token_timeout_s bounds the wait for a replica
+        # in the app itself (a clean 503 cold_start_timeout, which falls back), streamed or not.
+        return {"endpoint": endpoint, "body": {**body, "model": target.model, "stream": stream},
+                "max_wait_s": target.cfg.first_token_timeout_s}
 
     async def call(self, endpoint: str, body: dict, target) -> Response:
         if endpoint not in self.endpoints:
             raise unsupported(self.name, endpoint)
         h, _ = self._handles()
-        req = {"endpoint": endpoint, "body": {**body, "model": target.model, "stream": False}}
+        req = self._request(endpoint, body, target, stream=False)
+        # Same budget as a stream: up to first_token_timeout_s for a replica (the cold path),
+        # then timeout_s for the answer itself.
+        budget = target.cfg.first_token_timeout_s + target.cfg.timeout_s
         try:
-            async with asyncio.timeout(target.cfg.timeout_s):
+            async with asyncio.timeout(budget):
                 out = await h.generate.remote(req)
         except TimeoutError:
             raise ProviderError(Failure(Kind.TIMEOUT, f"local app {self.cfg.app!r}: no answer within "
-                                                      f"{target.cfg.timeout_s}s")) from None
+                                                      f"{budget:g}s (first_token_timeout_s + timeout_s)")) from None
         except Exception as e:
             raise self._failure(e, started=False) from None
         return Response(out, Usage.from_openai(out.get("usage")))
@@ -127,7 +145,7 @@ class ServeProvider(Provider):
         if endpoint not in self.endpoints:
             raise unsupported(self.name, endpoint)
         _, sh = self._handles()
-        req = {"endpoint": endpoint, "body": {**body, "model": target.model, "stream": True}}
+        req = self._request(endpoint, body, target, stream=True)
         gen = sh.generate_stream.remote(req)
         started = False
         try:

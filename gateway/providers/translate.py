@@ -2,6 +2,9 @@
 
 Providers that only speak a chat API (Anthropic, Gemini) serve /v1/completions by wrapping the
 prompt as one user message and unwrapping the answer as `text_completion`.
+
+A request shape a translation cannot map raises `InvalidRequest` (a 400 naming the field), never
+a stray AttributeError/TypeError that would surface as a bare 500.
 """
 from __future__ import annotations
 
@@ -9,7 +12,90 @@ import time
 import uuid
 from typing import Any
 
+from gateway.errors import BadRequest
 from gateway.providers.base import Usage
+
+
+class InvalidRequest(BadRequest):
+    """The client's request has a shape this translation cannot map, e.g. `content: ["hi"]`.
+
+    Deliberately a GatewayError and not a ValueError: the dispatcher turns ValueErrors into a
+    param-less BadRequest, while a GatewayError passes through it untouched, so this ends the
+    chain walk at once as the client's 400 with `param` set. No fallback (every target would
+    refuse the same body) and no breaker sample (nothing was sent upstream).
+    """
+
+
+def invalid(param: str, msg: str) -> InvalidRequest:
+    return InvalidRequest(f"'{param}' {msg}", param=param,
+                          code="invalid_type" if msg.startswith("must be") else "invalid_value")
+
+
+def _check_part(p: Any, param: str) -> None:
+    if not isinstance(p, dict) or not isinstance(p.get("type"), str):
+        raise invalid(param, 'must be a content part object such as {"type": "text", "text": "..."}')
+    if p["type"] == "text" and not isinstance(p.get("text"), str):
+        raise invalid(f"{param}.text", "must be a string")
+    if p["type"] == "image_url":
+        iu = p.get("image_url")
+        if not isinstance(iu, dict) or not isinstance(iu.get("url"), str):
+            raise invalid(f"{param}.image_url", "must be an object with a 'url' string")
+
+
+def _check_function(fn: Any, param: str) -> None:
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+        raise invalid(param, "must be an object with a non-empty 'name' string")
+
+
+def check_chat_shapes(body: dict) -> None:
+    """The OpenAI chat fields the Anthropic/Gemini translations read, type-checked up front.
+
+    gateway/validate.py only checks what every target needs (messages are objects with a known
+    role and str/list/null content) and leaves the rest to the upstream; a pass-through upstream
+    answers a bad shape with its own 400, but a translation would crash on it instead.
+    """
+    msgs = body.get("messages")
+    if not isinstance(msgs, list):
+        raise invalid("messages", "must be an array")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise invalid(f"messages[{i}]", "must be an object")
+        c = m.get("content")
+        if isinstance(c, list):
+            for j, p in enumerate(c):
+                _check_part(p, f"messages[{i}].content[{j}]")
+        elif c is not None and not isinstance(c, str):
+            raise invalid(f"messages[{i}].content", "must be a string or an array of content parts")
+        tcs = m.get("tool_calls")
+        if tcs is not None:
+            if not isinstance(tcs, list):
+                raise invalid(f"messages[{i}].tool_calls", "must be an array")
+            for j, tc in enumerate(tcs):
+                param = f"messages[{i}].tool_calls[{j}]"
+                if not isinstance(tc, dict):
+                    raise invalid(param, "must be an object")
+                _check_function(tc.get("function"), f"{param}.function")
+                args = tc["function"].get("arguments")
+                if args is not None and not isinstance(args, (str, dict)):
+                    raise invalid(f"{param}.function.arguments", "must be a JSON string")
+                if tc.get("id") is not None and not isinstance(tc["id"], str):
+                    raise invalid(f"{param}.id", "must be a string")
+        if m.get("role") == "tool" and not isinstance(m.get("tool_call_id"), str):
+            raise invalid(f"messages[{i}].tool_call_id", "must be a string")
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise invalid("tools", "must be an array")
+        for k, t in enumerate(tools):
+            if not isinstance(t, dict) or not isinstance(t.get("type"), str):
+                raise invalid(f"tools[{k}]", 'must be an object such as {"type": "function", "function": {...}}')
+            if t["type"] == "function":
+                fn = t.get("function")
+                _check_function(fn, f"tools[{k}].function")
+                if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
+                    raise invalid(f"tools[{k}].function.parameters", "must be a JSON Schema object")
+                if fn.get("description") is not None and not isinstance(fn["description"], str):
+                    raise invalid(f"tools[{k}].function.description", "must be a string")
 
 
 def new_id(prefix: str) -> str:
@@ -30,7 +116,8 @@ def chat_body_from_completion(body: dict) -> dict:
     if isinstance(prompt, list):
         # a batch of prompts has no chat equivalent; a list of one string is common in SDKs
         if len(prompt) != 1 or not isinstance(prompt[0], str):
-            raise ValueError("this provider serves only a single string prompt on /v1/completions")
+            raise InvalidRequest("this provider serves only a single string prompt on /v1/completions",
+                                 param="prompt", code="unsupported_value")
         prompt = prompt[0]
     chat = {k: v for k, v in body.items() if k not in ("prompt", "echo", "suffix", "best_of", "logprobs")}
     chat["messages"] = [{"role": "user", "content": prompt}]

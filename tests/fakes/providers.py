@@ -13,6 +13,8 @@ Behaviour is chosen by the upstream model name, so one server covers every test:
   <name>-stall      stream sends 2 tokens, then goes silent
   <name>-flakyN     the first N requests for this model get 500, later ones succeed
   <name>-d50        adds 50 ms latency before answering (any number)
+  <name>-oddusage   OpenAI API only: a normal answer whose `usage` is garbage (negative and
+                    non-numeric counts), streamed or not
 The answer is deterministic: 5 output pieces ("Hello", " from", " fake", " <api>", "!"), usage
 prompt_tokens = 7 + words in the prompt, cached_tokens = 2. 500 bodies echo the received key
 (as real providers' 401s do), which is how tests prove the gateway never relays a secret.
@@ -35,7 +37,9 @@ from aiohttp import web
 
 PIECES = ["Hello", " from", " fake", " {api}", "!"]
 CACHED = 2
-_MODE_RE = re.compile(r"-(500|429|hang|cut|stall|flaky\d+|d\d+)$")
+_MODE_RE = re.compile(r"-(500|429|hang|cut|stall|oddusage|flaky\d+|d\d+)$")
+ODD_USAGE = {"prompt_tokens": -3, "completion_tokens": "n/a", "total_tokens": None,
+             "prompt_tokens_details": "none"}
 
 
 def parse_model(model: str) -> tuple[str, float, int]:
@@ -185,6 +189,8 @@ class FakeProviders:
         usage = {"prompt_tokens": _prompt_tokens(words), "completion_tokens": len(pieces),
                  "total_tokens": _prompt_tokens(words) + len(pieces),
                  "prompt_tokens_details": {"cached_tokens": CACHED}}
+        if mode == "oddusage":
+            usage = dict(ODD_USAGE)
         cid, created = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:20], int(time.time())
         obj = "chat.completion" if chat else "text_completion"
         if not body.get("stream"):

@@ -77,6 +77,10 @@ def gateway_config(fake: FakeServer) -> dict:
             "capped": {"targets": [t("oa", "gpt-fake")], "max_tokens_cap": 2},
             "local": {"targets": [t("local", "tiny"), t("oa", "gpt-fake")], "spillover_when_cold": True},
             "localcut": {"targets": [t("local", "tiny-cut"), t("oa", "gpt-fake")]},
+            # a translating target first, a pass-through fallback behind it: a malformed request
+            # must end at the first with 400 (no fallback, no breaker failure)
+            "shape-an": {"targets": [t("an", "shape-claude"), t("oa", "shape-gpt-an")]},
+            "shape-ge": {"targets": [t("ge", "shape-gemini"), t("oa", "shape-gpt-ge")]},
         },
         "keys": [
             {"id": "client", "sha256": _sha(CLIENT_KEY)},

@@ -160,3 +160,56 @@ def test_usage_endpoint_needs_admin_key(gateway):
     assert rows["openai"]["requests"] >= 1 and rows["openai"]["cost_usd"] > 0
     status, _, raw = raw_post(gateway, "/usage?group_by=color", None, key=ADMIN_KEY, method="GET")
     assert status == 400
+
+
+# Malformed OpenAI shapes (issue 11): the Anthropic/Gemini translations used to crash on them
+# (AttributeError/TypeError) and the client got a bare 500.
+SHAPES = [
+    ({"messages": [{"role": "user", "content": ["hi"]}]}, "messages[0].content[0]"),
+    ({"messages": [*MSG, {"role": "assistant", "content": None, "tool_calls": ["x"]}]}, "messages[1].tool_calls[0]"),
+    ({"messages": MSG, "tools": [{"type": "function"}]}, "tools[0].function"),
+]
+
+
+@pytest.mark.parametrize("route, api, model, fallback", [("shape-an", "anthropic", "shape-claude", "shape-gpt-an"),
+                                                        ("shape-ge", "gemini", "shape-gemini", "shape-gpt-ge")])
+def test_malformed_shapes_for_translating_targets_are_400_without_fallback(gateway, route, api, model, fallback):
+    st = gateway.fake.state
+    before = (st.count(api, model), st.count("openai", fallback))
+    for stream in (False, True):
+        for extra, param in SHAPES:
+            body = {"model": route, "max_tokens": 8, **extra, **({"stream": True} if stream else {})}
+            status, headers, raw = raw_post(gateway, "/chat/completions", orjson.dumps(body))
+            assert status == 400, raw
+            err = _assert_openai_error(raw, param=param)
+            assert err["type"] == "invalid_request_error" and param in err["message"]
+            assert headers["content-type"].startswith("application/json") and "x-thawline-fallbacks" not in headers
+    status, _, raw = raw_post(gateway, "/completions", orjson.dumps({"model": route, "prompt": ["a", "b"]}))
+    assert status == 400
+    _assert_openai_error(raw, param="prompt")
+    with pytest.raises(openai.BadRequestError) as ei:   # the same through the SDK
+        gateway.client().chat.completions.create(model=route, messages=[{"role": "user", "content": ["hi"]}])
+    assert ei.value.body["param"] == "messages[0].content[0]"
+    # nothing went upstream: not to the translating target, not down the chain to its fallback
+    assert (st.count(api, model), st.count("openai", fallback)) == before
+    # 8 refusals, the breaker opens after 4 failures in a row: none counted, the target still serves
+    raw = gateway.client().chat.completions.with_raw_response.create(model=route, messages=MSG)
+    assert raw.headers["x-thawline-target"].startswith(f"{route}/0:") and raw.headers["x-thawline-attempts"] == "1"
+    assert raw.parse().choices[0].message.content == f"Hello from fake {api}!"
+
+
+def test_malformed_shapes_pass_through_to_openai_compatible_upstreams(gateway):
+    """A pass-through target relays the body as sent and its upstream judges it (a real OpenAI
+    answers 400, relayed as 400 `upstream_rejected`; the lenient fake answers); never a 500."""
+    for extra, _ in SHAPES:
+        body = {"model": "openai", "max_tokens": 8, **extra}
+        status, _, raw = raw_post(gateway, "/chat/completions", orjson.dumps(body))
+        assert status == 200, raw
+        seen = gateway.fake.state.seen_requests("openai", "gpt-fake")[-1]["body"]
+        assert seen["messages"] == extra["messages"] and seen.get("tools") == extra.get("tools")
+
+
+def test_token_id_embeddings_to_gemini_are_400_not_an_upstream_failure(gateway):
+    with pytest.raises(openai.BadRequestError) as ei:
+        gateway.client().embeddings.create(model="gemini", input=[[1, 2, 3]])
+    assert ei.value.body["param"] == "input" and ei.value.body["type"] == "invalid_request_error"

@@ -144,7 +144,8 @@ def test_budget_exceeded_is_a_429_in_openai_shape(gw):
 def test_metrics_count_requests_tokens_and_cost(gw):
     base, _ = gw
     _client(base, "c-ns").chat.completions.create(model="chat", messages=MSG, max_tokens=16)
-    with urllib.request.urlopen(base + "/metrics", timeout=30) as r:
+    req = urllib.request.Request(base + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"})   # admin only
+    with urllib.request.urlopen(req, timeout=30) as r:
         text = r.read().decode()
     assert 'thawline_gateway_requests_total{route="chat",status="ok",target="oa"}' in text
     assert 'thawline_gateway_tokens_total{kind="output",model="gpt-fake",route="chat",target="oa"}' in text

@@ -10,7 +10,7 @@ import openai
 import orjson
 import pytest
 
-from tests.integration.conftest_gateway import CLIENT_KEY, fake_providers, gateway, ray_gateway_session  # noqa: F401
+from tests.integration.conftest_gateway import ADMIN_KEY, CLIENT_KEY, fake_providers, gateway, ray_gateway_session  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +113,8 @@ def test_everything_failing_is_503_in_openai_shape(gateway):
 def test_metrics_show_breaker_state_and_fallbacks(gateway):
     for _ in range(5):     # enough failures to open it when this test runs alone
         gateway.client().chat.completions.create(model="breaker", messages=MSG)
-    with urllib.request.urlopen(gateway.base + "/metrics", timeout=10) as r:
+    req = urllib.request.Request(gateway.base + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
         text = r.read().decode()
     assert 'thawline_gateway_breaker_state{state="open",target="breaker/0:oa/b-500"} 1.0' in text
     assert 'thawline_gateway_fallbacks_total{from_target="breaker/0:oa/b-500",reason="500",route="breaker"}' in text

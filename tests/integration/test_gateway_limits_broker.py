@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 # that can exceed the 0.25 s default, and a timed-out reclaim is an undershoot that would make
 # "exactly the limit" flaky. The protocol is the same.
 TUNING = LimiterTuning(max_wait_s=5.0, idle_return_s=1.0)
+TPM_REPEATS = 4
 
 
 @ray.remote(num_cpus=0)
@@ -86,7 +87,8 @@ def replicas(ray_gateway_session):
     route = f"r-{uuid.uuid4().hex[:6]}"
     routes = {route: {"rpm": 40}, f"{route}-conc": {"max_concurrent": 3},
               f"{route}-hot": {"rpm": 100_000, "tpm": 10_000_000},
-              f"{route}-tpm": {"tpm": 1000}}
+              f"{route}-tpm": {"tpm": 1000},
+              **{f"{route}-tpmr{i}": {"tpm": 1000} for i in range(TPM_REPEATS)}}
     keys = {"k-limited": {"rpm": 7}}
     rs = [Replica.remote(routes, keys, TUNING.model_dump()) for _ in range(2)]
     yield route, rs
@@ -140,6 +142,19 @@ def test_tpm_settles_against_actual_usage(replicas):
     # ... but they settled at 50 each, so 900 is free again, for the other replica too.
     out = ray.get(rs[1].burst.remote(2, key="k-free", route=f"{route}-tpm", est=450))
     assert out["admitted"] == 2
+
+
+def test_tpm_bursts_over_two_replicas_admit_exactly_what_fits(replicas):
+    """Issue 11: each replica reserved its partial remainder for a pending request and asked the
+    broker for the rest; the broker's reclaim could not see the remainder (held for that request),
+    so both gave up: 9 admitted where 10 fit. Repeated bursts, each on a fresh tpm-1000 route."""
+    route, rs = replicas
+    for i in range(TPM_REPEATS):
+        _fresh_window()
+        outs = ray.get([r.burst.remote(15, key="k-free", route=f"{route}-tpmr{i}", est=100, hold=True)
+                        for r in rs], timeout=60)
+        ray.get([r.release_held.remote(actual=100) for r in rs], timeout=30)
+        assert sum(o["admitted"] for o in outs) == 10, (i, [o["admitted"] for o in outs])
 
 
 def test_hot_path_is_local(replicas):

@@ -3,6 +3,7 @@ the breaker state is shared by replicas through the BreakerBoard actor."""
 from __future__ import annotations
 
 import asyncio
+import json
 import pathlib
 import urllib.error
 import urllib.request
@@ -10,8 +11,8 @@ import urllib.request
 import openai
 import pytest
 
-from tests.integration.conftest_gateway import (CLIENT_KEY, PROVIDER_SECRETS, fake_providers, gateway,  # noqa: F401
-                                                ray_gateway_session)
+from tests.integration.conftest_gateway import (ADMIN_KEY, CLIENT_KEY, LIMITED_KEY, PROVIDER_SECRETS,  # noqa: F401
+                                                fake_providers, gateway, ray_gateway_session)
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +34,9 @@ def test_provider_keys_reach_upstream_but_never_the_client_or_logs(gateway):
                 seen.append(ch.model_dump_json())
         except openai.APIError as e:
             seen.append(str(e) + str(getattr(e, "body", "")))
-    for path in ("/models", "/usage", "/../metrics", "/../openapi.json"):
-        req = urllib.request.Request(gateway.v1 + path, headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    for path, key in (("/models", CLIENT_KEY), ("/usage", ADMIN_KEY), ("/../metrics", ADMIN_KEY),
+                      ("/../openapi.json", CLIENT_KEY)):
+        req = urllib.request.Request(gateway.v1 + path, headers={"Authorization": f"Bearer {key}"})
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
                 seen.append(r.read().decode())
@@ -61,6 +63,43 @@ def test_provider_keys_reach_upstream_but_never_the_client_or_logs(gateway):
         data = p.read_bytes()
         for secret in PROVIDER_SECRETS.values():
             assert secret.encode() not in data, f"{secret[:8]}... leaked into {p}"
+
+
+def _get(url: str, key: str | None) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def _openai_error(raw: bytes) -> dict:
+    err = json.loads(raw)["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+    return err
+
+
+def test_metrics_need_the_admin_key(gateway):
+    """/metrics carries per-route traffic and spend: admin key only (Prometheus sends it)."""
+    gateway.client().chat.completions.create(model="openai", messages=MSG)
+    for key in (None, CLIENT_KEY, "wrong-key"):
+        status, _, raw = _get(gateway.base + "/metrics", key)
+        assert status == 401, key
+        assert _openai_error(raw)["code"] == "admin_key_required"
+    status, headers, raw = _get(gateway.base + "/metrics", ADMIN_KEY)
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert "thawline_gateway_cost_usd_total" in raw.decode()
+
+
+def test_openapi_needs_a_valid_key(gateway):
+    for key in (None, "wrong-key"):
+        status, _, raw = _get(gateway.base + "/openapi.json", key)
+        assert status == 401, key
+        assert _openai_error(raw)["code"] == "invalid_api_key"
+    for key in (CLIENT_KEY, LIMITED_KEY, ADMIN_KEY):
+        status, _, raw = _get(gateway.base + "/openapi.json", key)
+        assert status == 200 and "/v1/chat/completions" in json.loads(raw)["paths"]
 
 
 def test_breaker_board_shares_state_across_replicas(ray_gateway_session):

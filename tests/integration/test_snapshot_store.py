@@ -9,14 +9,13 @@ import json
 import subprocess
 import sys
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import fsspec
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import fresh_store_url
 from snapshots import fsutil, tp_split
 from snapshots.errors import (
     RankOutOfRange,
@@ -47,14 +46,8 @@ def tiny_state(tiny_dir):
 
 @pytest.fixture(params=["file", "memory", "s3"])
 def store_url(request, tmp_path):
-    if request.param == "file":
-        yield f"file://{tmp_path}/store"
-    elif request.param == "memory":
-        root = f"/thawline-test-{uuid.uuid4().hex[:8]}"
-        yield f"memory://{root}"
-        fsspec.filesystem("memory").rm(root, recursive=True)
-    else:
-        yield f"{request.getfixturevalue('s3_bucket_url')}/{uuid.uuid4().hex[:8]}"
+    with fresh_store_url(request.param, request, tmp_path, "thawline-test") as url:
+        yield url
 
 
 @pytest.fixture

@@ -86,3 +86,19 @@ def test_targets_are_independent_and_sync_adopts_authority():
     replica.adopt(authority.snapshot(), local_now=rclock(), remote_now=aclock())
     assert replica.state("a") == OPEN and not replica.allow("a")
     assert replica.take_pending() == []
+
+
+def test_a_probe_refused_before_sending_is_released():
+    """A half-open probe whose request was refused as a 400 before reaching the target must not
+    keep the target blocked: the next request gets to probe."""
+    from gateway.breaker import BreakerSet
+    from gateway.config import BreakerConfig
+
+    now = [0.0]
+    bs = BreakerSet(BreakerConfig(consecutive_failures=1, cooldown_s=5), clock=lambda: now[0])
+    bs.record("t", False)
+    now[0] = 6.0
+    assert bs.allow("t") and not bs.allow("t"), "one probe in half-open"
+    bs.release("t")
+    assert bs.allow("t"), "the released probe is available again"
+    assert bs.state("t") == "half_open"

@@ -91,3 +91,43 @@ def test_gateway_serve_config_points_at_a_valid_gateway_yaml():
     cfg = load_config(configs / gw["args"]["config_path"])
     local = [p.app for p in cfg.providers.values() if p.type == "serve"]
     assert local and all(a in apps for a in local)
+
+
+def _renamed(section: str, old: str, new: str) -> dict:
+    import copy
+    cfg = copy.deepcopy(BASE)
+    cfg[section][new] = cfg[section].pop(old)
+    if section == "providers":
+        for t in cfg["routes"]["fast"]["targets"]:
+            if t["provider"] == old:
+                t["provider"] = new
+    else:
+        cfg["keys"][0]["routes"] = [new]
+    return cfg
+
+
+@pytest.mark.parametrize("make, where", [
+    (lambda bad: _renamed("routes", "fast", bad), "routes"),
+    (lambda bad: _renamed("providers", "oa", bad), "providers"),
+    (lambda bad: _with("keys.0.id", bad), "keys.0.id"),
+    (lambda bad: _with("providers.local.app", bad), "providers.local.app"),
+    (lambda bad: _with("providers.local.deployment", bad), "providers.local.deployment"),
+])
+@pytest.mark.parametrize("bad", ["m\n", "m\r\n", "\nm", "m x", "", "-m", "m\x00"])
+def test_bad_names_are_rejected_whole_string(make, where, bad):
+    # `re.match(r"^...$")` accepts "m\n" ($ matches before a trailing newline): names are fullmatched
+    with pytest.raises(ConfigError) as ei:
+        parse_config(make(bad))
+    msg = str(ei.value)
+    assert msg.startswith(f"gateway config: {where}") and "invalid" in msg
+    assert "\n" not in msg and "\r" not in msg   # still one line for the CLI, the bad name repr'd
+
+
+def test_good_names_and_model_like_route_aliases_pass():
+    cfg = parse_config(_renamed("routes", "fast", "meta-llama/Llama-3.1-8B-Instruct"))
+    assert "meta-llama/Llama-3.1-8B-Instruct" in cfg.routes
+    for alias in ("ft:gpt-4o-mini:org:custom:abc", "claude-3-5-haiku@20241022", "m.v2_b"):
+        assert alias in parse_config(_renamed("routes", "fast", alias)).routes
+    assert parse_config(_with("keys.0.id", "team_a.prod-1")).keys[0].id == "team_a.prod-1"
+    with pytest.raises(ConfigError, match="invalid name"):
+        parse_config(_renamed("providers", "oa", "open/ai"))   # '/' separates parts of target ids

@@ -175,3 +175,112 @@ def test_forgotten_leases_settle_to_nothing():
     assert leases.local_avail(TPM, 1.1) == before
     assert leases.slots[CONC].in_use == 1                              # `new` still holds its slot
     assert new.epoch == leases.epoch != old.epoch
+
+
+# -- issue 11 ------------------------------------------------------------------------------------
+USD = ("key:k", "usd_day")
+
+
+def _admit_reclaiming(pool: QuotaPool, replicas: dict, holder: str, needs: dict, limits: dict, now: float):
+    """One admission the way LimitClient + LimitBroker do it: local all-or-nothing reserve; on a
+    deficit hand the local remainder back with the broker call; when short, the broker makes
+    the other holders hand back their unreserved quota (their watch()), then tries again."""
+    leases = replicas[holder]
+    res, deficits = leases.reserve(needs, now)
+    if not deficits:
+        return res
+    pool.release(holder, leases.take_avail(list(deficits), now), now)
+    req = {c: (limits[c], n, leases.want_extra(c, now)) for c, n in deficits.items()}
+    g = pool.grant(holder, req, now)
+    if not g.ok:
+        for h in pool.holders_of([s.cell for s in g.short], exclude=holder):
+            pool.release(h, replicas[h].returnable(now, idle_s=math.inf, force={s.cell for s in g.short}), now)
+        g = pool.grant(holder, req, now)
+    if not g.ok:
+        leases.unreserve(res, now)
+        return None
+    assert leases.apply_grants(g.grants, g.window, g.reset_s, now, deficits, res, now, g.windows)
+    return res
+
+
+def test_a_short_reserve_takes_nothing_so_its_remainder_stays_returnable():
+    """Issue 11: a partial take sat in the pending admission, where the broker's reclaim
+    (returnable) could not see it; two replicas each holding part of the last request's quota
+    then both gave up."""
+    leases = LocalLeases()
+    assert leases.apply_grants({TPM: 150}, 0, 60.0, 0.0, {}, Reservation(), now=0.0)
+    res, d = leases.reserve({TPM: 100}, now=1.0)
+    assert not d and res.rate == {TPM: (0, 100)}
+    res2, d2 = leases.reserve({TPM: 100}, now=1.0)
+    assert d2 == {TPM: 100} and res2.rate == {}                     # all or nothing
+    assert leases.returnable(1.0, idle_s=math.inf, force={TPM}) == {TPM: (0, 50)}
+
+
+def test_two_replicas_holding_remainders_admit_exactly_what_fits():
+    for seed in range(20):
+        rng = random.Random(seed)
+        pool = QuotaPool()
+        replicas = {"a": LocalLeases(), "b": LocalLeases()}
+        admitted = 0
+        now = 1.0
+        for _ in range(30):                                         # 30 requests of 100, tpm 1000
+            now += 0.001
+            if _admit_reclaiming(pool, replicas, rng.choice("ab"), {TPM: 100}, {TPM: 1000}, now) is not None:
+                admitted += 1
+        assert admitted == 10, seed
+
+
+def test_budget_reserves_worst_case_and_a_burst_overshoots_by_at_most_one_request():
+    """Issue 11: nothing was reserved at admission, so 30 concurrent requests all passed a budget
+    check that saw $0 spent. Now each reserves its worst case; a budget admits while anything is
+    free, so a burst crosses it by at most one request's worst case."""
+    pool = QuotaPool()
+    replicas = {"a": LocalLeases(), "b": LocalLeases()}
+    limit, worst, cost = 1000, 370, 170
+    held = []
+    for i in range(30):                                             # 30 concurrent, none settled yet
+        h = "ab"[i % 2]
+        res = _admit_reclaiming(pool, replicas, h, {USD: worst}, {USD: limit}, 10.0 + i * 1e-3)
+        if res is not None:
+            held.append((h, res))
+    assert len(held) == 3                                           # 1110 <= 1000 + 370; never 30
+    for h, res in held:                                             # settle at the real cost
+        (w, n), = res.rate.values()
+        replicas[h].settle_cost(USD, w, n, cost, 11.0)
+        pool.consume(h, replicas[h].pop_consumed(), 11.0)
+    st = pool.cells[USD]
+    assert st.spent() == 3 * cost
+    # Later requests: admitted while anything is free, then refused; spend <= limit + one worst case.
+    n_more = 0
+    for i in range(30):
+        h = "ab"[i % 2]
+        res = _admit_reclaiming(pool, replicas, h, {USD: worst}, {USD: limit}, 12.0 + i * 1e-3)
+        if res is None:
+            continue
+        n_more += 1
+        (w, n), = res.rate.values()
+        replicas[h].settle_cost(USD, w, n, cost, 12.0 + i * 1e-3)
+        pool.consume(h, replicas[h].pop_consumed(), 12.0 + i * 1e-3)
+    assert n_more == 3 and limit < st.spent() <= limit + worst       # 6 x 170 = 1020
+    assert _admit_reclaiming(pool, replicas, "a", {USD: 1}, {USD: limit}, 13.0) is None
+
+
+def test_settle_cost_moves_the_cost_to_spend_and_refunds_the_rest():
+    pool, leases = QuotaPool(), LocalLeases()
+    replicas = {"a": leases}
+    res = _admit_reclaiming(pool, replicas, "a", {USD: 370}, {USD: 1000}, 10.0)
+    (w, n), = res.rate.values()
+    assert n == 370
+    avail = leases.local_avail(USD, 10.0)
+    leases.settle_cost(USD, w, 370, 170, 10.5)
+    assert leases.local_avail(USD, 10.5) == avail + 200
+    pool.consume("a", leases.pop_consumed(), 10.5)
+    st = pool.cells[USD]
+    assert st.debt == 170 and st.spent() == 170
+    pool.release("a", leases.return_all(11.0), 11.0)                # leases handed back, spend stays
+    assert st.free() == 1000 - 170 and sum(st.held.values()) == 0
+    # The cost ledger's view of spend is a floor: max, never a sum (no double counting).
+    g = pool.grant("b", {USD: (1000, 100, 0)}, 12.0, floors={USD: 500})
+    assert g.ok and st.spent() == 500 and st.free() == 1000 - 500 - 100
+    g = pool.grant("b", {USD: (1000, 100, 0)}, 12.0, floors={USD: 950})
+    assert not g.ok and g.short[0].cell == USD                      # spend + in flight reached it

@@ -128,3 +128,12 @@ def test_executor_backend_never_ray_on_cpu_and_user_choice_wins():
     gpu = LLMAppArgs(served_model_id="t", snapshot_url=SNAP, accelerator="gpu",
                      engine_overrides={"distributed_executor_backend": "mp"})
     assert effective_engine_overrides(gpu)["distributed_executor_backend"] == "mp"
+
+
+@pytest.mark.parametrize("bad", ["tiny\n", "", " tiny", "tiny ", "a\tb", "x" * 200, "-lead"])
+def test_served_model_id_must_be_a_whole_model_id(bad):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="model id"):
+        LLMAppArgs(served_model_id=bad, snapshot_url="file:///tmp/s/tiny/latest")
+    LLMAppArgs(served_model_id="meta-llama/Llama-3.1-8B-Instruct", snapshot_url="file:///tmp/s/tiny/latest")

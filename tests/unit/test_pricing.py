@@ -70,3 +70,64 @@ def test_usage_from_openai_reads_cached_tokens():
     u = {"prompt_tokens": 12, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 8}}
     assert usage_from_openai(u) == (12, 3, 8)
     assert usage_from_openai(None) is None
+
+
+# -- issue 11 ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("odd", [
+    {"prompt_tokens": -3, "completion_tokens": "n/a"},
+    {"prompt_tokens": "n/a", "completion_tokens": 5},
+    {"prompt_tokens": 5, "completion_tokens": -1},
+    {"completion_tokens": 5},                                          # prompt_tokens missing
+    {"prompt_tokens": 5},                                              # neither completion nor total
+    {"prompt_tokens": True, "completion_tokens": 1},
+    ["not", "an", "object"], "n/a", 7,
+])
+def test_odd_usage_is_rejected_so_tokens_get_counted(odd):
+    from gateway.providers.base import Usage
+    assert usage_from_openai(odd) is None
+    assert Usage.from_openai(odd) is None                             # never raises
+
+
+def test_usable_usage_variants():
+    assert usage_from_openai({"prompt_tokens": 8.0, "completion_tokens": 2}) == (8, 2, 0)
+    assert usage_from_openai({"prompt_tokens": 8, "total_tokens": 8}) == (8, 0, 0)      # embeddings
+    assert usage_from_openai({"prompt_tokens": 4, "completion_tokens": 1,
+                              "prompt_tokens_details": "none"}) == (4, 1, 0)
+    assert usage_from_openai({"prompt_tokens": 4, "completion_tokens": 1,
+                              "prompt_tokens_details": {"cached_tokens": 9}}) == (4, 1, 4)
+
+
+def test_estimate_counts_the_larger_max_tokens_field():
+    body = {"messages": [], "max_completion_tokens": 1, "max_tokens": 500}
+    assert estimate_request_tokens(body, endpoint="chat") == 500
+
+
+def test_worst_case_is_the_dearest_target_and_local_counts_zero():
+    from gateway.costs.pricing import worst_case_usd
+    cheap, dear = ModelPrice(input_per_1m=1, output_per_1m=2), ModelPrice(input_per_1m=3, output_per_1m=10)
+    w = worst_case_usd([cheap, None, dear], prompt_tokens=100, max_output_tokens=50)
+    assert math.isclose(w, (100 * 3 + 50 * 10) / 1e6)
+    assert worst_case_usd([None], prompt_tokens=100, max_output_tokens=50) == 0.0
+
+
+def test_requests_without_an_answer_pay_no_local_replica_time():
+    """Issue 11: 5 failed requests (0 tokens) on a local route shared the period's replica cost."""
+    from gateway.costs.pricing import allocate_local
+    failed = [{"tokens_in": 0, "tokens_out": 0, "status": "error"} for _ in range(5)]
+    shares, unbilled = allocate_local(0.000093, failed)
+    assert shares == [0.0] * 5 and math.isclose(unbilled, 0.000093)
+    ok = {"tokens_in": 10, "tokens_out": 30, "status": "ok"}
+    shares, unbilled = allocate_local(1.0, [*failed, ok])
+    assert shares[:5] == [0.0] * 5 and math.isclose(shares[5], 1.0) and unbilled == 0.0
+    partial = {"tokens_in": 10, "tokens_out": 2, "status": "error"}       # a cut stream's output
+    shares, _ = allocate_local(1.0, [partial, failed[0]])
+    assert shares == [1.0, 0.0]
+
+
+def test_prompt_estimate_survives_malformed_content_parts():
+    """`{"type": "text", "text": 5}` used to crash the estimate (a bare 500) before validation."""
+    from gateway.costs.tokens import estimate_prompt_tokens
+
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}, {"type": "text", "text": "hi"},
+                                                      "bare", None]}]}
+    assert estimate_prompt_tokens(body, endpoint="chat") >= 1

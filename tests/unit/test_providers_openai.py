@@ -19,7 +19,7 @@ def test_usage_roundtrip_and_sum():
 def test_completion_wrapping():
     chat = chat_body_from_completion({"model": "m", "prompt": ["say hi"], "max_tokens": 3, "echo": False})
     assert chat["messages"] == [{"role": "user", "content": "say hi"}] and "prompt" not in chat and "echo" not in chat
-    with pytest.raises(ValueError):
+    with pytest.raises(BadRequest):   # a 400 naming `prompt` (see test_providers_translate)
         chat_body_from_completion({"prompt": ["a", "b"]})
     resp = completion_from_chat({"id": "x", "model": "m", "created": 1, "choices": [
         {"index": 0, "message": {"content": "yo"}, "finish_reason": "length"}], "usage": {"prompt_tokens": 1}})

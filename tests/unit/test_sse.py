@@ -36,3 +36,23 @@ def test_error_event_shape_is_openai_error():
     assert body == {"error": {"message": "all targets failed", "type": "server_error", "param": None,
                               "code": "upstream_unavailable"}}
     assert GatewayError("x").to_dict()["error"]["type"] == "server_error"
+
+
+def test_any_split_of_a_stream_gives_the_same_events():
+    from gateway.sse import SSEParser
+
+    data = b"event: a\r\ndata: x\r\n\r\ndata: y\ndata: z\n\n: keep-alive\r\rdata: w\r\n\r\n"
+    want = [("a", "x"), ("message", "y\nz"), ("message", "w")]
+    for cut in range(len(data) + 1):
+        p = SSEParser()
+        got = p.feed(data[:cut]) + p.feed(data[cut:])
+        assert [(e.event, e.data) for e in got] == want, cut
+
+
+def test_one_read_holding_many_frames():
+    """A proxy may deliver thousands of frames in one read; each is parsed once, in order."""
+    from gateway.sse import SSEParser
+
+    frames = b"".join(b"data: {\"i\": %d}\n\n" % i for i in range(20000))
+    events = SSEParser().feed(frames)
+    assert len(events) == 20000 and events[-1].data == '{"i": 19999}'

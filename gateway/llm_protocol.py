@@ -1,0 +1,86 @@
+"""The contract between a local LLM app (serve_apps/llm_router.py) and the gateway's ServeProvider.
+
+Both sides import this module (serve_apps may import gateway, never the other way), so the
+request shape, the error type and the status mapping have one owner.
+
+Handle request:  {"endpoint": "chat" | "completions", "body": <OpenAI body>, "max_wait_s": float?}
+                 max_wait_s bounds the wait for a replica when the app is at zero (the caller's
+                 cold-path budget); the app never waits longer than its cold_start_max_wait_s.
+Handle answers:  generate -> OpenAI response dict; generate_stream -> OpenAI chunk dicts, the
+                 last one carrying `usage`. A finished generator is the terminal marker.
+Errors:          LLMAppError(status, body), body in OpenAI's error shape. It crosses Ray's
+                 process boundary pickled, so it rebuilds itself from (status, body) (see
+                 __reduce__); Ray hands it to the caller wrapped (RayTaskError dual class, with
+                 the original as `.cause`): use `as_app_error` to get it back.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+COLD_START_TIMEOUT = "cold_start_timeout"
+
+
+def error_body(message: str, status: int = 400, type_: str = "invalid_request_error",
+               code: Any = None, param: str | None = None) -> dict:
+    """OpenAI's error shape. `code` defaults to the HTTP status (what vLLM's ErrorResponse does)."""
+    return {"error": {"message": message, "type": type_, "param": param,
+                      "code": status if code is None else code}}
+
+
+def status_of(body: dict) -> int:
+    """The HTTP status an error body stands for: vLLM puts it in `code`; anything else is a 400
+    only when it looks like the client's mistake, else a 500."""
+    err = body.get("error") if isinstance(body, dict) else None
+    code = err.get("code") if isinstance(err, dict) else None
+    if isinstance(code, int) and 400 <= code < 600:
+        return code
+    if isinstance(err, dict) and err.get("type") in ("invalid_request_error", "BadRequestError"):
+        return 400
+    return 500
+
+
+class LLMAppError(Exception):
+    """A request the LLM app answers with an error; `body` is OpenAI's error shape."""
+
+    def __init__(self, status: int, body: dict) -> None:
+        super().__init__(status, body)
+        self.status, self.body = int(status), body
+
+    def __reduce__(self):
+        # Rebuilt from (status, body) after pickling; the default reduce would call
+        # cls(*self.args), which only works while args mirror __init__'s signature.
+        return (type(self), (self.status, self.body))
+
+    def __str__(self) -> str:
+        err = self.body.get("error") if isinstance(self.body, dict) else None
+        msg = err.get("message") if isinstance(err, dict) else self.body
+        return f"{self.status}: {msg}"
+
+    @property
+    def is_client_error(self) -> bool:
+        """4xx: the request's own fault; the same request fails the same way on any target."""
+        return 400 <= self.status < 500 and self.status not in (408, 409, 429)
+
+
+class ColdStartTimeout(LLMAppError):
+    """503: the app was at zero replicas and none became ready within the wait budget."""
+
+
+def cold_start_timeout(model: str, waited_s: float) -> ColdStartTimeout:
+    return ColdStartTimeout(503, error_body(
+        f"model {model!r} is scaled to zero and no replica became ready within {waited_s:g}s "
+        "(cold-start wait budget); it keeps warming, retry later",
+        503, "service_unavailable", COLD_START_TIMEOUT))
+
+
+def as_app_error(e: BaseException) -> LLMAppError | None:
+    """The LLMAppError inside whatever Ray or Serve wrapped it in, or None."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, LLMAppError):
+            # a RayTaskError dual instance has no status/body of its own: take the cause's
+            cause = getattr(e, "cause", None)
+            return cause if isinstance(cause, LLMAppError) else e
+        e = getattr(e, "cause", None) or e.__cause__
+        seen += 1
+    return None
