@@ -76,7 +76,7 @@ def baseline_app(hf: Path):
 
 def thawline_app(snapshot_url: str):
     from serve_apps.llm import build_app
-    from serve_apps.llm_args import LLMAppArgs
+    from serve_apps.llm.args import LLMAppArgs
 
     cfg = LLMAppArgs(served_model_id="tiny", snapshot_url=snapshot_url, warm_pool_size=1,
                      cold_start_max_wait_s=600, engine_overrides={"enforce_eager": True},
@@ -147,7 +147,7 @@ def main() -> int:
     import ray
     from ray import serve
 
-    from serve_apps.llm_deploy import RAY_ENV
+    from testkit.serve_deploy import RAY_ENV
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the table
     from tests.conftest import free_port
@@ -210,7 +210,7 @@ def _settle_pool(max_wait_s: float) -> dict | None:
     on an idle node between cold starts. Bounded: a pool that never fills shows in `host`."""
     import ray
 
-    from serve_apps.llm_warm_pool import POOL_NAMESPACE, pool_name
+    from serve_apps.llm.warm_pool import POOL_NAMESPACE, pool_name
 
     deadline = time.monotonic() + max_wait_s
     stats = None

@@ -100,7 +100,7 @@ def last_cold_start() -> dict | None:
 
 
 def phases_table(cold: dict) -> Table | None:
-    """The replica's own cold-start phases (serve_apps/llm_timeline.py), if it recorded them."""
+    """The replica's own cold-start phases (serve_apps/llm/timeline.py), if it recorded them."""
     phases = cold.get("phases_s") or cold.get("phases")
     if not isinstance(phases, dict) or not phases:
         return None

@@ -38,7 +38,7 @@ PAGES = [
          "The gateway's config file: providers, routes (fallback chains), keys, limits, budgets, "
          "breaker/retry policy, ledger. Loaded by `serve_apps.gateway:app` from `args.config_path` "
          "(or inline `args.config`). Unknown keys are errors."),
-    Page("config-llm-app.md", "LLM app args reference", "serve_apps.llm_args:LLMAppArgs",
+    Page("config-llm-app.md", "LLM app args reference", "serve_apps.llm.args:LLMAppArgs",
          "The `args:` of an LLM app (`import_path: serve_apps.llm:app`) in a Serve config file "
          "(e.g. `serve_apps/configs/local-cpu.yaml`). `thawline deploy` validates them before "
          "deploying. Unknown keys are errors."),

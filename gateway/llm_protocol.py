@@ -1,4 +1,4 @@
-"""The contract between a local LLM app (serve_apps/llm_router.py) and the gateway's ServeProvider.
+"""The contract between a local LLM app (serve_apps/llm/router.py) and the gateway's ServeProvider.
 
 Both sides import this module (serve_apps may import gateway, never the other way), so the
 request shape, the error type and the status mapping have one owner.

@@ -96,7 +96,7 @@ class EngineCapture:
         capture.commit(engine_infos, model_config) -> snapshot URL  # engine state, then commit
 
     The engine that made the snapshot is a normal engine afterwards: create_engine_snapshot shuts
-    it down, a first-boot replica keeps serving from it (serve_apps/llm_engine.py).
+    it down, a first-boot replica keeps serving from it (serve_apps/llm/engine_host.py).
     """
 
     def __init__(self, *, store, writer, hf: Path, edir: Path, side_files: list[str], args: dict,

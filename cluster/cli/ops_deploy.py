@@ -54,7 +54,7 @@ def _format_validation(err: ValidationError, where: str) -> str:
 # they are checked before deploy too. Any other builder is checked through its type annotation.
 KNOWN_ARGS_SCHEMAS = {
     "serve_apps.gateway:app": "serve_apps.gateway:GatewayAppArgs",
-    "serve_apps.llm:app": "serve_apps.llm_args:LLMAppArgs",
+    "serve_apps.llm:app": "serve_apps.llm.args:LLMAppArgs",
 }
 
 

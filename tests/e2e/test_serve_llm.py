@@ -14,7 +14,7 @@ import urllib.request
 import httpx
 import pytest
 
-from serve_apps.llm_deploy import (
+from testkit.serve_deploy import (
     app_running,
     deploy,
     llm_app_config,

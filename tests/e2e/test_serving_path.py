@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from cluster.demo_stack import apps_running, demo_env, start_ray, stop_ray, wait_for, write_yaml
-from serve_apps.llm_deploy import llm_app_config, load_config
+from testkit.serve_deploy import llm_app_config, load_config
 from tests.conftest import free_port
 from tests.fakes.providers import FakeServer
 
@@ -85,7 +85,7 @@ def stack(tiny_snapshot_url, tmp_path_factory):
 def _pool():
     import ray
 
-    from serve_apps.llm_warm_pool import POOL_NAMESPACE, pool_name
+    from serve_apps.llm.warm_pool import POOL_NAMESPACE, pool_name
 
     return ray.get_actor(pool_name(ray.get_runtime_context().get_node_id()), namespace=POOL_NAMESPACE)
 

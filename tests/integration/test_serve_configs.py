@@ -9,7 +9,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from serve_apps.llm_args import LLMAppArgs
+from serve_apps.llm.args import LLMAppArgs
 
 CONFIGS = Path(__file__).resolve().parents[2] / "serve_apps" / "configs"
 LLM_CONFIGS = ["local-cpu.yaml", "gpu-8b-tp1.yaml", "gpu-70b-tp4.yaml"]
@@ -59,7 +59,7 @@ def test_gpu_configs_pin_accelerator_type_per_rank():
         spec = _llm_apps(yaml.safe_load((CONFIGS / name).read_text()))[0]
         a = LLMAppArgs.model_validate(spec["args"])
         assert a.tensor_parallel_size == tp and a.accelerator == "gpu"
-        from serve_apps.llm_args import placement_bundles
+        from serve_apps.llm.args import placement_bundles
 
         assert all(b["GPU"] == 1.0 and f"accelerator_type:{acc}" in b for b in placement_bundles(a))
 
@@ -74,7 +74,7 @@ def test_bad_args_fail_with_one_clear_line():
 @pytest.mark.parametrize("name", LLM_CONFIGS)
 def test_llm_apps_set_the_autoscaler_push_intervals(name):
     """Without them Serve pushes load every 10 s and a request at zero waits that long."""
-    from serve_apps.llm_args import metrics_env
+    from serve_apps.llm.args import metrics_env
 
     for spec in _llm_apps(yaml.safe_load((CONFIGS / name).read_text())):
         env = spec["runtime_env"]["env_vars"]

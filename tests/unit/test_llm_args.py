@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.readiness import Board
-from serve_apps.llm_args import (
+from serve_apps.llm.args import (
     LLMAppArgs,
     effective_engine_overrides,
     expand_env,
@@ -16,7 +16,7 @@ from serve_apps.llm_args import (
     placement_bundles,
     server_deployment_options,
 )
-from serve_apps.llm_timeline import log_line, phases
+from serve_apps.llm.timeline import log_line, phases
 
 SNAP = "file:///data/snapshots/tiny/latest"
 

@@ -13,7 +13,7 @@ from gateway.llm_protocol import (
     error_body,
     status_of,
 )
-from serve_apps.llm_sse import sse_frames
+from serve_apps.llm.sse import sse_frames
 
 
 def test_app_error_survives_pickling_with_status_and_body():

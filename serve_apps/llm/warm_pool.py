@@ -1,14 +1,14 @@
 """Per-node warm pool of model-less, pre-imported engine hosts that a new LLM replica claims.
 
 A cold LLM replica would otherwise spend most of its start importing torch + vLLM, twice (its
-own process and vLLM's EngineCore). A pooled host (serve_apps/llm_engine.EngineHost as an actor)
+own process and vLLM's EngineCore). A pooled host (serve_apps/llm/engine_host.EngineHost as an actor)
 has done both before any request: imports in its process and a preloaded forkserver for the
 EngineCore. The replica claims one on its own node, hands it the snapshot, and forwards
 requests to it; when the replica stops it kills the host. A replica that dies without stopping
 (crash, OOM kill, node agent kill) cannot: the pool remembers each claimed host's owner (the
 replica's actor id, checked against the GCS actor table) and stops hosts whose owner is gone,
 so a crashed replica's engine does not hold the node's memory forever. The bookkeeping is the
-pure `ClaimBook` (serve_apps/llm_claims.py); this actor only supplies the liveness check.
+pure `ClaimBook` (serve_apps/llm/claims.py); this actor only supplies the liveness check.
 
 Owners are tracked by actor id, never by name: inside a Serve replica the runtime context's
 namespace is the job's, not the `serve` namespace the replica is registered in, so a name looked
@@ -26,7 +26,7 @@ import logging
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from serve_apps.llm_claims import ClaimBook
+from serve_apps.llm.claims import ClaimBook
 
 log = logging.getLogger("thawline.serve")
 
@@ -41,7 +41,7 @@ def pool_name(node_id: str) -> str:
 
 
 def _host_actor(node_id: str):
-    from serve_apps.llm_engine import EngineHost
+    from serve_apps.llm.engine_host import EngineHost
 
     return (
         ray.remote(EngineHost)

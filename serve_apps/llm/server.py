@@ -2,7 +2,7 @@
 
 A replica starts by claiming a pre-imported engine host from its node's warm pool (TP=1), or
 building one in its own process, then restores the snapshot through the node-local cache and
-starts the engine with the recorded engine state (llm_engine.EngineHost). It reports
+starts the engine with the recorded engine state (engine_host.EngineHost). It reports
 starting / warm / stopped to the ReadinessBoard and keeps the marks of its cold-start timeline
 for the router, which logs the whole timeline once the first token is out.
 """
@@ -19,8 +19,8 @@ import ray
 from ray import serve
 
 from gateway.readiness import get_or_create_board
-from serve_apps.llm_args import LLMAppArgs, effective_engine_overrides, first_boot_ref
-from serve_apps.llm_first_boot import committed_snapshot, local_source
+from serve_apps.llm.args import LLMAppArgs, effective_engine_overrides, first_boot_ref
+from serve_apps.llm.first_boot import committed_snapshot, local_source
 
 log = logging.getLogger("thawline.serve")
 
@@ -33,7 +33,7 @@ class _LocalHost:
     """EngineHost in the replica's own process, with the pooled host's call shape."""
 
     def __init__(self) -> None:
-        from serve_apps.llm_engine import EngineHost
+        from serve_apps.llm.engine_host import EngineHost
 
         self.host = EngineHost()
 
@@ -70,7 +70,7 @@ class _PooledHost:
 
     async def close(self) -> None:
         # The replica owns the claimed host and stops it (the pool does only if we die first).
-        from serve_apps.llm_warm_pool import stop_host
+        from serve_apps.llm.warm_pool import stop_host
 
         await stop_host(self.actor)
 
@@ -104,7 +104,7 @@ class LLMServer:
     async def _get_host(self):
         a = self.args
         if a.warm_pool_size and a.tensor_parallel_size == 1:
-            from serve_apps.llm_warm_pool import get_or_create_pool
+            from serve_apps.llm.warm_pool import get_or_create_pool
 
             pool = get_or_create_pool(ray.get_runtime_context().get_node_id(), a.warm_pool_size)
             # By actor id, not name: the pool stops the host once this replica's actor is dead.

@@ -32,7 +32,7 @@ PRELOAD = [
     "vllm.v1.worker.cpu_model_runner",
     "vllm.model_executor.models.llama",
     "snapshots.vllm_loader",
-    "serve_apps.llm_forkserver",
+    "serve_apps.llm.forkserver",
 ]
 
 

@@ -8,7 +8,7 @@
 
 Two deployments: `LLMRouter` (ingress, always one light replica, no engine) and `LLMServer`
 (the engine, autoscaled from zero, one placement group per replica with one bundle per TP rank,
-STRICT_PACK). Args schema: serve_apps/llm_args.py.
+STRICT_PACK). Args schema: serve_apps/llm/args.py.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
 
-from serve_apps.llm_args import LLMAppArgs, metrics_env, server_deployment_options
-from serve_apps.llm_router import LLMRouter
-from serve_apps.llm_server import LLMServer
+from serve_apps.llm.args import LLMAppArgs, metrics_env, server_deployment_options
+from serve_apps.llm.router import LLMRouter
+from serve_apps.llm.server import LLMServer
 
 
 log = logging.getLogger("thawline.serve")
@@ -31,7 +31,7 @@ log = logging.getLogger("thawline.serve")
 def build_app(cfg: LLMAppArgs, *, overrides: dict[str, Any] | None = None) -> Application:
     """The Serve application for `cfg`; `overrides` are extra LLMServer deployment options."""
     # The builder runs with the app's runtime_env applied: check the env that makes
-    # scale-from-zero prompt (see llm_args.metrics_env) is there.
+    # scale-from-zero prompt (see args.metrics_env) is there.
     missing = [k for k in metrics_env(cfg) if k not in os.environ]
     if missing:
         log.warning("thawline: %s not set in the app's runtime_env: Serve pushes load every 10 s, "

@@ -1,8 +1,8 @@
 """EngineHost: one vLLM AsyncLLM behind vLLM's own OpenAI serving classes.
 
 A plain class, so it runs either inside an LLM replica or inside a pre-imported warm-pool actor
-(serve_apps/llm_warm_pool.py) that a new replica claims. Construction does the imports (and
-starts the preloaded forkserver, see llm_forkserver.py): that is the part a warm pool pays
+(serve_apps/llm/warm_pool.py) that a new replica claims. Construction does the imports (and
+starts the preloaded forkserver, see forkserver.py): that is the part a warm pool pays
 before any request arrives. `start(spec)` then restores the snapshot and starts the engine.
 
 Requests are OpenAI bodies; vLLM's OpenAIServingChat / OpenAIServingCompletion do the work (chat
@@ -75,7 +75,7 @@ class EngineHost:
         self.import_s = time.time() - t0
         self.forkserver_s = 0.0
         if forkserver:
-            from serve_apps import llm_forkserver
+            from serve_apps.llm import forkserver as llm_forkserver
 
             self.forkserver_s = llm_forkserver.start()
         self.created_at = t0

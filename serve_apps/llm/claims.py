@@ -1,6 +1,6 @@
 """ClaimBook: which warm-pool engine hosts are claimed, by which replica, and which are orphaned.
 
-Pure bookkeeping (no Ray): the pool actor (llm_warm_pool.WarmPool) supplies the liveness check,
+Pure bookkeeping (no Ray): the pool actor (warm_pool.WarmPool) supplies the liveness check,
 so the ownership rules are unit-tested with a fake one (tests/unit/test_llm_claims.py).
 
 A claim is (host handle, owner actor id). A round of `orphans(is_alive)` returns the claims whose

@@ -2,10 +2,10 @@
 
 - `snapshot_url` given: restore it.
 - `model_source` + `snapshot_store`: if the first-boot snapshot (deterministic id, see
-  llm_args.first_boot_ref) is committed, restore it. Otherwise this replica boots vLLM once
+  args.first_boot_ref) is committed, restore it. Otherwise this replica boots vLLM once
   from the source: if it wins the store's exclusive claim of the id, its workers write their
   ranks while loading, the snapshot is committed once the engine is up, and the same engine
-  serves (llm_engine.EngineHost.start, spec "capture"). Of two replicas booting at once exactly
+  serves (engine_host.EngineHost.start, spec "capture"). Of two replicas booting at once exactly
   one writes; the other serves from the source without writing.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import hashlib
 import logging
 from pathlib import Path
 
-from serve_apps.llm_args import LLMAppArgs, first_boot_ref
+from serve_apps.llm.args import LLMAppArgs, first_boot_ref
 
 log = logging.getLogger("thawline.serve")
 

@@ -27,9 +27,9 @@ from ray import serve
 
 from gateway.llm_protocol import ColdStartTimeout, LLMAppError, cold_start_timeout, error_body, status_of
 from gateway.readiness import get_or_create_board
-from serve_apps.llm_args import LLMAppArgs
-from serve_apps.llm_sse import sse_frames
-from serve_apps.llm_timeline import log_line, phases
+from serve_apps.llm.args import LLMAppArgs
+from serve_apps.llm.sse import sse_frames
+from serve_apps.llm.timeline import log_line, phases
 
 log = logging.getLogger("thawline.serve")
 
@@ -62,7 +62,7 @@ class LLMRouter:
         """Pre-import engine hosts on every node a replica could land on, before any request."""
         import ray
 
-        from serve_apps.llm_warm_pool import get_or_create_pool
+        from serve_apps.llm.warm_pool import get_or_create_pool
 
         need = "GPU" if self.args.accelerator == "gpu" else "CPU"
         for node in ray.nodes():
