@@ -38,7 +38,7 @@ def make_snapshot(work: Path) -> tuple[Path, str]:
     """The tiny HF dir and its TP=1 engine snapshot (made in a child process: vLLM state is global)."""
     from snapshots.errors import SnapshotNotFound
     from snapshots.store import SnapshotStore
-    from snapshots.tinyllama import generate_llama
+    from testkit.tinyllama import generate_llama
 
     hf = generate_llama(work / "models" / "tiny", preset="tiny", seed=0)
     store = (work / "snapshots").as_uri()
@@ -46,7 +46,7 @@ def make_snapshot(work: Path) -> tuple[Path, str]:
         return hf, SnapshotStore(store).resolve("tiny/latest").url
     except SnapshotNotFound:
         pass
-    code = ("import json,sys; from snapshots.engine import create_engine_snapshot; "
+    code = ("import json,sys; from snapshots.vllm.capture import create_engine_snapshot; "
             "print('URL ' + create_engine_snapshot(sys.argv[1], tp=1, store_url=sys.argv[2], name='tiny', "
             f"**{ENGINE!r}))")
     env = {**os.environ, **APP_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": str(REPO_ROOT),
@@ -150,7 +150,7 @@ def main() -> int:
     from testkit.serve_deploy import RAY_ENV
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the table
-    from tests.conftest import free_port
+    from testkit.net import free_port
 
     os.environ.update(RAY_ENV)
     port = free_port()
@@ -210,13 +210,13 @@ def _settle_pool(max_wait_s: float) -> dict | None:
     on an idle node between cold starts. Bounded: a pool that never fills shows in `host`."""
     import ray
 
-    from serve_apps.llm.warm_pool import POOL_NAMESPACE, pool_name
+    from gateway.names import NAMESPACE, warm_pool_name
 
     deadline = time.monotonic() + max_wait_s
     stats = None
     while time.monotonic() < deadline:
         try:
-            pool = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id()), namespace=POOL_NAMESPACE)
+            pool = ray.get_actor(warm_pool_name(ray.get_runtime_context().get_node_id()), namespace=NAMESPACE)
             stats = ray.get(pool.stats.remote())
             if stats["ready"] >= 1:
                 return stats

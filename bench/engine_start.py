@@ -54,7 +54,7 @@ MAX_MODEL_LEN = 512
 def child(spec: dict) -> None:
     t0 = time.perf_counter()
     if spec["mode"] == "create":
-        from snapshots.engine import create_engine_snapshot
+        from snapshots.vllm.capture import create_engine_snapshot
 
         url = create_engine_snapshot(spec["hf_dir"], tp=spec["tp"], store_url=STORE_URL, name=spec["name"],
                                      max_model_len=MAX_MODEL_LEN)
@@ -65,7 +65,7 @@ def child(spec: dict) -> None:
     if spec["mode"] == "hf":
         llm = LLM(spec["hf_dir"], tensor_parallel_size=spec["tp"], max_model_len=MAX_MODEL_LEN)
     else:
-        from snapshots.engine import start_engine
+        from snapshots.vllm.start import start_engine
 
         llm = start_engine(spec["url"])
     t_up = time.perf_counter()
@@ -132,7 +132,7 @@ def _evict(paths: list[Path]) -> None:
 def ensure_snapshot(model_dir: Path, tp: int) -> str:
     from snapshots.store import SnapshotStore
 
-    from snapshots.engine import read_engine_state
+    from snapshots.vllm.start import read_engine_state
 
     name = f"bench-tp{tp}"
     store = SnapshotStore(STORE_URL)
@@ -198,7 +198,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(REPO))
-    from snapshots.tinyllama import ensure_llama
+    from testkit.tinyllama import ensure_llama
 
     # Same directory as bench/restore.py: whichever bench runs first generates the model.
     model_dir = ensure_llama(MODELS_DIR / "bench", preset="bench", size_gb=args.size_gb)

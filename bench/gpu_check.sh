@@ -36,7 +36,7 @@ from pathlib import Path
 if __name__ == "__main__":
     work, out_dir, tp = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     import torch
-    from snapshots.tinyllama import generate_llama
+    from testkit.tinyllama import generate_llama
     from snapshots.offline import create_offline_snapshot
     from snapshots.restore import restore
 
@@ -71,7 +71,7 @@ import json, sys
 from vllm import LLM, SamplingParams
 spec = json.loads(sys.argv[1])
 if spec["mode"] == "create":
-    from snapshots.engine import create_engine_snapshot
+    from snapshots.vllm.capture import create_engine_snapshot
     print("RESULT " + json.dumps(create_engine_snapshot(spec["hf"], tp=spec["tp"], store_url=spec["store"], name="tiny",
           dtype="float32", max_model_len=256, gpu_memory_utilization=0.3, enforce_eager=True)))
     sys.exit(0)
@@ -80,7 +80,7 @@ if spec["mode"] == "hf":
               gpu_memory_utilization=0.3, enforce_eager=True)
 else:
     import os
-    from snapshots.engine import start_engine
+    from snapshots.vllm.start import start_engine
     llm = start_engine(spec["url"])
     print("NCCL_ENV " + json.dumps({k: os.environ.get(k) for k in ("NCCL_TOPO_FILE", "NCCL_GRAPH_FILE")}))
 out = llm.generate(["Hello world!", "Once upon a time"], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
@@ -96,7 +96,7 @@ print("RESULT " + json.dumps([list(o.outputs[0].token_ids) for o in out]))
     snap_url = run({"mode": "create", "hf": str(tiny), "tp": tp, "store": store})["RESULT"]
     hf_tokens = run({"mode": "hf", "hf": str(tiny), "tp": tp})["RESULT"]
     restored = run({"mode": "snapshot", "url": snap_url})
-    from snapshots.engine import read_engine_state
+    from snapshots.vllm.start import read_engine_state
     state = read_engine_state(snap_url)[3]
     report.update({
         "vllm_parity": restored["RESULT"] == hf_tokens,

@@ -43,9 +43,10 @@ from filelock import FileLock  # noqa: E402
 
 from snapshots import hostbuf, tp_split  # noqa: E402
 from snapshots.offline import create_offline_snapshot, safetensors_files  # noqa: E402
-from snapshots.restore import CHUNK_BYTES, default_threads, restore  # noqa: E402
+from snapshots.rankio import CHUNK_BYTES, default_threads  # noqa: E402
+from snapshots.restore import restore  # noqa: E402
 from snapshots.store import SnapshotStore  # noqa: E402
-from snapshots.tinyllama import ensure_llama  # noqa: E402
+from testkit.tinyllama import ensure_llama  # noqa: E402
 
 
 def ensure_snapshot(model_dir: Path, store_url: str, tp: int) -> str:

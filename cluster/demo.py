@@ -155,10 +155,9 @@ def serving_half(args, steps, work: Path, hf_dir: Path, store_url: str) -> None:
 
     from cluster.demo_ui import console, note
     from gateway.client import Client
+    from testkit.fake_providers import FakeServer
 
     st.demo_env()
-    sys.path.insert(0, str(REPO_ROOT))  # tests/fakes is a source-checkout module
-    from tests.fakes.providers import FakeServer
 
     engine_args = serving_engine_args()
     earlier = None if args.fresh_snapshot else reusable_engine_snapshot(store_url, args.serve_tp,

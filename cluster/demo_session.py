@@ -19,6 +19,7 @@ from rich.table import Table
 from cluster.demo_stack import BURST_RPM, LLM_APP, MODEL
 from cluster.demo_ui import console, note
 from gateway.client import AsyncClient, Client, RateLimited
+from gateway.names import NAMESPACE, READINESS_ACTOR
 
 PROMPT = "The quick brown fox"
 
@@ -82,7 +83,7 @@ def read_llm_state() -> tuple[dict[str, int], str | None]:
 
     board = None
     try:
-        actor = ray.get_actor("thawline-readiness", namespace="thawline")
+        actor = ray.get_actor(READINESS_ACTOR, namespace=NAMESPACE)
         board = ray.get(actor.get.remote(LLM_APP), timeout=5).get("state")
     except ValueError:
         board = None  # no replica has reported yet: the board does not exist
@@ -93,7 +94,7 @@ def last_cold_start() -> dict | None:
     import ray
 
     try:
-        actor = ray.get_actor("thawline-readiness", namespace="thawline")
+        actor = ray.get_actor(READINESS_ACTOR, namespace=NAMESPACE)
     except ValueError:
         return None
     return ray.get(actor.last_cold_start.remote(LLM_APP), timeout=5)

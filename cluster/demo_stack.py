@@ -1,7 +1,7 @@
 """Demo building blocks for the serving half: a local Ray, the demo's gateway.yaml and Serve
 config, deploy (the same validate + REST path as `thawline deploy`), and a clean stop.
 
-The hosted provider of the demo is the loopback fake from tests/fakes/providers.py (it speaks
+The hosted provider of the demo is the loopback fake from testkit/fake_providers.py (it speaks
 OpenAI's real wire format); it is labelled as a fake everywhere the demo prints it.
 """
 from __future__ import annotations
@@ -119,10 +119,12 @@ def start_ray(temp_dir: Path | None = None) -> LocalRay:
     with the dashboard, which `serve deploy` talks to, on a free loopback port."""
     import ray
 
+    from gateway.names import NAMESPACE
+
     # 2 physical cores: Ray deadlocks on CPU reservations unless it is given more logical CPUs.
     ctx = ray.init(address="local", num_cpus=8, include_dashboard=True, dashboard_host="127.0.0.1",
                    dashboard_port=free_port(), log_to_driver=False, logging_level="ERROR",
-                   namespace="thawline", _temp_dir=str(temp_dir) if temp_dir else None)
+                   namespace=NAMESPACE, _temp_dir=str(temp_dir) if temp_dir else None)
     return LocalRay(dashboard_url=f"http://{ctx.dashboard_url}", gcs_address=ctx.address_info["gcs_address"])
 
 

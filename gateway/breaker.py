@@ -18,7 +18,6 @@ from typing import Callable
 from gateway.config import BreakerConfig
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-STATE_CODE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}   # for the Prometheus gauge
 
 
 @dataclass

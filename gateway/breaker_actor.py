@@ -15,31 +15,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-
-import ray
+from typing import Callable
 
 from gateway.breaker import BreakerSet
 from gateway.config import BreakerConfig
+from gateway.names import get_or_create_actor
 
 log = logging.getLogger("thawline.gateway")
 
-NAMESPACE = "thawline"
 
-
-@ray.remote(num_cpus=0, max_restarts=-1)
 class BreakerBoard:
-    def __init__(self, cfg: dict):
-        self._set = BreakerSet(BreakerConfig.model_validate(cfg))
+    """The authority's state: a plain class (no Ray), made the named actor by BreakerClient.
+    `clock` is the board's monotonic clock; replicas translate the snapshot's times by the
+    `remote_now` it returns (BreakerSet.adopt)."""
+
+    def __init__(self, cfg: dict, clock: Callable[[], float] = time.monotonic):
+        self._set = BreakerSet(BreakerConfig.model_validate(cfg), clock)
 
     def sync(self, events: list[tuple[str, bool, float]]) -> tuple[dict[str, dict], float]:
+        """Replay a replica's outcomes; return the merged states and the board's clock reading."""
         if events:
             self._set.apply_events(events)
-        return self._set.snapshot(), time.monotonic()
-
-
-def get_or_create_board(name: str, cfg: BreakerConfig):
-    return BreakerBoard.options(name=name, namespace=NAMESPACE, get_if_exists=True,
-                                lifetime="detached").remote(cfg.model_dump())
+        return self._set.snapshot(), self._set.clock()
 
 
 class BreakerClient:
@@ -48,7 +45,7 @@ class BreakerClient:
     def __init__(self, board_name: str, cfg: BreakerConfig):
         self.local = BreakerSet(cfg)
         self._cfg = cfg
-        self._board = get_or_create_board(board_name, cfg)
+        self._board = get_or_create_actor(BreakerBoard, board_name, cfg.model_dump(), max_restarts=-1)
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:

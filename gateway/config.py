@@ -6,7 +6,6 @@ limits and costs packages and imported here so there is one definition of each.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from gateway.costs.schema import BudgetSpec, ModelPrice
 from gateway.limits.schema import LimiterTuning, LimitSpec
+from gateway.names import ADMIN_KEY_ENV
 
 ProviderType = Literal["openai", "anthropic", "gemini", "openai_compatible", "serve"]
 
@@ -167,7 +167,7 @@ class LedgerConfig(_Strict):
 
 class ServerConfig(_Strict):
     max_body_bytes: int = Field(1_048_576, gt=0, description="Requests with a larger body get 413.")
-    admin_key_env: str | None = Field("THAWLINE_ADMIN_KEY", description="Env var holding the admin bearer "
+    admin_key_env: str | None = Field(ADMIN_KEY_ENV, description="Env var holding the admin bearer "
                                       "key. It guards /v1/usage and /metrics (Prometheus scrapes with "
                                       "`Authorization: Bearer <admin key>`, e.g. a scrape job's `authorization: "
                                       "{credentials_file: ...}`); with no admin key set both answer 401. "
@@ -245,6 +245,3 @@ def load_config(path: str | os.PathLike) -> GatewayConfig:
         raise ConfigError(f"{p}: not valid YAML: {e}".replace("\n", " ")) from None
     return parse_config(data, source=str(p))
 
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()

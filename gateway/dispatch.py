@@ -20,7 +20,7 @@ from gateway.config import RetryConfig
 from gateway.errors import BadRequest, GatewayError, RateLimited, Unavailable, UpstreamError
 from gateway.fallback import NEXT, RETRY, Failure, FallbackPlan, Kind
 from gateway.providers.base import CHAT, Provider, ProviderError, Response, Usage
-from gateway.router import CompiledRoute, Target
+from gateway.routes import CompiledRoute, Target
 
 
 @dataclass(slots=True)

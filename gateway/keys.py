@@ -53,9 +53,14 @@ class KeyStore:
             raise AuthError("invalid API key")
         return key
 
-    def check_route(self, key: KeyConfig, route: str) -> None:
+    def may_use(self, key: KeyConfig, route: str) -> bool:
+        """Whether `key` may call the route alias `route` (keys not in the store, e.g. anonymous, may
+        use every route)."""
         allowed = self._allowed.get(key.id)
-        if allowed is not None and route not in allowed:
+        return allowed is None or route in allowed
+
+    def check_route(self, key: KeyConfig, route: str) -> None:
+        if not self.may_use(key, route):
             raise PermissionDenied(f"key {key.id!r} may not use model {route!r}", param="model")
 
     def is_admin(self, authorization: str | None) -> bool:

@@ -56,11 +56,6 @@ class LLMAppError(Exception):
         msg = err.get("message") if isinstance(err, dict) else self.body
         return f"{self.status}: {msg}"
 
-    @property
-    def is_client_error(self) -> bool:
-        """4xx: the request's own fault; the same request fails the same way on any target."""
-        return 400 <= self.status < 500 and self.status not in (408, 409, 429)
-
 
 class ColdStartTimeout(LLMAppError):
     """503: the app was at zero replicas and none became ready within the wait budget."""

@@ -6,26 +6,26 @@ the gateway reads `get(app) -> {"state": "cold"|"warming"|"warm", "warm_replicas
 has used so far (starting + warm, all replicas, running ones counted up to now): what a
 scaled-to-zero app costs, in replica units.
 
-`Board` is the pure state machine (clock injected, no Ray); `ReadinessBoard` is the named actor
-(`thawline-readiness` in namespace `thawline`) wrapping it, created get-if-exists.
+`Board` is the pure state machine (clock injected, no Ray); `ReadinessBoard` is the plain class
+of the named actor (gateway.names.READINESS_ACTOR in gateway.names.NAMESPACE) wrapping it,
+made an actor at creation by `get_or_create_board`.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Literal, get_args
 
-BOARD_NAME = "thawline-readiness"
-BOARD_NAMESPACE = "thawline"
+from gateway.names import READINESS_ACTOR, get_or_create_actor
 
 ReplicaState = Literal["starting", "warm", "stopped"]
-_VALID = ("starting", "warm", "stopped")
+_VALID = get_args(ReplicaState)
 
 
 @dataclass
 class _Replica:
     state: str
-    since: float
+    born: float  # when it entered its first live state (for replica_seconds)
 
 
 @dataclass
@@ -41,22 +41,19 @@ class Board:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._apps: dict[str, _App] = {}
-        # replica -> when it entered its first live state (for replica_seconds)
-        self._born: dict[tuple[str, str], float] = {}
 
-    def report(self, app: str, replica_id: str, state: str) -> None:
+    def report(self, app: str, replica_id: str, state: ReplicaState) -> None:
         if state not in _VALID:
             raise ValueError(f"state must be one of {_VALID}, got {state!r}")
         now = self._clock()
         a = self._apps.setdefault(app, _App())
-        key = (app, replica_id)
+        r = a.replicas.get(replica_id)
         if state == "stopped":
-            if replica_id in a.replicas:
-                a.spent_s += now - self._born.pop(key, now)
+            if r is not None:
+                a.spent_s += now - r.born
                 del a.replicas[replica_id]
             return
-        self._born.setdefault(key, now)
-        a.replicas[replica_id] = _Replica(state, now)
+        a.replicas[replica_id] = _Replica(state, r.born if r is not None else now)
 
     def record_cold_start(self, app: str, timeline: dict) -> None:
         self._apps.setdefault(app, _App()).last_cold_start = dict(timeline)
@@ -68,7 +65,7 @@ class Board:
         now = self._clock()
         warm = sum(1 for r in a.replicas.values() if r.state == "warm")
         starting = sum(1 for r in a.replicas.values() if r.state == "starting")
-        live = sum(now - self._born.get((app, rid), now) for rid in a.replicas)
+        live = sum(now - r.born for r in a.replicas.values())
         state = "warm" if warm else ("warming" if starting else "cold")
         return {"state": state, "warm_replicas": warm, "replica_seconds": round(a.spent_s + live, 3)}
 
@@ -98,12 +95,4 @@ class ReadinessBoard:
 
 def get_or_create_board():
     """The board actor handle; the first caller creates it (detached: it outlives any one app)."""
-    import ray
-
-    # num_cpus=0: a bookkeeping actor must never wait behind (or block) engine placement groups.
-    return (
-        ray.remote(ReadinessBoard)
-        .options(name=BOARD_NAME, namespace=BOARD_NAMESPACE, lifetime="detached",
-                 get_if_exists=True, num_cpus=0, max_restarts=-1)
-        .remote()
-    )
+    return get_or_create_actor(ReadinessBoard, READINESS_ACTOR, max_restarts=-1)

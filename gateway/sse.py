@@ -2,11 +2,14 @@
 
 OpenAI sends `data: <json>\\n\\n` per chunk and ends with `data: [DONE]\\n\\n`; no `event:` lines,
 no ids. Upstream streams (OpenAI, Anthropic `event: ...` frames, Gemini `alt=sse`) are parsed by
-`SSEParser`, which is incremental because TCP reads split frames anywhere.
+`SSEParser`, which is incremental because TCP reads split frames anywhere. The same parser
+reads the gateway's own streams back on the client side (`PayloadReader`).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -83,3 +86,72 @@ class SSEParser:
         self._buf = b""
         self._event, self._data = "", []
         return []
+
+
+# ------------------------------------------------------------ client side: a gateway stream read back
+
+_END = object()  # what `decode_event` returns for `data: [DONE]`
+
+
+def _failure(message: str, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+
+
+def decode_event(ev: Event) -> Any:
+    """JSON payload of one event; `_END` for `[DONE]`; an error event becomes a dict with `error`,
+    as does a frame that is no JSON."""
+    if ev.data.strip() == "[DONE]":
+        return _END
+    try:
+        obj = json.loads(ev.data)  # not orjson: a stream from elsewhere may carry NaN or huge ints
+    except json.JSONDecodeError:
+        return _failure(f"unparseable stream frame: {ev.data[:100]!r}", "bad_frame")
+    if ev.event == "error" and not (isinstance(obj, dict) and "error" in obj):
+        obj = _failure(str(obj), None)
+    return obj
+
+
+class PayloadReader:
+    """A gateway stream as its clients read it (the client's HTTP transports, the handle ingress):
+    bytes in, payloads (dicts) out, through `SSEParser`.
+
+    A stream ends one of two ways: `data: [DONE]` (finished) or one `{"error": {...}}` payload
+    (failed); nothing comes after either, and `done` tells the read loop to stop. A stream that
+    stops any other way (the body ended without `[DONE]`, maybe mid-frame) must never look
+    finished: `close()` at EOF then gives one `stream_truncated` error payload."""
+
+    __slots__ = ("_parser", "done")
+
+    def __init__(self) -> None:
+        self._parser = SSEParser()
+        self.done = False
+
+    def feed(self, chunk: bytes) -> list[Any]:
+        if self.done:
+            return []
+        try:
+            events = self._parser.feed(chunk)
+        except UnicodeDecodeError:
+            self.done = True
+            return [_failure("stream frame is not UTF-8", "bad_frame")]
+        out: list[Any] = []
+        for ev in events:
+            if not ev.data:
+                continue  # an `event:` line without data (e.g. a ping) carries no payload
+            payload = decode_event(ev)
+            if payload is _END:
+                self.done = True
+                break
+            out.append(payload)
+            if isinstance(payload, dict) and "error" in payload:
+                self.done = True
+                break
+        return out
+
+    def close(self) -> list[Any]:
+        """At EOF: nothing after a proper end, else the truncation error."""
+        self._parser.close()
+        if self.done:
+            return []
+        self.done = True
+        return [_failure("stream ended without [DONE]: the answer may be incomplete", "stream_truncated")]

@@ -69,11 +69,12 @@ class GatewayIngress:
         from gateway.costs.tracker import CostTracker
         from gateway.limits.client import LimitClient
         from gateway.metrics import METRICS
+        from gateway.names import breakers_actor_name
 
         config = parse_config(cfg)
         app_name = serve.get_replica_context().app_name
         # one breaker board per gateway app: all its replicas share each target's breaker
-        self._breakers = BreakerClient(f"thawline-breakers-{app_name}", config.breaker)
+        self._breakers = BreakerClient(breakers_actor_name(app_name), config.breaker)
         self._breakers.start()
         self._gateway = Gateway(config, limits=LimitClient.from_config(config, tuning=config.limiter),
                                 costs=CostTracker.from_config(config), breakers=self._breakers.local,
@@ -82,14 +83,14 @@ class GatewayIngress:
     def __serve_build_asgi_app__(self):
         return self._gateway
 
-    # Handle transport for gateway/client.py (docs/INTERFACES.md, "gateway deployment <-> client
+    # Handle transport for gateway/client/ (docs/INTERFACES.md, "gateway deployment <-> client
     # handle"): the same ASGI app, driven in-process, so both transports behave identically.
     async def api(self, request: dict) -> dict:
-        from gateway.client_asgi import call_asgi
+        from gateway.handle_ingress import call_asgi
         return await call_asgi(self._gateway, request)
 
     async def api_stream(self, request: dict):
-        from gateway.client_asgi import stream_asgi
+        from gateway.handle_ingress import stream_asgi
         async for item in stream_asgi(self._gateway, request):
             yield item
 
@@ -108,28 +109,3 @@ def app(args: dict[str, Any]) -> Application:
     """Application builder for `import_path: serve_apps.gateway:app`."""
     a = GatewayAppArgs.model_validate(args or {})
     return build_app(a.config_path if a.config_path is not None else a.config, overrides=a.deployment)
-
-
-def ingress_urls(app_name: str = "gateway") -> list[str]:
-    """Base URLs clients can use for a deployed gateway app (call in a driver connected to Ray).
-
-    With direct ingress (RAY_SERVE_THROUGHPUT_OPTIMIZED=1) these are the replicas' own HTTP
-    ports, one per replica, with no proxy hop; otherwise the Serve proxy's address. Either way the
-    route prefix is included, so `<url>/v1` is an OpenAI base URL.
-    """
-    import ray
-    from ray.serve._private.common import RequestProtocol
-    from ray.serve.context import _get_global_client
-
-    controller = _get_global_client()._controller
-    groups, http = ray.get([controller.get_target_groups.remote(app_name), controller.get_http_config.remote()])
-    # replicas bind to http_options.host; a target's ip is its node's address, which a loopback
-    # bind (e.g. 127.0.0.1, as in tests) does not listen on
-    bind = http.host if http.host not in ("0.0.0.0", "::", "", None) else None
-    urls = []
-    for group in groups:
-        if group.protocol != RequestProtocol.HTTP:
-            continue
-        prefix = "" if group.route_prefix == "/" else group.route_prefix
-        urls.extend(f"http://{bind or t.ip}:{t.port}{prefix}" for t in group.targets)
-    return urls

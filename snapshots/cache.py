@@ -28,8 +28,9 @@ from filelock import FileLock
 
 from . import fsutil
 from .errors import SnapshotCorrupt, SnapshotIOError
-from .format import MANIFEST, SNAPSHOT_JSON, SnapshotMeta, parse_meta
+from .format import MANIFEST, SNAPSHOT_JSON, SnapshotMeta
 from .paths import local_join
+from .store import ResolvedSnapshot, SnapshotStore
 
 FETCH_CHUNK = 32 << 20
 FETCH_THREADS = 8
@@ -73,16 +74,26 @@ class SnapshotCache:
 
     def fetch(self, snapshot_url: str, ranks: list[int] | None = None, *, storage_options: dict | None = None,
               progress: Callable[[int], None] | None = None) -> CacheResult:
-        from .store import SnapshotStore
-
         t0 = time.perf_counter()
         store, ref = SnapshotStore.for_snapshot(snapshot_url, storage_options)
-        r = store.resolve(ref)
         if store.is_local:
-            return CacheResult(Path(r.path), False, 0, time.perf_counter() - t0)
-        raw_meta = store.read_meta_raw(r)
-        # parse_meta also rejects unsafe paths (absolute, '..'): every one is joined onto `local`.
-        meta = parse_meta(raw_meta, where=f"{r.url}/{SNAPSHOT_JSON}")
+            return CacheResult(Path(store.resolve(ref).path), False, 0, time.perf_counter() - t0)
+        return self._fetch(store, store.load(ref), ranks, progress, t0)
+
+    def fetch_resolved(self, store: SnapshotStore, snap: ResolvedSnapshot, ranks: list[int] | None = None, *,
+                       progress: Callable[[int], None] | None = None) -> CacheResult:
+        """fetch() of a snapshot already resolved and read (SnapshotStore.load): its snapshot.json
+        is not read again; the copy is tied to exactly `snap.raw_meta`."""
+        t0 = time.perf_counter()
+        if store.is_local:
+            return CacheResult(Path(snap.ref.path), False, 0, time.perf_counter() - t0)
+        return self._fetch(store, snap, ranks, progress, t0)
+
+    def _fetch(self, store: SnapshotStore, snap: ResolvedSnapshot, ranks: list[int] | None, progress,
+               t0: float) -> CacheResult:
+        # snap.meta went through parse_meta, which also rejects unsafe paths (absolute, '..'):
+        # every one is joined onto `local`.
+        r, raw_meta, meta = snap.ref, snap.raw_meta, snap.meta
         wanted = list(range(meta.tp_size)) if ranks is None else sorted(set(ranks))
         for rank in wanted:
             meta.rank_info(rank)  # RankOutOfRange
@@ -117,8 +128,6 @@ class SnapshotCache:
         complete (a flipped bit on disk, an edit): without this, every later restore would fail
         on the same bad bytes. Only the markers go; the re-fetch replaces each file by rename, so
         a process still reading (or mapping) the old file keeps its bytes."""
-        from .store import SnapshotStore
-
         store, ref = SnapshotStore.for_snapshot(snapshot_url, storage_options)
         model, sid = ref.split("/")
         if store.is_local:

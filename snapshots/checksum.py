@@ -16,7 +16,3 @@ ALGORITHM = "xxh3_64"
 def checksum(buf) -> int:
     """xxh3_64 of a bytes-like object (bytes, memoryview, numpy array), as an unsigned int."""
     return xxhash.xxh3_64_intdigest(buf)
-
-
-def format_checksum(value: int) -> str:
-    return f"{value:016x}"

@@ -11,12 +11,16 @@ Layout of one snapshot (see snapshots/README.md, "Format v1"):
 """
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import RankOutOfRange, SnapshotCorrupt, UnsupportedFormatVersion
+from .paths import check_meta_paths
 
 FORMAT_VERSION = 1
 # 4 KiB: the page size and the O_DIRECT / NVMe block size, so any tensor can be read straight
@@ -110,8 +114,6 @@ class SnapshotMeta(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict, description="Engine-specific fields, opaque to the store.")
 
     def rank_info(self, rank: int) -> RankInfo:
-        from .errors import RankOutOfRange
-
         if not isinstance(rank, int) or rank < 0 or rank >= self.tp_size:
             raise RankOutOfRange(rank, self.tp_size)
         return self.ranks[rank]
@@ -119,10 +121,6 @@ class SnapshotMeta(BaseModel):
 
 def parse_meta(raw: bytes | str, where: str = "snapshot.json") -> SnapshotMeta:
     """Parse snapshot.json, checking the format version BEFORE the schema (a v2 file may have other keys)."""
-    import json
-
-    from .errors import SnapshotCorrupt, UnsupportedFormatVersion
-
     try:
         data = json.loads(raw)
     except ValueError as exc:
@@ -141,7 +139,5 @@ def parse_meta(raw: bytes | str, where: str = "snapshot.json") -> SnapshotMeta:
     # checked here, once, so no reader ever uses an unchecked value.
     if len(meta.ranks) != meta.tp_size or any(info.rank != i for i, info in enumerate(meta.ranks)):
         raise SnapshotCorrupt(f"{where}: ranks must list ranks 0..{meta.tp_size - 1} in order")
-    from .paths import check_meta_paths
-
     check_meta_paths(meta, where)
     return meta

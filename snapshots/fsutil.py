@@ -14,6 +14,8 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
+from .errors import SnapshotIOError, UnsupportedStore
+
 # memory:// checks existence and then creates, two steps; the store lives in this process only,
 # so one process-wide lock makes its exclusive create atomic.
 _MEMORY_CREATE_LOCK = threading.Lock()
@@ -35,8 +37,6 @@ def check_scheme(url: str, allow_any_scheme: bool = False) -> str:
     proto = scheme_of(url)
     if proto in STORE_SCHEMES or allow_any_scheme or os.environ.get(ALLOW_ANY_SCHEME_ENV) == "1":
         return proto
-    from .errors import UnsupportedStore
-
     raise UnsupportedStore(
         f"{url}: scheme {proto!r} is not a snapshot store (allowed: {', '.join(sorted(STORE_SCHEMES))}; "
         f"set {ALLOW_ANY_SCHEME_ENV}=1 to use another fsspec scheme deliberately)"
@@ -71,13 +71,6 @@ def join(*parts: str) -> str:
 def protocol_of(fs) -> str:
     proto = fs.protocol
     return proto[0] if isinstance(proto, (tuple, list)) else proto
-
-
-def unstrip(fs, path: str) -> str:
-    """The URL of a protocol-less fsspec path."""
-    if is_local(fs):
-        return "file://" + path
-    return f"{protocol_of(fs)}://{path.lstrip('/')}" if protocol_of(fs) != "memory" else f"memory://{path}"
 
 
 def create_exclusive(fs, path: str, data: bytes) -> None:
@@ -124,8 +117,6 @@ def write_all(fd: int, data, offset: int, name: str) -> None:
     hole that reads back as zeros. 0 bytes written, or an OSError (ENOSPC, EIO), raises
     SnapshotIOError naming the file.
     """
-    from .errors import SnapshotIOError
-
     view = memoryview(data).cast("B")
     done = 0
     while done < len(view):
@@ -150,8 +141,6 @@ def _write_temp(path: str, data: bytes, makedirs: bool) -> str:
         try:
             os.fsync(fd)
         except OSError as exc:
-            from .errors import SnapshotIOError
-
             raise SnapshotIOError(f"{path}: fsync failed: {exc.strerror or exc}") from exc
     except BaseException:
         os.close(fd)

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .errors import SnapshotCorrupt
 from .paths import safe_relpath
-from .restore import verify_rows, default_threads
+from .rankio import default_threads, verify_rows
 from .tensorbytes import torch_dtype
 
 

@@ -2,6 +2,9 @@
 
 Store layout: <url>/<model>/<snapshot-id>/... (see format.py). Only ids with snapshot.json exist
 for readers; `<model>/latest` resolves to the most recently committed one.
+
+`load(ref)` resolves a reference and reads its snapshot.json once, as a ResolvedSnapshot; the
+cache tier, restore and the vLLM start/loader take that object instead of re-reading the file.
 """
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ from .format import (
     new_snapshot_id,
     parse_meta,
 )
+from .gc import collect
 from .paths import safe_relpath
+from .rankio import verify_rank
 from .writer import RankWriter, SnapshotWriter, claim, read_claim
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,20 @@ class SnapshotRef:
     snapshot_id: str
     url: str  # full URL <store>/<model>/<id>
     path: str  # protocol-less path in the store's filesystem
+
+
+@dataclass(frozen=True)
+class ResolvedSnapshot:
+    """A committed snapshot resolved and read once: its ref, the exact snapshot.json bytes, their
+    parse. Resolve once per process (SnapshotStore.load) and hand this object on."""
+
+    ref: SnapshotRef
+    raw_meta: bytes  # the node cache ties its copy to these exact bytes (sha256)
+    meta: SnapshotMeta
+
+    @property
+    def url(self) -> str:
+        return self.ref.url
 
 
 @dataclass(frozen=True)
@@ -124,6 +143,26 @@ class SnapshotStore:
 
     def resolve(self, ref: str) -> SnapshotRef:
         """'<model>/<id>' or '<model>/latest' -> a committed snapshot (SnapshotNotFound otherwise)."""
+        r, raw = self._resolve(ref)
+        if raw is None and not fsutil.exists(self.fs, fsutil.join(r.path, SNAPSHOT_JSON)):
+            raise SnapshotNotFound(f"no committed snapshot at {r.url}")
+        return r
+
+    def load(self, ref: str | SnapshotRef) -> ResolvedSnapshot:
+        """Resolve `ref` and read its snapshot.json, once: for `<model>/<id>` one read (a missing
+        file is SnapshotNotFound), for `<model>/latest` the bytes read while choosing it."""
+        r, raw = (ref, None) if isinstance(ref, SnapshotRef) else self._resolve(ref)
+        if raw is None:
+            raw = self.read_meta_raw(r)
+        return ResolvedSnapshot(r, raw, parse_meta(raw, where=f"{r.url}/{SNAPSHOT_JSON}"))
+
+    def ref(self, model: str, snapshot_id: str) -> SnapshotRef:
+        """The ref of `<model>/<id>` in this store, without checking that it is committed."""
+        return self._ref(check_name("model name", model), check_name("snapshot id", snapshot_id))
+
+    def _resolve(self, ref: str) -> tuple[SnapshotRef, bytes | None]:
+        """(ref, None) for '<model>/<id>' (not checked to exist); (newest committed ref, its
+        snapshot.json bytes) for '<model>/latest'."""
         try:
             model, sid = ref.strip("/").split("/")
         except ValueError:
@@ -131,34 +170,33 @@ class SnapshotStore:
         check_name("model name", model)
         if sid != LATEST:
             check_name("snapshot id", sid)
-            r = self._ref(model, sid)
-            if not fsutil.exists(self.fs, fsutil.join(r.path, SNAPSHOT_JSON)):
-                raise SnapshotNotFound(f"no committed snapshot at {r.url}")
-            return r
+            return self._ref(model, sid), None
         best = None
         for cand in self._committed_ids(model):
             r = self._ref(model, cand)
             try:
-                created = self._created_at(r)
+                raw = self.read_meta_raw(r)
             except SnapshotNotFound:
                 continue
+            created = self._created_at(r, raw)
             if created is None:
                 continue
             key = (created, cand)
             if best is None or key > best[0]:
-                best = (key, r)
+                best = (key, r, raw)
         if best is None:
             raise SnapshotNotFound(f"no committed snapshot of model {model!r} in {self.url}")
-        return best[1]
+        return best[1], best[2]
 
-    def _created_at(self, r: SnapshotRef) -> float | None:
+    @staticmethod
+    def _created_at(r: SnapshotRef, raw: bytes) -> float | None:
         """created_at of a committed snapshot, or None (with a warning naming the file) when its
         snapshot.json is malformed: one bad snapshot must not make `<model>/latest` unusable.
         The format version is not checked here: a newer-format snapshot is valid, and resolving to
         it lets the reader refuse it with UnsupportedFormatVersion."""
         where = f"{r.url}/{SNAPSHOT_JSON}"
         try:
-            data = json.loads(self.read_meta_raw(r))
+            data = json.loads(raw)
         except ValueError as exc:
             log.warning("thawline: skipping %s for latest: not valid JSON (%s)", where, exc)
             return None
@@ -170,8 +208,7 @@ class SnapshotStore:
         return float(created)
 
     def inspect(self, ref: str | SnapshotRef) -> SnapshotMeta:
-        r = ref if isinstance(ref, SnapshotRef) else self.resolve(ref)
-        return parse_meta(self.read_meta_raw(r), where=f"{r.url}/{SNAPSHOT_JSON}")
+        return self.load(ref).meta
 
     def read_manifest(self, ref: SnapshotRef, rank: int | None = None) -> list[manifest.ManifestRow]:
         path = fsutil.join(ref.path, MANIFEST)
@@ -204,10 +241,8 @@ class SnapshotStore:
 
     def verify(self, ref: str | SnapshotRef, progress: Callable[[int], None] | None = None, *, threads: int | None = None) -> VerifyReport:
         """Re-hash every tensor of every rank; SnapshotCorrupt(rank=, tensor=) on the first mismatch."""
-        from .restore import verify_rank
-
-        r = ref if isinstance(ref, SnapshotRef) else self.resolve(ref)
-        meta = self.inspect(r)
+        snap = self.load(ref)
+        r, meta = snap.ref, snap.meta
         report = VerifyReport(ref=r)
         t0 = time.perf_counter()
         for rank in range(meta.tp_size):
@@ -287,6 +322,4 @@ class SnapshotStore:
         `older_than_s` ago; returns their URLs. Only dirs proven to be ours are touched
         (snapshots/gc.py): a recognised claim, no snapshot.json, no unrecognised file.
         """
-        from .gc import collect
-
         return collect(self, older_than_s)

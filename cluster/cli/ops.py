@@ -18,8 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster.cli.errors import CLIError, one_line_errors
+from gateway.names import ADMIN_KEY_ENV, API_KEY_ENV, BASE_URL_ENV
 
-_BASE_URL_HELP = "Gateway base URL, as for the openai SDK (env THAWLINE_BASE_URL; default http://127.0.0.1:8000/v1)."
+_BASE_URL_HELP = f"Gateway base URL, as for the openai SDK (env {BASE_URL_ENV}; default http://127.0.0.1:8000/v1)."
 
 
 # ------------------------------------------------------------------------------- pure helpers
@@ -158,7 +159,7 @@ def usage_cmd(
     group_by: str = typer.Option("route", "--group-by", "-g", help=f"Group rows by one of: {', '.join(GROUPS)}."),
     since: Optional[str] = typer.Option(None, "--since", help="Only spend after this: a duration back (30m, 24h, 7d), an ISO time, or epoch seconds."),
     base_url: Optional[str] = typer.Option(None, "--base-url", help=_BASE_URL_HELP),
-    admin_key: Optional[str] = typer.Option(None, "--admin-key", envvar="THAWLINE_ADMIN_KEY", help="Admin key for /v1/usage (env THAWLINE_ADMIN_KEY)."),
+    admin_key: Optional[str] = typer.Option(None, "--admin-key", envvar=ADMIN_KEY_ENV, help=f"Admin key for /v1/usage (env {ADMIN_KEY_ENV})."),
     as_json: bool = typer.Option(False, "--json", help="Print the raw report as JSON instead of a table."),
 ) -> None:
     """The gateway's cost ledger as a table: requests, tokens and USD per group."""
@@ -178,7 +179,7 @@ def chat_cmd(
     model: str = typer.Argument(..., help="Route alias (model name) on the gateway, e.g. tiny."),
     message: Optional[list[str]] = typer.Option(None, "--message", "-m", help="Send this and exit (repeat for several turns); without it, read lines interactively."),
     base_url: Optional[str] = typer.Option(None, "--base-url", help=_BASE_URL_HELP),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="THAWLINE_API_KEY", help="Gateway key (env THAWLINE_API_KEY)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar=API_KEY_ENV, help=f"Gateway key (env {API_KEY_ENV})."),
     max_tokens: int = typer.Option(32, "--max-tokens", help="Tokens per answer."),
     system: Optional[str] = typer.Option(None, "--system", help="Optional system prompt."),
 ) -> None:

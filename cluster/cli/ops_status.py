@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-READINESS_ACTOR = "thawline-readiness"
-READINESS_NAMESPACE = "thawline"
+from gateway.names import NAMESPACE, READINESS_ACTOR
 
 
 @dataclass
@@ -111,7 +110,7 @@ def gather(ray_address: str | None, *, timeout_s: float = 30.0) -> StatusReport:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     if not ray.is_initialized():
-        ray.init(address=ray_address or "auto", namespace=READINESS_NAMESPACE, log_to_driver=False,
+        ray.init(address=ray_address or "auto", namespace=NAMESPACE, log_to_driver=False,
                  logging_level="ERROR")
     report = StatusReport(serve_running=True)
     try:
@@ -123,7 +122,7 @@ def gather(ray_address: str | None, *, timeout_s: float = 30.0) -> StatusReport:
 
     board = None
     try:
-        board = ray.get_actor(READINESS_ACTOR, namespace=READINESS_NAMESPACE)
+        board = ray.get_actor(READINESS_ACTOR, namespace=NAMESPACE)
     except ValueError:
         report.notes.append("no readiness board: cold/warm derived from replica states")
 

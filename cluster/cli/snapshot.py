@@ -66,7 +66,7 @@ def create(
         if snapshot_id is not None:
             raise ValueError("--id applies to --engine none only (engine snapshots get a generated id)")
         # Lazy: importing vLLM takes seconds and is only needed for this path.
-        from snapshots.engine import create_engine_snapshot
+        from snapshots.vllm.capture import create_engine_snapshot
 
         url = create_engine_snapshot(hf_dir, tp=tp, store_url=store, name=name, dtype=dtype, max_model_len=max_model_len)
     else:

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from gateway.costs.budget import SpendTotals, check, periods
 from gateway.costs.ledger import Ledger
-from gateway.costs.prices import PriceBook
-from gateway.costs.pricing import cost_usd, worst_case_usd
+from gateway.costs.pricing import PriceBook, cost_usd, worst_case_usd
 from gateway.costs.schema import BudgetSpec, LedgerRow
 from gateway.errors import BudgetExceeded
 from gateway.metrics import METRICS

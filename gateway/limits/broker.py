@@ -29,23 +29,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
-
-import ray
+from typing import Any, Callable
 
 from gateway.limits.pool import Cell, QuotaPool
 from gateway.limits.schema import LimiterTuning
-
-BROKER_NAME = "thawline-limits"
-NAMESPACE = "thawline"
+from gateway.names import LIMITS_ACTOR, get_or_create_actor
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
 class LimitBroker:
-    def __init__(self, tuning: dict | None = None, window_s: float = 60.0):
+    """A plain class (no Ray): `get_broker` makes it the named actor. Unit tests drive it directly
+    on an event loop with a fake `clock` (tests/unit/test_limits_broker.py)."""
+
+    def __init__(self, tuning: dict | None = None, window_s: float = 60.0,
+                 clock: Callable[[], float] = time.time):
         self.tuning = LimiterTuning(**(tuning or {}))
         self.pool = QuotaPool(window_s=window_s)
-        self.clock = time.time                          # windows are wall-clock minutes
+        self.clock = clock                              # windows are wall-clock minutes
         self.last_seen: dict[str, float] = {}
         self.reclaim: dict[str, set[Cell]] = {}         # holder -> cells it is asked to hand back
         self.wake: dict[str, asyncio.Event] = {}        # wakes the holder's pending watch()
@@ -192,6 +191,5 @@ def _as_dict(res) -> dict[str, Any]:
 def get_broker(tuning: LimiterTuning | None = None):
     """The cluster's broker, created on first use. Detached, because it must outlive whichever
     gateway replica happened to create it (replicas come and go with autoscaling)."""
-    return LimitBroker.options(name=BROKER_NAME, namespace=NAMESPACE, get_if_exists=True,
-                               lifetime="detached", max_concurrency=10_000).remote(
-        (tuning or LimiterTuning()).model_dump())
+    return get_or_create_actor(LimitBroker, LIMITS_ACTOR, (tuning or LimiterTuning()).model_dump(),
+                               max_restarts=-1, max_concurrency=10_000)

@@ -292,7 +292,3 @@ class LocalLeases:
     def local_avail(self, cell: Cell, now: float) -> int:
         ls = self.rate.get(cell)
         return ls.avail if ls is not None and ls.valid(now) else 0
-
-    def local_reset_s(self, cell: Cell, now: float) -> float | None:
-        ls = self.rate.get(cell)
-        return ls.expires - now if ls is not None and ls.valid(now) else None

@@ -17,7 +17,7 @@ from gateway.fallback import Failure, Kind
 _log = logging.getLogger("thawline.gateway")
 
 if TYPE_CHECKING:
-    from gateway.router import Target
+    from gateway.routes import Target
 
 CHAT, COMPLETIONS, EMBEDDINGS = "chat", "completions", "embeddings"
 

@@ -15,11 +15,11 @@ from typing import AsyncIterator
 
 from gateway.fallback import Failure, Kind
 from gateway.llm_protocol import as_app_error
+from gateway.names import NAMESPACE, READINESS_ACTOR
 from gateway.providers.base import CHAT, COMPLETIONS, Provider, ProviderError, Response, Usage, unsupported
 
 log = logging.getLogger("thawline.gateway")
 
-READINESS_ACTOR, READINESS_NAMESPACE = "thawline-readiness", "thawline"
 POLL_INTERVAL_S = 0.5
 WAKE_EVERY_S = 5.0
 
@@ -62,7 +62,7 @@ class ServeProvider(Provider):
             try:
                 if board is None:
                     # a blocking GCS lookup: off the event loop that serves requests
-                    board = await asyncio.to_thread(ray.get_actor, READINESS_ACTOR, namespace=READINESS_NAMESPACE)
+                    board = await asyncio.to_thread(ray.get_actor, READINESS_ACTOR, namespace=NAMESPACE)
                 self._state = await board.get.remote(self.cfg.app)
             except ValueError:
                 board = None  # not created yet (no LLM replica has reported)

@@ -5,14 +5,15 @@
     router.py       LLMRouter: waits for a replica within the cold-path budget, forwards
     server.py       LLMServer: one replica = one engine host (claimed from the warm pool or local)
     engine_host.py  EngineHost: vLLM AsyncLLM + OpenAI serving classes, started from a snapshot
+    spec.py         EngineSpec: what a replica asks its engine host to start (pure)
     warm_pool.py    per-node pool of pre-imported engine hosts; claims.py its pure bookkeeping
     forkserver.py   preloaded forkserver for vLLM's EngineCore
     first_boot.py   snapshot on first boot: which snapshot to restore, or the source to boot
     timeline.py     the cold-start timeline (pure)
     sse.py          the app's SSE framing (pure)
 
-`app` and `build_app` are loaded on first use, so the pure modules (args, claims, timeline,
-sse) import without Ray.
+`app` and `build_app` are loaded on first use, so the pure modules (args, claims, spec,
+timeline, sse) import without Ray.
 """
 from __future__ import annotations
 

@@ -17,10 +17,14 @@ import copy
 import json
 import logging
 import os
-import tempfile
 import time
-from pathlib import Path
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
+
+from serve_apps.llm.spec import EngineSpec
+from snapshots.errors import SnapshotExists
+from snapshots.vllm.load_errors import engine_start_errors
 
 log = logging.getLogger("thawline.serve")
 
@@ -66,8 +70,10 @@ class EngineHost:
         from vllm.utils.argparse_utils import FlexibleArgumentParser
         from vllm.v1.engine.async_llm import AsyncLLM  # noqa: F401
 
-        import snapshots.engine  # noqa: F401
-        import snapshots.vllm_loader  # noqa: F401
+        import snapshots.vllm.capture  # noqa: F401
+        import snapshots.vllm.capture_loader  # noqa: F401
+        import snapshots.vllm.loader  # noqa: F401
+        import snapshots.vllm.start  # noqa: F401
 
         # vLLM's frontend defaults (chat template, tool parsers, logging...). Building this parser
         # walks every config dataclass: seconds on a busy 2-core node, so not on the cold path.
@@ -96,108 +102,51 @@ class EngineHost:
         (vLLM engine args), verify, gpu_ids (GPU replicas: the devices of the replica's bundles),
         placement_group (GPU TP: the replica's group, so vLLM's Ray workers use its bundles).
         Returns the marks restore_done / engine_ready (time.time()) and engine facts."""
-        from argparse import Namespace
-
-        from starlette.datastructures import State
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-        from vllm.v1.engine.async_llm import AsyncLLM
-
+        spec = EngineSpec.model_validate(spec).model_dump()  # checked here; a dict on the wire (spec.py)
         if self._engine is not None:
             raise RuntimeError("engine already started in this host")
-        if spec.get("gpu_ids"):
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec["gpu_ids"])
-        overrides = dict(spec.get("overrides") or {})
-        error_file = None
-        capture = None
-        first_boot = None
-        if spec.get("capture"):
-            # Snapshot on first boot, one engine boot: this engine's workers write their ranks
-            # while loading from the source, the snapshot is committed once the engine is up,
-            # and the same engine then serves.
-            from snapshots.engine import begin_capture
-            from snapshots.errors import SnapshotExists
-
-            c = spec["capture"]
-            try:
-                capture = await asyncio.to_thread(
-                    begin_capture, c["source_dir"], tp=int(c["tp"]), store_url=c["store_url"], name=c["name"],
-                    snapshot_id=c["snapshot_id"], **overrides)
-                kwargs, first_boot = capture.engine_kwargs(), "wrote_snapshot"
-            except SnapshotExists:
-                # Another replica claimed the id and writes it; this one serves from the source.
-                log.info("thawline: %s/%s is being written by another replica; serving from %s",
-                         c["name"], c["snapshot_id"], c["source_dir"])
-                kwargs = {"model": c["source_dir"], "tensor_parallel_size": int(c["tp"]), **overrides}
-                first_boot = "served_from_source"
-        elif spec.get("snapshot_url"):
-            from snapshots.engine import engine_kwargs
-            from snapshots.vllm_loader import ERROR_FILE_ENV
-
-            # Resolves the snapshot, materialises engine/hf + compile cache from the node cache,
-            # starts the weight prefetch, sets VLLM_CACHE_ROOT/NCCL_*; the recorded KV size
-            # (num_gpu_blocks_override / kv_cache_memory_bytes) makes vLLM skip memory profiling.
-            kwargs = engine_kwargs(spec["snapshot_url"], verify=bool(spec.get("verify", False)), **overrides)
-            fd, error_file = tempfile.mkstemp(prefix="thawline-load-error-")
-            os.close(fd)
-            os.unlink(error_file)  # the loader creates it exclusively on failure
-            os.environ[ERROR_FILE_ENV] = error_file
-        else:
-            raise ValueError("engine spec needs snapshot_url or capture")
+        _use_gpus(spec.get("gpu_ids"))
+        boot = await _prepare_boot(spec)
         restore_done = time.time()
+        try:
+            args, vllm_config = self._engine_config(spec["served_model_id"], boot.kwargs)
+        except Exception:
+            if boot.capture is not None:
+                boot.capture.abort()  # a first boot whose config fails gives its claimed id back
+            raise
+        config_done = time.time()
+        engine = _build_engine(boot, vllm_config, spec.get("placement_group"))
+        snapshot_url = await _commit_capture(boot, engine, vllm_config)
+        engine_done = time.time()
+        await self._serve(engine, args)
+        serving_done = time.time()
+        self.info = _engine_facts(boot, vllm_config, snapshot_url,
+                                  config_s=config_done - restore_done, engine_s=engine_done - config_done,
+                                  serving_state_s=serving_done - engine_done)
+        return {"restore_done": restore_done, "engine_ready": serving_done, **self.info}
 
-        served = spec["served_model_id"]
+    def _engine_config(self, served: str, kwargs: dict):
+        """(frontend args, VllmConfig) for the engine args; names the served model in both."""
+        from argparse import Namespace
+
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
         args = Namespace(**copy.deepcopy(self._frontend_defaults))
         args.model = str(kwargs["model"])
         args.served_model_name = [served]
         kwargs["served_model_name"] = [served]
-        engine_args = AsyncEngineArgs(**kwargs)
-        vllm_config = engine_args.create_engine_config()
-        config_done = time.time()
-        if spec.get("placement_group") is not None:
-            vllm_config.parallel_config.placement_group = spec["placement_group"]
-        try:
-            engine = AsyncLLM.from_vllm_config(vllm_config, disable_log_stats=True)
-        except Exception as exc:
-            if capture is not None:
-                capture.abort()
-            reason = Path(error_file).read_text() if error_file and os.path.exists(error_file) else None
-            if reason:
-                # Only a snapshot start sets the error file the loader writes its reason to.
-                raise RuntimeError(f"engine start from {spec['snapshot_url']} failed: {reason}") from exc
-            raise
-        finally:
-            if error_file and os.path.exists(error_file):
-                os.unlink(error_file)
-        snapshot_url = None
-        if capture is not None:
-            try:
-                infos = await engine.collective_rpc("thawline_engine_info")
-                snapshot_url = await asyncio.to_thread(capture.commit, infos, vllm_config.model_config)
-            except BaseException:
-                capture.abort(keep_engine_dir=True)
-                engine.shutdown()
-                raise
-        engine_done = time.time()
+        return args, AsyncEngineArgs(**kwargs).create_engine_config()
+
+    async def _serve(self, engine, args) -> None:
+        """vLLM's OpenAI serving state on the running engine; the host serves from here on."""
+        from starlette.datastructures import State
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+
         state = State()
         await init_app_state(engine, state, args, supported_tasks=await engine.get_supported_tasks())
-        serving_done = time.time()
         self._engine = engine
         self._chat = getattr(state, "openai_serving_chat", None)
         self._completion = getattr(state, "openai_serving_completion", None)
-        cache = vllm_config.cache_config
-        self.info = {"num_gpu_blocks": cache.num_gpu_blocks, "block_size": cache.block_size,
-                     "model": str(kwargs["model"]), "load_format": str(kwargs.get("load_format", "auto")),
-                     # engine_init split: vLLM config, AsyncLLM (EngineCore + workers + weights +
-                     # KV cache), OpenAI serving state
-                     "engine_init_detail_s": {"config": round(config_done - restore_done, 3),
-                                              "engine": round(engine_done - config_done, 3),
-                                              "serving_state": round(serving_done - engine_done, 3)}}
-        if first_boot:
-            self.info["first_boot"] = first_boot
-        if snapshot_url:
-            self.info["snapshot_url"] = snapshot_url
-        return {"restore_done": restore_done, "engine_ready": serving_done, **self.info}
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -262,3 +211,104 @@ class EngineHost:
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
+
+
+# -- start steps (EngineHost.start drives them in this order) ----------------------------------
+
+
+@dataclass
+class _Boot:
+    """What the engine boots from: its engine args, and either the first-boot capture or the
+    snapshot start's load-error handling (load_errors.engine_start_errors)."""
+
+    kwargs: dict
+    errors: AbstractContextManager = field(default_factory=nullcontext)
+    capture: Any = None  # snapshots.vllm.capture.EngineCapture while this boot writes the snapshot
+    first_boot: str | None = None  # "wrote_snapshot" | "served_from_source"
+
+
+def _use_gpus(gpu_ids) -> None:
+    if gpu_ids:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+
+
+async def _prepare_boot(spec: dict) -> _Boot:
+    overrides = dict(spec.get("overrides") or {})
+    if spec.get("capture"):
+        return await _prepare_first_boot(spec["capture"], overrides)
+    if spec.get("snapshot_url"):
+        from snapshots.vllm.start import prepare_engine_start
+
+        # The same steps as snapshots.vllm.start.start_engine: resolves the snapshot once,
+        # materialises engine/hf + compile cache from the node cache, starts the weight prefetch,
+        # sets VLLM_CACHE_ROOT/NCCL_*; the recorded KV size (num_gpu_blocks_override /
+        # kv_cache_memory_bytes) makes vLLM skip memory profiling.
+        url = spec["snapshot_url"]
+        prepared = prepare_engine_start(url, verify=bool(spec.get("verify", False)), **overrides)
+        return _Boot(prepared.kwargs, errors=engine_start_errors(url))
+    raise ValueError("engine spec needs snapshot_url or capture")
+
+
+async def _prepare_first_boot(c: dict, overrides: dict) -> _Boot:
+    """Snapshot on first boot, one engine boot: this engine's workers write their ranks while
+    loading from the source, the snapshot is committed once the engine is up, and the same engine
+    then serves. Of two replicas racing for the id, the loser serves from the source."""
+    from snapshots.vllm.capture import begin_capture
+
+    try:
+        capture = await asyncio.to_thread(
+            begin_capture, c["source_dir"], tp=int(c["tp"]), store_url=c["store_url"], name=c["name"],
+            snapshot_id=c["snapshot_id"], **overrides)
+        return _Boot(capture.engine_kwargs(), capture=capture, first_boot="wrote_snapshot")
+    except SnapshotExists:
+        # Another replica claimed the id and writes it; this one serves from the source.
+        log.info("thawline: %s/%s is being written by another replica; serving from %s",
+                 c["name"], c["snapshot_id"], c["source_dir"])
+        return _Boot({"model": c["source_dir"], "tensor_parallel_size": int(c["tp"]), **overrides},
+                     first_boot="served_from_source")
+
+
+def _build_engine(boot: _Boot, vllm_config, placement_group):
+    """AsyncLLM (EngineCore, workers, weights, KV cache). A snapshot start's load failure raises
+    EngineStartError naming the snapshot and the worker's reason; a failed first boot gives its
+    claimed id back."""
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    if placement_group is not None:
+        vllm_config.parallel_config.placement_group = placement_group
+    try:
+        with boot.errors:
+            return AsyncLLM.from_vllm_config(vllm_config, disable_log_stats=True)
+    except Exception:
+        if boot.capture is not None:
+            boot.capture.abort()
+        raise
+
+
+def _engine_facts(boot: _Boot, vllm_config, snapshot_url: str | None, *, config_s: float, engine_s: float,
+                  serving_state_s: float) -> dict:
+    cache = vllm_config.cache_config
+    info = {"num_gpu_blocks": cache.num_gpu_blocks, "block_size": cache.block_size,
+            "model": str(boot.kwargs["model"]), "load_format": str(boot.kwargs.get("load_format", "auto")),
+            # engine_init split: vLLM config, AsyncLLM (EngineCore + workers + weights +
+            # KV cache), OpenAI serving state
+            "engine_init_detail_s": {"config": round(config_s, 3), "engine": round(engine_s, 3),
+                                     "serving_state": round(serving_state_s, 3)}}
+    if boot.first_boot:
+        info["first_boot"] = boot.first_boot
+    if snapshot_url:
+        info["snapshot_url"] = snapshot_url
+    return info
+
+
+async def _commit_capture(boot: _Boot, engine, vllm_config) -> str | None:
+    """First boot: record the running engine's state and commit the snapshot; its URL."""
+    if boot.capture is None:
+        return None
+    try:
+        infos = await engine.collective_rpc("thawline_engine_info")
+        return await asyncio.to_thread(boot.capture.commit, infos, vllm_config.model_config)
+    except BaseException:
+        boot.capture.abort(keep_engine_dir=True)
+        engine.shutdown()
+        raise

@@ -31,7 +31,8 @@ PRELOAD = [
     "vllm.v1.worker.cpu_worker",
     "vllm.v1.worker.cpu_model_runner",
     "vllm.model_executor.models.llama",
-    "snapshots.vllm_loader",
+    "snapshots.vllm.loader",
+    "snapshots.vllm.capture_loader",
     "serve_apps.llm.forkserver",
 ]
 

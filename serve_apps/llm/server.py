@@ -21,6 +21,7 @@ from ray import serve
 from gateway.readiness import get_or_create_board
 from serve_apps.llm.args import LLMAppArgs, effective_engine_overrides, first_boot_ref
 from serve_apps.llm.first_boot import committed_snapshot, local_source
+from serve_apps.llm.spec import CaptureSpec, EngineSpec
 
 log = logging.getLogger("thawline.serve")
 
@@ -120,14 +121,14 @@ class LLMServer:
         # No pooled host ready: import here (the cold start pays for it).
         return await asyncio.to_thread(_LocalHost), "replica"
 
-    def _spec(self, **kw) -> dict:
+    def _spec(self, *, snapshot_url: str | None = None, capture: CaptureSpec | None = None) -> dict:
+        """The EngineSpec for the host, as a dict (see spec.py: the placement group rides as is)."""
         a = self.args
-        spec = {"served_model_id": a.served_model_id, "overrides": effective_engine_overrides(a),
-                "verify": a.verify_checksums, **kw}
-        if a.accelerator == "gpu":
-            spec["gpu_ids"] = ray.get_gpu_ids()
-            spec["placement_group"] = ray.util.get_current_placement_group()
-        return spec
+        gpu = a.accelerator == "gpu"
+        return EngineSpec(served_model_id=a.served_model_id, overrides=effective_engine_overrides(a),
+                          verify=a.verify_checksums, snapshot_url=snapshot_url, capture=capture,
+                          gpu_ids=ray.get_gpu_ids() if gpu else None,
+                          placement_group=ray.util.get_current_placement_group() if gpu else None).model_dump()
 
     async def _start_engine(self) -> dict:
         a = self.args
@@ -138,9 +139,9 @@ class LLMServer:
             source = await asyncio.to_thread(local_source, a.model_source)
             name, sid = first_boot_ref(a)
             t0 = time.time()
-            started = await self._host.start(self._spec(capture={
-                "source_dir": source, "tp": a.tensor_parallel_size, "store_url": a.snapshot_store,
-                "name": name, "snapshot_id": sid}))
+            started = await self._host.start(self._spec(capture=CaptureSpec(
+                source_dir=str(source), tp=a.tensor_parallel_size, store_url=a.snapshot_store,
+                name=name, snapshot_id=sid)))
             log.info("thawline: first boot (%s) up in %.1f s%s", started.get("first_boot"), time.time() - t0,
                      f", wrote {started['snapshot_url']}" if started.get("snapshot_url") else "")
             return started

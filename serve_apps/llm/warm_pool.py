@@ -26,18 +26,14 @@ import logging
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from gateway.names import get_or_create_actor, warm_pool_name
 from serve_apps.llm.claims import ClaimBook
 
 log = logging.getLogger("thawline.serve")
 
-POOL_NAMESPACE = "thawline"
 REFILL_DELAY_S = 20.0
 REAP_INTERVAL_S = 5.0  # how often the pool checks that the owners of claimed hosts still live
 HOST_SHUTDOWN_TIMEOUT_S = 15.0
-
-
-def pool_name(node_id: str) -> str:
-    return f"thawline-warm-pool-{node_id}"
 
 
 def _host_actor(node_id: str):
@@ -179,12 +175,7 @@ class WarmPool:
 
 def get_or_create_pool(node_id: str, size: int):
     """The node's pool actor (created detached, pinned to the node); raised to `size`."""
-    pool = (
-        ray.remote(WarmPool)
-        .options(name=pool_name(node_id), namespace=POOL_NAMESPACE, lifetime="detached",
-                 get_if_exists=True, num_cpus=0, max_concurrency=1000,
-                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
-        .remote(node_id, size)
-    )
+    pool = get_or_create_actor(WarmPool, warm_pool_name(node_id), node_id, size, max_concurrency=1000,
+                               scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
     pool.ensure.remote(size)
     return pool

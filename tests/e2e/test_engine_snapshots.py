@@ -151,10 +151,10 @@ def test_ranks_restored_from_different_snapshots_fail_agreement(tp2_snapshot_url
 
 def test_tp_size_different_from_the_snapshot_fails_clearly(tp2_snapshot_url):
     # Checked in the caller's process before vLLM is even imported: no engine is spawned.
-    from snapshots.engine import engine_kwargs
-    from snapshots.engine_state import SnapshotMismatch
+    from snapshots.vllm.engine_state import SnapshotMismatch
+    from snapshots.vllm.start import prepare_engine_start
 
     with pytest.raises(SnapshotMismatch) as exc:
-        engine_kwargs(tp2_snapshot_url, tensor_parallel_size=1)
+        prepare_engine_start(tp2_snapshot_url, tensor_parallel_size=1)
     msg = str(exc.value)
     assert "tensor_parallel_size=2" in msg and "tensor_parallel_size=1" in msg and "\n" not in msg

@@ -19,9 +19,9 @@ import openai
 import pytest
 
 from cluster.demo_stack import apps_running, demo_env, start_ray, stop_ray, wait_for, write_yaml
+from testkit.fake_providers import FakeServer
 from testkit.serve_deploy import llm_app_config, load_config
 from tests.conftest import free_port
-from tests.fakes.providers import FakeServer
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -85,9 +85,9 @@ def stack(tiny_snapshot_url, tmp_path_factory):
 def _pool():
     import ray
 
-    from serve_apps.llm.warm_pool import POOL_NAMESPACE, pool_name
+    from gateway.names import NAMESPACE, warm_pool_name
 
-    return ray.get_actor(pool_name(ray.get_runtime_context().get_node_id()), namespace=POOL_NAMESPACE)
+    return ray.get_actor(warm_pool_name(ray.get_runtime_context().get_node_id()), namespace=NAMESPACE)
 
 
 def _actor(actor_id: str) -> dict:

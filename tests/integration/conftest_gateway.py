@@ -14,8 +14,8 @@ import uuid
 
 import pytest
 
+from testkit.fake_providers import FakeServer
 from tests.conftest import free_port
-from tests.fakes.providers import FakeServer
 
 # Fake provider secrets: distinctive strings that tests grep for in responses and logs.
 PROVIDER_SECRETS = {
@@ -33,7 +33,7 @@ CLIENT_KEY = "tl-test-client-key"
 LIMITED_KEY = "tl-test-limited-key"
 ADMIN_KEY = "tl-test-admin-key"
 APP_NAME = "gw-core-test"
-LOCAL_APP = "gw-core-fake-llm"     # the fake local LLM app (tests/fakes/llm.py) the `local` routes use
+LOCAL_APP = "gw-core-fake-llm"     # the fake local LLM app (testkit/fake_llm.py) the `local` routes use
 ROUTE_PREFIX = "/core"
 
 

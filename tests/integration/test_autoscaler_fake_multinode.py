@@ -4,7 +4,7 @@ task needs a GPU and removes it again once it is idle: node-level scale to zero,
 Ray 2.60's `ray up` cannot use the fake multinode provider (its defaults file is missing from the
 wheel), so the cluster is started the supported way:
 `RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=...`. Every process of that cluster
-carries a sandbox token (cluster/sandbox.py), so teardown stops exactly this cluster and never
+carries a sandbox token (testkit/sandbox.py), so teardown stops exactly this cluster and never
 another Ray running on the machine.
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ import ray.autoscaler._private.util  # noqa: E402,F401
 import ray.autoscaler.aws  # noqa: E402,F401
 import ray.autoscaler.local  # noqa: E402,F401
 from cluster.config import deep_merge, load_cluster_config
-from cluster.sandbox import MARKER_ENV, sandbox_processes, stop_sandbox
 from cluster.validate import ray_prepare_and_validate
+from testkit.sandbox import MARKER_ENV, sandbox_processes, stop_sandbox
 from tests.conftest import REPO_ROOT, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

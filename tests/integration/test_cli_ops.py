@@ -17,8 +17,8 @@ import sys
 import pytest
 import yaml
 
+from testkit.fake_providers import FakeServer
 from tests.conftest import REPO_ROOT, free_port
-from tests.fakes.providers import FakeServer
 
 KEY, ADMIN = "tl-cli-key", "tl-cli-admin"
 
@@ -59,7 +59,7 @@ def cached_snapshot(tmp_path_factory):
     """A real snapshot fetched into a node cache dir (memory:// store -> SnapshotCache on disk)."""
     from snapshots.cache import SnapshotCache
     from snapshots.offline import create_offline_snapshot
-    from snapshots.tinyllama import generate_llama
+    from testkit.tinyllama import generate_llama
 
     root = tmp_path_factory.mktemp("cli-ops")
     hf = generate_llama(root / "tiny", preset="tiny")

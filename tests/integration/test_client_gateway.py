@@ -79,7 +79,7 @@ async def test_async_client(gateway):
 
 def _handle_gateway_app(fake):
     """The real gateway ASGI app behind a Serve deployment exposing the handle protocol with the
-    adapter from gateway/client_asgi.py (what GatewayIngress.api/api_stream are to do). Built in a
+    adapter from gateway/handle_ingress.py (what GatewayIngress.api/api_stream are to do). Built in a
     function so cloudpickle ships the class by value (tests/ is not installed on workers)."""
     from ray import serve
 
@@ -94,12 +94,12 @@ def _handle_gateway_app(fake):
             self._gateway = Gateway(parse_config(cfg), limits=None, costs=None)
 
         async def api(self, request: dict) -> dict:
-            from gateway.client_asgi import call_asgi
+            from gateway.handle_ingress import call_asgi
 
             return await call_asgi(self._gateway, request)
 
         async def api_stream(self, request: dict):
-            from gateway.client_asgi import stream_asgi
+            from gateway.handle_ingress import stream_asgi
 
             async for item in stream_asgi(self._gateway, request):
                 yield item

@@ -1,12 +1,12 @@
 """The client handle's HTTP transport against a loopback upstream speaking OpenAI's real wire
-format (tests/fakes/providers.py): JSON and SSE answers, typed errors, sync and async."""
+format (testkit/fake_providers.py): JSON and SSE answers, typed errors, sync and async."""
 from __future__ import annotations
 
 import pytest
 
 from gateway.client import AsyncClient, Client, RateLimited, StreamError, Unavailable
+from testkit.fake_providers import FakeServer
 from tests.conftest import free_port
-from tests.fakes.providers import FakeServer
 
 
 @pytest.fixture(scope="module")

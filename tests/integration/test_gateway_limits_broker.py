@@ -170,7 +170,7 @@ def test_hot_path_is_local(replicas):
 def test_dead_replica_slots_come_back_and_a_stalled_one_is_told(ray_gateway_session):
     from gateway.limits.broker import LimitBroker
 
-    broker = LimitBroker.remote({"holder_ttl_s": 0.5})        # a private broker with a short TTL
+    broker = ray.remote(LimitBroker).options(num_cpus=0).remote({"holder_ttl_s": 0.5})  # private, short TTL
     cell = ("route:ttl", "concurrent")
     assert ray.get(broker.acquire.remote("dead", {cell: (1, 1, 0)}))["ok"]
     assert not ray.get(broker.acquire.remote("live", {cell: (1, 1, 0)}, 0.0))["ok"]

@@ -19,7 +19,7 @@ def local_llm(gateway):
     from ray import serve
 
     from gateway.readiness import get_or_create_board
-    from tests.fakes.llm import FakeLLM
+    from testkit.fake_llm import FakeLLM
 
     handle = serve.run(serve.deployment(FakeLLM, name="FakeLLM", ray_actor_options={"num_cpus": 0}).bind(),
                        name=LOCAL_APP, route_prefix=None)

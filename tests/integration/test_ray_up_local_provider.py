@@ -9,7 +9,7 @@ PATH (Ray's commands run in login shells, and `ray down` runs a bare `ray stop`)
 
 `ray stop` kills every Ray process on the host, which on a shared machine would take down other
 people's clusters. So `ray` on that PATH is a shim: `ray stop` becomes
-`python -m cluster.sandbox stop`, which stops only processes carrying this run's sandbox token.
+`python -m testkit.sandbox stop`, which stops only processes carrying this run's sandbox token.
 """
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ import ray.autoscaler._private.util  # noqa: E402,F401
 import ray.autoscaler.aws  # noqa: E402,F401
 import ray.autoscaler.local  # noqa: E402,F401
 from cluster.config import deep_merge, load_cluster_config
-from cluster.sandbox import MARKER_ENV, sandbox_processes, stop_sandbox
 from cluster.validate import ray_prepare_and_validate
+from testkit.sandbox import MARKER_ENV, sandbox_processes, stop_sandbox
 from tests.conftest import REPO_ROOT, free_port, wait_for_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
@@ -116,7 +116,7 @@ def sshd(sandbox):
             "#!/bin/sh\n"
             "# `ray stop` would stop every Ray on this machine; stop only this sandbox's cluster.\n"
             f'echo "$*" >> {root / "shim-calls.log"}\n'
-            f'if [ "$1" = stop ]; then exec {sys.executable} -m cluster.sandbox stop; fi\n'
+            f'if [ "$1" = stop ]; then exec {sys.executable} -m testkit.sandbox stop; fi\n'
             f'exec {VENV_BIN / "ray"} "$@"\n'
         )
         (shim / "ray").chmod(0o755)

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import pytest
 
 from gateway.costs.budget import SpendTotals, check
-from gateway.costs.prices import PriceBook
+from gateway.costs.pricing import PriceBook
 from gateway.costs.schema import BudgetSpec, LedgerRow, ModelPrice
 from gateway.costs.tracker import CostTracker
 from gateway.errors import BudgetExceeded

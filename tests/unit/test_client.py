@@ -9,9 +9,17 @@ import pytest
 from gateway import errors as gw
 from gateway.client import (AuthError, BadRequest, BudgetExceeded, ChatCompletion, RateLimited,
                             Unavailable, as_messages, build_body, normalize_base_url, usage_params)
-from gateway.client_errors import StreamError, error_from_response, error_from_stream_event
-from gateway.client_sse import DONE, iter_sse_payloads
-from gateway.client_types import ChatCompletionChunk, ResponseMeta, UsageReport, with_meta
+from gateway.client.types import ChatCompletionChunk, ResponseMeta, UsageReport, with_meta
+from gateway.errors import StreamError, error_from_response, error_from_stream_event
+from gateway.sse import PayloadReader
+
+
+def _read(raw: bytes, *, split: int | None = None) -> list:
+    """What a client transport makes of a gateway stream's bytes (fed in one read, or two)."""
+    r = PayloadReader()
+    parts = [raw] if split is None else [raw[:split], raw[split:]]
+    out = [p for part in parts for p in r.feed(part)]
+    return out + r.close()
 
 
 def _roundtrip(exc: gw.GatewayError):
@@ -64,22 +72,47 @@ def test_stream_error_event_is_a_stream_error():
     assert err.code == "upstream_error"
 
 
-def test_sse_parser_handles_frames_comments_done_and_error_events():
-    frames = gw.Unavailable("died mid-stream").sse_event().decode()
+def test_sse_reader_handles_frames_comments_and_stops_at_done():
     text = (': keep-alive\n\n'
             'data: {"id": "1", "choices": [{"delta": {"content": "he"}}]}\n\n'
             'data: {"id": "1",\ndata: "choices": [{"delta": {"content": "llo"}}]}\n\n'
-            + frames +
-            'data: [DONE]\n\n')
-    payloads = list(iter_sse_payloads(text.split("\n")))
-    assert [p["choices"][0]["delta"]["content"] for p in payloads[:2]] == ["he", "llo"]
-    assert payloads[2]["error"]["message"] == "died mid-stream"
-    assert payloads[3] is DONE
-    assert len(payloads) == 4
+            'data: [DONE]\n\n'
+            'data: {"after": "done"}\n\n').encode()
+    for split in range(len(text) + 1):
+        payloads = _read(text, split=split)
+        assert [p["choices"][0]["delta"]["content"] for p in payloads] == ["he", "llo"], split
 
 
-def test_sse_parser_flushes_a_frame_without_trailing_blank_line():
-    assert list(iter_sse_payloads(['data: {"a": 1}'])) == [{"a": 1}]
+def test_sse_reader_ends_at_an_error_event():
+    frames = gw.Unavailable("died mid-stream").sse_event()
+    payloads = _read(b'data: {"id": "1"}\n\n' + frames + b'data: {"id": "2"}\n\ndata: [DONE]\n\n')
+    assert payloads[0] == {"id": "1"}
+    assert payloads[1]["error"]["message"] == "died mid-stream"
+    assert len(payloads) == 2  # nothing after the error
+    assert isinstance(error_from_stream_event(payloads[1]), StreamError)
+
+
+def test_stream_without_done_never_looks_finished():
+    """A stream that stops without [DONE] (clean EOF, or cut mid-frame: the half frame is not
+    dispatched) ends with an error payload, which the client raises as StreamError."""
+    for raw in (b'data: {"a": 1}\n\n', b'data: {"a": 1}\n\ndata: {"b": 2}', b'data: {"a": 1}'):
+        payloads = _read(raw)
+        assert payloads[:-1] == ([{"a": 1}] if raw.startswith(b'data: {"a": 1}\n\n') else [])
+        err = error_from_stream_event(payloads[-1])
+        assert isinstance(err, StreamError) and err.code == "stream_truncated"
+
+
+def test_client_errors_pickle_with_what_they_carry():
+    import pickle
+
+    for err in (error_from_response(429, {"retry-after": "2"}, {"error": {"message": "slow", "code": "x"}}),
+                error_from_stream_event({"error": {"message": "broke", "code": "upstream_error"}}),
+                gw.RateLimited("rpm", retry_after_s=3.0), gw.NotFound("nope", param="model")):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)
+        assert (back.status, back.code, back.type, back.param, back.headers, back.body) == \
+            (err.status, err.code, err.type, err.param, err.headers, err.body)
+    assert pickle.loads(pickle.dumps(gw.RateLimited("rpm", retry_after_s=3.0))).retry_after == 3.0
 
 
 def test_request_building():
@@ -113,3 +146,39 @@ def test_typed_responses_keep_unknown_fields_and_meta():
                                          "data": [{"group": "a", "cost_usd": 0.5}, {"group": "b", "cost_usd": 0.25}]})
     assert report.group_by == ["route"]
     assert report.total_usd == pytest.approx(0.75)
+
+
+def _mock_client(cls, body: bytes):
+    """A client whose HTTP transport answers every request with `body` as an SSE stream."""
+    import httpx
+
+    def answer(request):
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    c = cls("http://gateway.test/v1", api_key="k")
+    http_cls = httpx.Client if cls.__name__ == "Client" else httpx.AsyncClient
+    c._t._http = http_cls(base_url="http://gateway.test", transport=httpx.MockTransport(answer))
+    return c
+
+
+_CHUNK = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
+
+
+def test_http_stream_without_done_raises_and_with_done_finishes():
+    from gateway.client import Client
+
+    with _mock_client(Client, _CHUNK + b"data: [DONE]\n\n") as c:
+        assert c.chat("m", "x", stream=True).text() == "hi"
+    with _mock_client(Client, _CHUNK) as c:
+        stream = c.chat("m", "x", stream=True)
+        with pytest.raises(StreamError, match="without \\[DONE\\]"):
+            stream.text()
+
+
+async def test_async_http_stream_without_done_raises():
+    from gateway.client import AsyncClient
+
+    async with _mock_client(AsyncClient, _CHUNK + b'data: {"choi') as c:
+        stream = await c.chat("m", "x", stream=True)
+        with pytest.raises(StreamError):
+            await stream.text()

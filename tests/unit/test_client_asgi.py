@@ -1,4 +1,4 @@
-"""The handle-side adapter (gateway/client_asgi.py) driving the real gateway ASGI app in-process:
+"""The handle-side adapter (gateway/handle_ingress.py) driving the real gateway ASGI app in-process:
 answers must be what the HTTP path answers, in the handle protocol, and map to the same typed
 client errors. Paths that need no upstream provider, so no network and no Ray."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ import hashlib
 
 import pytest
 
-from gateway.client_asgi import call_asgi, stream_asgi
-from gateway.client_errors import AuthError, BadRequest, error_from_response
+from gateway.errors import AuthError, BadRequest, error_from_response
+from gateway.handle_ingress import call_asgi, stream_asgi
 
 KEY = "sk-unit-test"
 
@@ -73,3 +73,18 @@ async def test_stream_asgi_splits_sse_across_body_messages():
     items = [i async for i in stream_asgi(app, _req("POST", "/v1/chat/completions", {"stream": True}))]
     assert items == [{"choices": [{"delta": {"content": "h\u00e9"}}]},
                      {"error": {"message": "broke", "code": "upstream_error"}}]
+
+
+async def test_stream_asgi_ends_a_stream_without_done_with_an_error():
+    """An app whose stream stops before [DONE] (here mid-frame) must not look finished to the
+    handle caller: the last item is an error, as for any failed stream."""
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b'data: {"a": 1}\n\ndata: {"b"', "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    items = [i async for i in stream_asgi(app, _req("POST", "/v1/chat/completions", {"stream": True}))]
+    assert items[0] == {"a": 1} and len(items) == 2
+    assert items[1]["error"]["code"] == "stream_truncated"

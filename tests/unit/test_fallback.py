@@ -15,7 +15,7 @@ from gateway.errors import GatewayError
 from gateway.fallback import FAIL, NEXT, RETRY, Failure, FallbackPlan, Kind, is_retryable_status
 from gateway.providers.base import Provider, ProviderError, Response, Usage
 from gateway.retry import backoff_s, parse_retry_after, retry_delay
-from gateway.router import compile_routes
+from gateway.routes import compile_routes
 
 
 @pytest.mark.parametrize("status, retryable", [(408, True), (409, True), (429, True), (500, True), (503, True),

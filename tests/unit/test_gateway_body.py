@@ -1,4 +1,4 @@
-"""The gateway's request-body reader (gateway/app.py `read_body`): linear in the number of ASGI
+"""The gateway's request-body reader (gateway/asgi.py `read_body`): linear in the number of ASGI
 messages, and an oversized body is refused (413, OpenAI error shape) as soon as it passes the
 limit, without receiving the rest. No timing assertions: copies and receive calls are counted."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gateway.app import _ClientGone, read_body
+from gateway.asgi import ClientGone, read_body
 from gateway.errors import PayloadTooLarge
 
 
@@ -63,7 +63,7 @@ async def test_oversized_body_is_refused_as_soon_as_it_passes_the_limit():
     assert rx.calls == 6                              # 60 bytes > 55: stop there, never drain the rest
     e = ei.value
     assert e.status == 413
-    err = json.loads(e.body())["error"]
+    err = json.loads(e.to_json())["error"]
     assert set(err) == {"message", "type", "param", "code"}
     assert err["type"] == "invalid_request_error" and err["code"] == "request_too_large"
 
@@ -78,5 +78,5 @@ async def test_declared_oversize_is_refused_before_reading():
 async def test_disconnect_while_reading():
     async def receive():
         return {"type": "http.disconnect"}
-    with pytest.raises(_ClientGone):
+    with pytest.raises(ClientGone):
         await read_body(receive, max_body=10)

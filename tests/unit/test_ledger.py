@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gateway.costs.ledger import FlushError, Ledger
-from gateway.costs.prices import PriceBook
+from gateway.costs.pricing import PriceBook
 from gateway.costs.schema import LEDGER_COLUMNS, LedgerRow
 from gateway.costs.tracker import CostTracker
 

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from gateway.costs.prices import PriceBook, load_price_table
-from gateway.costs.pricing import accelerator_cost_usd, cost_usd, share_by_tokens
+from gateway.costs.pricing import (PriceBook, accelerator_cost_usd, cost_usd, load_price_table,
+                                   share_by_tokens)
 from gateway.costs.schema import ModelPrice
 from gateway.costs.tokens import count_text_tokens, estimate_request_tokens, usage_from_openai
 

@@ -10,8 +10,8 @@ import pytest
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from snapshots import tinyllama
-from snapshots.tinyllama import generate_llama, iter_tensor_names, resolve_preset
+from testkit import tinyllama
+from testkit.tinyllama import generate_llama, iter_tensor_names, resolve_preset
 
 
 @pytest.fixture(scope="module")

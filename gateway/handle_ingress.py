@@ -1,6 +1,6 @@
-"""Serve-handle side of the client handle: run one request through the gateway's ASGI app
-in-process, with no socket, and answer in the handle protocol (docs/INTERFACES.md, "gateway
-deployment <-> client handle").
+"""The gateway deployment's handle ingress (the server side of the client's handle transport):
+run one request through the gateway's ASGI app in-process, with no socket, and answer in the
+handle protocol (docs/INTERFACES.md, "gateway deployment <-> client handle").
 
 The gateway deployment exposes it in two lines each:
 
@@ -17,12 +17,11 @@ exactly as over HTTP; only the transport differs.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import json
 from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
-from gateway.client_sse import PayloadReader
+from gateway.sse import PayloadReader
 
 
 def _scope(request: dict[str, Any], body: bytes) -> dict[str, Any]:
@@ -105,7 +104,8 @@ async def call_asgi(app: Any, request: dict[str, Any]) -> dict[str, Any]:
 
 
 async def stream_asgi(app: Any, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-    """A streamed request: the SSE payloads as dicts; a refusal is one {"status","headers","body"}."""
+    """A streamed request: the SSE payloads as dicts, a failure (also a stream cut before [DONE])
+    as one last {"error": {...}} dict; a refusal is one {"status","headers","body"}."""
     run = _Run(app, request)
     try:
         status, headers = 500, {}
@@ -121,33 +121,16 @@ async def stream_asgi(app: Any, request: dict[str, Any]) -> AsyncIterator[dict[s
                     chunks.append(msg.get("body", b""))
             yield {"status": status, "headers": headers, "body": _decode(b"".join(chunks))}
             return
+        # the SSE payloads; a stream that ends without [DONE] ends with an error payload, as the
+        # protocol has a failed stream end, never as if finished (gateway/sse.py, PayloadReader)
         reader = PayloadReader()
-        # the unfinished last line, in pieces joined once it ends: `pending += piece` would copy
-        # it again per body message (quadratic in a long line sent in small messages)
-        parts: list[str] = []
-        # incremental: a multi-byte character may be split across two body messages
-        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         while (msg := await run.queue.get()) is not None:
             if msg["type"] != "http.response.body":
                 continue
-            piece = utf8.decode(msg.get("body", b""))
-            if "\n" not in piece:
-                if piece:
-                    parts.append(piece)
-                continue
-            parts.append(piece)
-            *lines, rest = "".join(parts).split("\n")
-            parts = [rest] if rest else []
-            for line in lines:
-                for payload in reader.feed_line(line):
-                    yield payload
-                if reader.done:
-                    return
-        pending = "".join(parts)
-        # the body ended without [DONE]: its last line had no newline, then flush the parser
-        for line in ([pending] if pending else []):
-            for payload in reader.feed_line(line):
+            for payload in reader.feed(msg.get("body", b"")):
                 yield payload
+            if reader.done:
+                return
         for payload in reader.close():
             yield payload
     finally:

@@ -17,8 +17,8 @@ from typing import Any, AsyncIterator, Iterator
 
 import httpx
 
-from gateway.client_errors import Unavailable
-from gateway.client_sse import PayloadReader
+from gateway.errors import Unavailable
+from gateway.sse import PayloadReader
 
 
 @dataclass
@@ -47,7 +47,7 @@ def _unreachable(base_url: str, exc: Exception) -> Unavailable:
         kind = "unreachable"
     else:  # the connection broke after the request went out (e.g. mid-stream)
         kind = "connection broke"
-    return Unavailable(f"gateway at {base_url} {kind}: {type(exc).__name__}: {exc}".rstrip(": "))
+    return Unavailable.received_from(f"gateway at {base_url} {kind}: {type(exc).__name__}: {exc}".rstrip(": "))
 
 
 # --------------------------------------------------------------------------------------- HTTP
@@ -70,7 +70,8 @@ class HTTPTransport:
                            time.perf_counter() - t0)
 
     def stream(self, method: str, path: str, headers: dict[str, str], body: Any) -> Iterator[Any]:
-        """Yields the head (a RawResponse) first, then payload dicts; stops at [DONE]."""
+        """Yields the head (a RawResponse) first, then payload dicts; stops at [DONE] or after an
+        error payload (which a stream that ends without [DONE] also gets: gateway/sse.py)."""
         try:
             with self._http.stream(method, path, headers=headers, json=body) as resp:
                 if resp.status_code >= 400:
@@ -79,8 +80,8 @@ class HTTPTransport:
                     return
                 yield RawResponse(resp.status_code, _lower(resp.headers))
                 reader = PayloadReader()
-                for line in resp.iter_lines():
-                    yield from reader.feed_line(line)
+                for chunk in resp.iter_bytes():
+                    yield from reader.feed(chunk)
                     if reader.done:
                         return
                 yield from reader.close()
@@ -115,8 +116,8 @@ class AsyncHTTPTransport:
                     return
                 yield RawResponse(resp.status_code, _lower(resp.headers))
                 reader = PayloadReader()
-                async for line in resp.aiter_lines():
-                    for payload in reader.feed_line(line):
+                async for chunk in resp.aiter_bytes():
+                    for payload in reader.feed(chunk):
                         yield payload
                     if reader.done:
                         return
@@ -141,7 +142,8 @@ def _handle_request(method: str, path: str, headers: dict[str, str], body: Any,
 
 def _as_raw(answer: Any, elapsed_s: float | None = None) -> RawResponse:
     if not isinstance(answer, dict) or "status" not in answer:
-        raise Unavailable(f"gateway deployment answered an unexpected object: {type(answer).__name__}")
+        raise Unavailable.received_from(f"gateway deployment answered an unexpected object: "
+                                        f"{type(answer).__name__}")
     return RawResponse(int(answer["status"]), _lower(answer.get("headers")), answer.get("body"), elapsed_s)
 
 

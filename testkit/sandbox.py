@@ -6,7 +6,7 @@ clusters. A sandboxed cluster is instead started with THAWLINE_RAY_SANDBOX=<toke
 environment; every Ray process inherits it (raylet -> workers, monitor -> fake-node raylets),
 so "stop the cluster" becomes "stop the processes carrying this token".
 
-    python -m cluster.sandbox stop      # uses $THAWLINE_RAY_SANDBOX; a drop-in for `ray stop`
+    python -m testkit.sandbox stop      # uses $THAWLINE_RAY_SANDBOX; a drop-in for `ray stop`
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def stop_sandbox(token: str, grace_s: float = 10.0) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 1 or argv[0] != "stop":
-        print("usage: python -m cluster.sandbox stop [ray stop flags are ignored]", file=sys.stderr)
+        print("usage: python -m testkit.sandbox stop [ray stop flags are ignored]", file=sys.stderr)
         return 2
     token = os.environ.get(MARKER_ENV, "")
     if not token:

@@ -19,7 +19,7 @@ The answer is deterministic: 5 output pieces ("Hello", " from", " fake", " <api>
 prompt_tokens = 7 + words in the prompt, cached_tokens = 2. 500 bodies echo the received key
 (as real providers' 401s do), which is how tests prove the gateway never relays a secret.
 
-Run standalone (bench): `python -m tests.fakes.providers --port 9100 [--delay-ms 50]`.
+Run standalone (bench): `python -m testkit.fake_providers --port 9100 [--delay-ms 50]`.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""cluster/sandbox.py stops exactly the processes carrying its token: never a neighbour's."""
+"""testkit/sandbox.py stops exactly the processes carrying its token: never a neighbour's."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from cluster.sandbox import MARKER_ENV, main, sandbox_processes, stop_sandbox
+from testkit.sandbox import MARKER_ENV, main, sandbox_processes, stop_sandbox
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 
@@ -48,7 +48,7 @@ def test_stops_only_processes_with_this_token(procs):
 def test_spares_itself_and_its_ancestors():
     # A wrapped `ray stop` runs inside shells that carry the token too: they must survive it.
     token = uuid.uuid4().hex
-    probe = "from cluster.sandbox import sandbox_processes as s; import sys; print(len(s(sys.argv[1])))"
+    probe = "from testkit.sandbox import sandbox_processes as s; import sys; print(len(s(sys.argv[1])))"
     out = subprocess.run(
         ["bash", "-c", f'{sys.executable} -c "{probe}" {token}; true'],
         env={**os.environ, MARKER_ENV: token}, capture_output=True, text=True, timeout=60,

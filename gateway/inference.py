@@ -1,0 +1,138 @@
+"""The inference endpoints (/v1/chat/completions, /v1/completions, /v1/embeddings).
+
+Per request: read body (size-capped) -> key -> route -> budget -> limiter admit -> dispatch down
+the chain -> respond (JSON or SSE) -> ledger rows -> settle the limiter (in a `finally`).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable
+
+import orjson
+
+from gateway import sse
+from gateway.accounting import Accounting
+from gateway.asgi import ClientGone, SSESink, auth_header, hdr_list, read_body, request_headers, send_json
+from gateway.costs.tokens import estimate_request_tokens
+from gateway.dispatch import Dispatcher, Trace
+from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.keys import KeyStore
+from gateway.limits.bounds import apply_route_bounds
+from gateway.providers.base import CHAT, EMBEDDINGS, Response, Usage
+from gateway.routes import CompiledRoute
+from gateway.validate import CHECKS
+
+
+class Inference:
+    """The request path of the inference endpoints. `limits` / `costs` follow the LimitClient /
+    CostTracker seam (docs/INTERFACES.md, "gateway internals"); either may be None."""
+
+    def __init__(self, *, keys: KeyStore, routes: dict[str, CompiledRoute], dispatcher: Dispatcher,
+                 limits: Any, costs: Any, accounting: Accounting, max_body: int):
+        self.keys, self.routes, self.dispatcher = keys, routes, dispatcher
+        self.limits, self.costs, self.accounting = limits, costs, accounting
+        self.max_body = max_body
+
+    def handler(self, endpoint: str) -> Callable:
+        """The ASGI handler of one endpoint (CHAT, COMPLETIONS or EMBEDDINGS)."""
+        check = CHECKS[endpoint]
+
+        async def handle(scope, receive, send) -> None:
+            headers = request_headers(scope)
+            key = self.keys.authenticate(auth_header(headers))
+            raw = await read_body(receive, self.max_body, headers.get(b"content-length"))
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                raise BadRequest(f"request body is not valid JSON: {e}", code="invalid_json") from None
+            if not isinstance(body, dict):
+                raise BadRequest("request body must be a JSON object", code="invalid_json")
+            check(body)
+            alias = body["model"]
+            route = self.routes.get(alias)
+            if route is None:
+                raise NotFound(f"The model `{alias}` does not exist", param="model")
+            self.keys.check_route(key, alias)
+            # clamp both max_tokens fields, bound n, refuse price/retention-changing options: what
+            # is pre-charged and reserved below is what the upstream receives (gateway/limits/bounds.py)
+            max_out = apply_route_bounds(body, endpoint, route.cfg)
+            if self.costs is not None:
+                self.costs.check_budget(key_id=key.id, route=alias)
+            est = estimate_request_tokens(body, endpoint=endpoint, max_tokens_cap=route.cfg.max_tokens_cap)
+            worst = 0.0
+            if self.costs is not None and self.costs.budgets:
+                n = body.get("n") if endpoint != EMBEDDINGS else None
+                worst = self.costs.worst_case_usd(
+                    [(t.provider_name, t.model) for tier in route.tiers for t in tier],
+                    prompt_tokens=self.accounting.prompt_tokens(body, endpoint),
+                    max_output_tokens=max_out * (n or 1))
+            adm = (await self.limits.admit(key_id=key.id, route=alias, est_tokens=est, est_cost_usd=worst)
+                   if self.limits else None)
+            extra = hdr_list(adm.headers) if adm is not None and adm.headers else []
+            trace = Trace()
+            actual = 0
+            try:
+                if body.get("stream") and endpoint != EMBEDDINGS:
+                    actual = await self._stream(send, endpoint, body, key.id, route, trace, extra)
+                else:
+                    actual = await self._call(send, endpoint, body, key.id, route, trace, extra)
+            finally:
+                if adm is not None:
+                    # the budget reservation settles at what the answer cost (0 without one)
+                    await self.limits.settle(adm, actual_tokens=actual, actual_cost_usd=trace.cost_usd)
+
+        return handle
+
+    async def _call(self, send, endpoint: str, body: dict, key_id: str, route: CompiledRoute, trace: Trace,
+                    extra: list) -> int:
+        status = "error"
+        resp: Response | None = None
+        try:
+            resp = await self.dispatcher.call(route, endpoint, body, trace)
+            status = "ok"
+        finally:
+            recs = self.accounting.call_records(trace, resp, body, endpoint)
+            actual = self.accounting.record(key_id=key_id, route=route, trace=trace, stream=False,
+                                            status=status if resp is not None else "error", recs=recs)
+        payload = resp.raw if resp.raw is not None else orjson.dumps(resp.body)
+        hdrs = [*extra, (b"x-thawline-target", trace.target.id.encode()),
+                (b"x-thawline-attempts", str(trace.attempts).encode())]
+        if trace.failures:
+            hdrs.append((b"x-thawline-fallbacks", ",".join(trace.failures).encode()))
+        await send_json(send, 200, payload, hdrs)
+        return actual
+
+    async def _stream(self, send, endpoint: str, body: dict, key_id: str, route: CompiledRoute,
+                      trace: Trace, extra: list) -> int:
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        sink = SSESink(send, extra)
+        status = "error"
+        try:
+            await self.dispatcher.stream(route, endpoint, body, sink, trace)
+            status = "ok"
+        except GatewayError as e:
+            if not sink.started:
+                raise   # nothing sent yet: a plain JSON error response with its status
+            # output already went out under a 200: end with an error event, never with [DONE]
+            await send({"type": "http.response.body", "body": e.sse_event(), "more_body": False})
+        except (asyncio.CancelledError, ClientGone):
+            status = "cancelled"   # client went away; still bill what was produced
+            raise
+        finally:
+            recs = self.accounting.stream_records(trace, body, endpoint, status)
+            actual = self.accounting.record(key_id=key_id, route=route, trace=trace, stream=True,
+                                            status=status, recs=recs)
+        if status == "ok":
+            if include_usage:
+                # the client's usage covers every attempt that produced tokens (a continued
+                # stream used two targets): provider-reported where available, else counted
+                usage = Usage()
+                for _, u, _ in recs:
+                    if u is not None:
+                        usage = usage + u
+                await sink.send({"id": trace.stream_id or "", "object": "chat.completion.chunk"
+                                 if endpoint == CHAT else "text_completion", "created": int(time.time()),
+                                 "model": trace.stream_model or "", "choices": [], "usage": usage.to_openai()})
+            await send({"type": "http.response.body", "body": sse.DONE, "more_body": False})
+        return actual

@@ -1,0 +1,46 @@
+"""EngineSpec: what an LLM replica (server.LLMServer) asks its engine host to start.
+
+Internal to the LLM app (the gateway <-> LLM app contract is gateway/llm_protocol.py). The
+replica builds an EngineSpec and sends `spec.model_dump()`: a dict on the wire, because the host
+may be a warm-pool actor, and a dict keeps the placement group the very object Ray hands the
+replica (an `Any` field is dumped as is). `EngineHost.start` validates what it receives.
+Pure (pydantic only): unit-tested in tests/unit/test_llm_spec.py.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class CaptureSpec(BaseModel):
+    """Snapshot on first boot: boot from the source and write the snapshot while loading."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source_dir: str = Field(description="Local directory of the source model (HF layout).")
+    tp: int = Field(ge=1, description="Tensor-parallel degree the snapshot is made at.")
+    store_url: str = Field(description="Snapshot store the snapshot is written to.")
+    name: str = Field(description="Snapshot name in the store.")
+    snapshot_id: str = Field(description="The snapshot id this boot claims and writes.")
+
+
+class EngineSpec(BaseModel):
+    """Exactly one of `snapshot_url` (restore a committed snapshot) or `capture` (first boot)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    served_model_id: str = Field(description="Model name the engine answers to.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="vLLM engine args.")
+    verify: bool = Field(False, description="Re-hash every tensor on restore.")
+    snapshot_url: str | None = None
+    capture: CaptureSpec | None = None
+    gpu_ids: list[int | str] | None = Field(None, description="GPU replicas: the devices of the replica's bundles.")
+    placement_group: Any = Field(None, description="GPU TP: the replica's placement group (a Ray "
+                                 "PlacementGroup), so vLLM's Ray workers use its bundles.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "EngineSpec":
+        if (self.snapshot_url is None) == (self.capture is None):
+            raise ValueError("engine spec needs snapshot_url or capture (exactly one)")
+        return self

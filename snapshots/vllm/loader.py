@@ -1,0 +1,167 @@
+"""load_format="thawline": a vLLM TP worker restores its own rank of a snapshot (ThawlineLoader).
+
+Registered by snapshots/vllm/plugin.py. Each TP worker restores exactly its own rank of the
+snapshot (through the node-local cache tier) into the model vLLM just built, checks that the
+snapshot fits (TP size, vLLM version, parameter names/shapes/dtypes), then all ranks agree over
+the engine's own TP process group before the engine may serve. The worker resolves the snapshot
+and reads its snapshot.json once (SnapshotStore.load) and hands that on to the cache and the
+restore engine. A failure's one-line reason also goes to the starter (load_errors.py).
+
+Options come through `model_loader_extra_config` (options.LoaderOptions, extra keys rejected).
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import torch
+import vllm
+from torch import nn
+from vllm.config import ModelConfig
+from vllm.config.load import LoadConfig
+from vllm.logger import init_logger
+from vllm.model_executor.model_loader.base_loader import BaseModelLoader
+
+from snapshots.errors import SnapshotCorrupt
+from snapshots.vllm.engine_state import (
+    SnapshotMismatch,
+    agreement_failure,
+    check_engine_version,
+    check_parameters,
+    check_tp_size,
+    rank_digests,
+    shard_digest,
+)
+from snapshots.vllm.load_errors import report_load_error
+from snapshots.vllm.options import LoaderOptions
+from snapshots.vllm.parallel import all_gather_tp, parallel_position
+
+if TYPE_CHECKING:
+    from snapshots.store import ResolvedSnapshot, SnapshotStore
+
+# Under the "vllm." namespace so the lines go through vLLM's own log handler and format.
+logger = init_logger("vllm.thawline.loader")
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+class ThawlineLoader(BaseModelLoader):
+    def __init__(self, load_config: LoadConfig):
+        super().__init__(load_config)
+        self.options = LoaderOptions.model_validate(dict(load_config.model_loader_extra_config or {}))
+
+    def download_model(self, model_config: ModelConfig) -> None:
+        # Nothing to download ahead: restore() fetches exactly this rank's files when it runs.
+        return None
+
+    def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
+        t0 = time.perf_counter()
+        rank, tp = parallel_position()
+        url = self.options.rank_urls.get(rank, self.options.snapshot_url)
+        local_error: BaseException | None = None
+        contribution: dict = {"snapshot": None, "digest": "", "expected": [], "error": None}
+        try:
+            contribution = self._restore_into(model, url, rank, tp)
+        except Exception as exc:  # reported to every rank below, then re-raised as is
+            local_error = exc
+            contribution["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        # Every rank reaches this all-gather, even a failed one: otherwise a rank that raised early
+        # would leave the others blocked in the collective until the (30 min) gloo/NCCL timeout.
+        gathered = all_gather_tp(contribution)
+        failed = [(r, c["error"]) for r, c in enumerate(gathered) if c.get("error")]
+        if local_error is not None:
+            report_load_error(str(local_error))
+            raise local_error
+        if failed:
+            r, reason = failed[0]
+            message = f"TP rank {r} failed to restore: {reason}"
+            report_load_error(message)
+            raise SnapshotMismatch(message)
+        verdict = agreement_failure(gathered)
+        if verdict:
+            report_load_error(verdict)
+            raise SnapshotMismatch(verdict)
+        # bench/engine_start.py parses this line: the whole weight phase (restore, copy, agreement).
+        logger.info("thawline: rank %d loaded weights in %.3f s; TP ranks agree on snapshot %s",
+                    rank, time.perf_counter() - t0, gathered[0]["snapshot"])
+
+    def _restore_into(self, model: nn.Module, url: str, rank: int, tp: int) -> dict:
+        # The restore stack (pyarrow, fsspec) is imported here, not at module top: the plugin
+        # imports this module in every process vLLM starts, and only TP workers restore.
+        from snapshots.cache import SnapshotCache
+        from snapshots.maprank import map_rank
+        from snapshots.restore import restore_resolved
+        from snapshots.store import SnapshotStore
+
+        store, ref = SnapshotStore.for_snapshot(url)
+        snap = store.load(ref)  # the one read of snapshot.json in this worker
+        meta, where = snap.meta, snap.url
+        # Cheap checks first: fail before reading a single weight byte.
+        check_tp_size(meta.tp_size, tp, where=where)
+        check_engine_version(meta.engine.version, vllm.__version__, allow_mismatch=self.options.allow_version_mismatch, where=where)
+
+        t0 = time.perf_counter()
+        params = dict(model.named_parameters())
+        expected = {n: (tuple(p.shape), _dtype_name(p)) for n, p in params.items()}
+        rows = store.read_manifest(snap.ref)
+        local = self._local_snapshot(store, snap, rank)
+        if local is not None and all(p.device.type == "cpu" and p.data.is_contiguous() for p in params.values()):
+            # Host-resident parameters (CPU engines): the parameters become views of private
+            # mappings of the local (or node-cached) part files. No copy and no fresh memory to
+            # fault in: restore()+copy_ touched every byte twice, and even one preadv copy into
+            # vLLM's fresh parameters cost 3x the mapping + checksum pass in bench/engine_start.py.
+            mine_rows = [r for r in rows if r.rank == rank]
+            check_parameters(expected, {r.name: (tuple(r.shape), r.dtype) for r in mine_rows}, rank=rank, where=where)
+            try:
+                mapped = map_rank(local, mine_rows, rank=rank, verify=self.options.verify)
+            except SnapshotCorrupt:
+                if store.is_local:
+                    raise
+                # The node-cache copy went bad after it was marked complete: fetch it again once.
+                logger.warning("thawline: cached copy of rank %d of %s is corrupt; fetching it again", rank, where)
+                SnapshotCache().discard(snap.url, [rank])
+                local = self._local_snapshot(store, snap, rank)
+                mapped = map_rank(local, mine_rows, rank=rank, verify=self.options.verify)
+            with torch.no_grad():
+                for name, tensor in mapped.items():
+                    params[name].data = tensor
+            nbytes = sum(r.nbytes for r in mine_rows)
+            how = "mapped from the part files"
+        else:
+            # Device parameters: the restore engine (pinned host buffer, one H2D copy per rank).
+            device = next(iter(params.values())).device
+            restored = restore_resolved(store, snap, rank, verify=self.options.verify, use_cache=self.options.use_cache,
+                                        device=None if device.type == "cpu" else str(device))
+            check_parameters(expected, {n: (tuple(t.shape), _dtype_name(t)) for n, t in restored.tensors.items()},
+                             rank=rank, where=where)
+            with torch.no_grad():
+                for name, tensor in restored.tensors.items():
+                    # copy_, not assignment: on CPU process_weights_after_loading repacks and drops
+                    # most parameters, and views would pin the whole restore buffer.
+                    params[name].data.copy_(tensor, non_blocking=True)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            nbytes = restored.timings.tensor_bytes
+            how = "restore engine"
+        logger.info("thawline: rank %d restored %.1f MB from %s in %.3f s (%s, verify=%s)",
+                    rank, nbytes / 1e6, where, time.perf_counter() - t0, how, self.options.verify)
+        mine = [(r.name, r.checksum) for r in rows if r.rank == rank]
+        return {
+            "snapshot": f"{snap.ref.model}/{snap.ref.snapshot_id}",
+            "digest": shard_digest(mine),
+            "expected": rank_digests(rows, meta.tp_size),
+            "error": None,
+        }
+
+    def _local_snapshot(self, store: SnapshotStore, snap: ResolvedSnapshot, rank: int) -> str | None:
+        """Local directory holding this rank's part files: the snapshot itself on file://, else the
+        node-local cache copy (fetched once per node). None when the cache is turned off."""
+        if store.is_local:
+            return snap.ref.path
+        if not self.options.use_cache:
+            return None
+        from snapshots.cache import SnapshotCache
+
+        return str(SnapshotCache().fetch_resolved(store, snap, ranks=[rank]).path)
