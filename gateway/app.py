@@ -15,6 +15,7 @@ the ledger rows in accounting.py and the ASGI plumbing (responses, body read, SS
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Awaitable, Callable
 
@@ -22,7 +23,7 @@ import orjson
 
 from gateway.accounting import Accounting
 from gateway.admin import AdminEndpoints
-from gateway.asgi import ClientGone, send_error
+from gateway.asgi import ClientGone, send_error, with_header
 from gateway.breaker import BreakerSet
 from gateway.config import GatewayConfig
 from gateway.dispatch import Dispatcher
@@ -34,6 +35,8 @@ from gateway.providers import build_provider
 from gateway.providers.base import CHAT, COMPLETIONS, EMBEDDINGS, Provider
 from gateway.providers.http import close_session
 from gateway.routes import CompiledRoute, compile_routes
+from gateway.tracing import build_tracer
+from gateway.ui.endpoint import Dashboard
 
 log = logging.getLogger("thawline.gateway")
 
@@ -45,9 +48,13 @@ class Gateway:
 
     def __init__(self, cfg: GatewayConfig, *, limits: Any, costs: Any, breakers: BreakerSet | None = None,
                  metrics: Any = None, providers: dict[str, Provider] | None = None,
-                 on_shutdown: list[Callable[[], Awaitable[None]]] | None = None):
+                 on_shutdown: list[Callable[[], Awaitable[None]]] | None = None, tracer: Any = None):
         self.cfg = cfg
         self.keys = KeyStore(cfg)
+        self.key_store = None                 # FsKeyStore when `key_store` is configured
+        self._snapshot = None                 # the key store's content at the last poll
+        self._poll_task: asyncio.Task | None = None
+        self._open_key_store(cfg)
         self.routes: dict[str, CompiledRoute] = compile_routes(cfg)
         self.providers = providers or {n: build_provider(n, p) for n, p in cfg.providers.items()}
         self.breakers = breakers or BreakerSet(cfg.breaker)
@@ -63,9 +70,18 @@ class Gateway:
                  if any(self.providers[t.provider_name].supports(ep) for tier in r.tiers for t in tier)]
             for ep in (CHAT, COMPLETIONS, EMBEDDINGS)}))
         self._started = False
+        # (b"x-thawline-replica", id) on every answer when set (the Serve deployment sets it):
+        # which replica answered, for operators and for the multi-replica tests
+        self.replica_header: tuple[bytes, bytes] | None = None
+        self.tracer = tracer if tracer is not None else build_tracer(cfg.tracing)   # None: tracing off
         inference = Inference(keys=self.keys, routes=self.routes, dispatcher=self.dispatcher, limits=limits,
-                              costs=costs, accounting=Accounting(costs), max_body=self.max_body)
-        admin = AdminEndpoints(keys=self.keys, routes=self.routes, costs=costs, metrics=metrics, openapi=openapi)
+                              costs=costs, accounting=Accounting(costs), max_body=self.max_body,
+                              tracer=self.tracer)
+        self._inference = inference
+        admin = AdminEndpoints(keys=self.keys, routes=self.routes, costs=costs, metrics=metrics, openapi=openapi,
+                               control=self)
+        self.admin = admin
+        self.dashboard = Dashboard(self)      # GET /ui (admin key; see gateway/ui/endpoint.py)
         self._handlers: dict[tuple[str, str], Callable] = {
             ("POST", "/v1/chat/completions"): inference.handler(CHAT),
             ("POST", "/v1/completions"): inference.handler(COMPLETIONS),
@@ -75,8 +91,89 @@ class Gateway:
             ("GET", "/metrics"): admin.metrics_text,
             ("GET", "/openapi.json"): admin.openapi_doc,
             ("GET", "/healthz"): admin.health,
+            ("GET", "/ui"): self.dashboard.handle,
         }
         self._paths = {p for _, p in self._handlers}
+
+    # ---- live configuration ----------------------------------------------------------------
+    def _open_key_store(self, cfg: GatewayConfig) -> None:
+        ks = cfg.key_store
+        if ks is None:
+            self.key_store = None
+            return
+        from gateway.key_store import FsKeyStore
+        self.key_store = FsKeyStore(ks.url, ks.storage_options)
+        self._poll_s = ks.poll_interval_s
+
+    def _apply(self) -> None:
+        """Keys, limits and budgets from gateway.yaml overlaid with the key store's snapshot."""
+        snap = self._snapshot
+        dynamic = snap.key_configs() if snap is not None else []
+        self.keys.configure(self.cfg, dynamic)
+        overrides = snap.routes if snap is not None else {}
+        route_limits, budgets = {}, {}
+        for alias, r in self.cfg.routes.items():
+            ov = overrides.get(alias)
+            lim = ov.limits if ov is not None and ov.limits is not None else r.limits
+            bud = ov.budget if ov is not None and ov.budget is not None else r.budget
+            if lim is not None:
+                route_limits[alias] = lim
+            if bud is not None:
+                budgets[f"route:{alias}"] = bud
+        key_limits = {k.id: k.limits for k in self.keys.all_keys.values() if k.limits is not None}
+        budgets.update({f"key:{k.id}": k.budget for k in self.keys.all_keys.values() if k.budget is not None})
+        if self.limits is not None and hasattr(self.limits, "reconfigure"):
+            self.limits.reconfigure(route_limits, key_limits, budgets)
+            if self.costs is not None and self.limits.budgets:
+                self.limits.spend_floor = self.costs.period_spend
+        if self.costs is not None:
+            self.costs.budgets = budgets
+
+    async def refresh_keys(self) -> None:
+        """Re-read the key store now (the poller calls this; the admin API after each write)."""
+        if self.key_store is None:
+            return
+        snap = await asyncio.to_thread(self.key_store.snapshot)
+        if snap != self._snapshot:
+            self._snapshot = snap
+            self._apply()
+
+    async def _poll(self) -> None:
+        while True:
+            try:
+                await self.refresh_keys()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("key store poll failed; keeping the last keys read")
+            await asyncio.sleep(self._poll_s)
+
+    def reconfigure(self, cfg: GatewayConfig) -> None:
+        """Apply a changed gateway.yaml in place (Serve's `reconfigure`): requests in flight keep
+        the route, provider and limit objects they started with; new requests see the new ones."""
+        old = self.cfg
+        for name, pcfg in cfg.providers.items():
+            if name not in self.providers or old.providers.get(name) != pcfg:
+                # replaced providers are not closed here: requests in flight may still use them
+                self.providers[name] = prov = build_provider(name, pcfg)
+                if self._started:
+                    asyncio.get_running_loop().create_task(prov.start())
+        routes = compile_routes(cfg)
+        for alias in [a for a in self.routes if a not in routes]:
+            del self.routes[alias]
+        self.routes.update(routes)
+        self.dispatcher.retry = cfg.retry
+        self.max_body = self._inference.max_body = cfg.server.max_body_bytes
+        self.cfg = cfg
+        if cfg.key_store != old.key_store:
+            self._open_key_store(cfg)
+            self._snapshot = None
+            if self._poll_task is not None:
+                self._poll_task.cancel()
+                self._poll_task = None
+            if self.key_store is not None and self._started:
+                self._poll_task = asyncio.get_running_loop().create_task(self._poll())
+        self._apply()
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -85,9 +182,15 @@ class Gateway:
         self._started = True
         for p in self.providers.values():
             await p.start()
+        if self.key_store is not None and self._poll_task is None:
+            await self.refresh_keys()
+            self._poll_task = asyncio.get_running_loop().create_task(self._poll())
 
     async def shutdown(self) -> None:
         """Graceful: hand leases back, flush the ledger, close upstream connections."""
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            self._poll_task = None
         for fn in self._on_shutdown:
             try:
                 await fn()
@@ -99,6 +202,8 @@ class Gateway:
             await self.limits.close()
         if self.costs is not None:
             await self.costs.close()
+        if self.tracer is not None:
+            await self.tracer.close()
         await close_session()
 
     # ---- ASGI ------------------------------------------------------------------------------
@@ -111,7 +216,11 @@ class Gateway:
                 # mounted under a Serve route_prefix: uvicorn/Serve keep the prefix in `path`
                 path = path[len(root):]
             handler = self._handlers.get((scope["method"], path))
+            if handler is None and path.startswith("/v1/admin/"):
+                handler = self.admin.manage
             if handler is None:
+                if self.replica_header is not None:
+                    send = with_header(send, self.replica_header)
                 if path in self._paths:
                     e = GatewayError(f"method {scope['method']} not allowed on {path}", status=405,
                                      type="invalid_request_error", code="method_not_allowed")
@@ -121,6 +230,8 @@ class Gateway:
                 return
             if not self._started:
                 await self.startup()
+            if self.replica_header is not None:
+                send = with_header(send, self.replica_header)
             try:
                 await handler(scope, receive, send)
             except GatewayError as e:

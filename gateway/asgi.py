@@ -26,6 +26,15 @@ async def send_json(send, status: int, payload: bytes, extra: list[tuple[bytes, 
     await send({"type": "http.response.body", "body": payload})
 
 
+def with_header(send, header: tuple[bytes, bytes]):
+    """`send` that adds `header` to the response start (the replica id header, x-thawline-replica)."""
+    async def wrapped(msg) -> None:
+        if msg["type"] == "http.response.start":
+            msg = {**msg, "headers": [*msg.get("headers", ()), header]}
+        await send(msg)
+    return wrapped
+
+
 async def send_error(send, e: GatewayError) -> None:
     await send_json(send, e.status, e.to_json(), hdr_list(e.headers))
 

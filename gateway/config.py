@@ -163,6 +163,28 @@ class LedgerConfig(_Strict):
     flush_interval_s: float = Field(10.0, gt=0, description="Flush period; at most this much spend is lost "
                                     "on a crash (graceful shutdown flushes everything).")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options.")
+    compact_interval_s: float = Field(600.0, gt=0, description="How often today's flush parts are compacted "
+                                      "into one day file (closed days are compacted once, after midnight UTC).")
+
+
+class TracingConfig(_Strict):
+    otlp_endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint, e.g. "
+                                      "http://collector:4318/v1/traces. None: tracing off (no tracer calls).")
+    service_name: str = Field("thawline-gateway", description="OpenTelemetry service.name of the spans.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent to the collector.")
+
+
+class KeyStoreConfig(_Strict):
+    url: str = Field(description="fsspec URL of the directory holding the client keys managed through the "
+                     "admin API (/v1/admin/keys): one JSON file per key (id, SHA-256 digest, routes, limits, "
+                     "budget; never the key itself), plus route limit overrides. Every replica polls it, so "
+                     "all replicas and restarts see the same keys. s3://, gs://, file:// (a directory every "
+                     "replica can read: one machine or a shared mount); memory:// is per process, so only for "
+                     "an in-process gateway (unit tests).")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options.")
+    poll_interval_s: float = Field(0.25, gt=0, le=60, description="How often each replica re-reads the store: "
+                                   "a created key works, and a revoked key stops working, on every replica "
+                                   "within about this long.")
 
 
 class ServerConfig(_Strict):
@@ -183,10 +205,15 @@ class GatewayConfig(_Strict):
     providers: dict[Name, ProviderConfig] = Field(description="Upstreams by name.")
     routes: dict[RouteAlias, RouteConfig] = Field(description="Model alias (what clients send as `model`) -> chain.")
     keys: list[KeyConfig] = Field(default_factory=list, description="Client keys, stored hashed.")
+    key_store: KeyStoreConfig | None = Field(None, description="Where keys created through the admin API "
+                                             "live (None: the admin key endpoints answer 404 and only "
+                                             "`keys` above exist).")
     breaker: BreakerConfig = Field(default_factory=BreakerConfig, description="Circuit breaker policy.")
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry/backoff policy.")
     ledger: LedgerConfig = Field(default_factory=LedgerConfig, description="Cost ledger persistence.")
     server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP surface settings.")
+    tracing: TracingConfig = Field(default_factory=TracingConfig, description="OpenTelemetry traces over OTLP "
+                                   "(off unless `otlp_endpoint` is set).")
     limiter: LimiterTuning = Field(default_factory=LimiterTuning, description="Lease protocol knobs of the "
                                    "cross-replica limiter.")
     prices: dict[str, ModelPrice] = Field(default_factory=dict, description="Global price overrides by "

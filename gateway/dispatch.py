@@ -21,6 +21,7 @@ from gateway.errors import BadRequest, GatewayError, RateLimited, Unavailable, U
 from gateway.fallback import NEXT, RETRY, Failure, FallbackPlan, Kind
 from gateway.providers.base import CHAT, Provider, ProviderError, Response, Usage
 from gateway.routes import CompiledRoute, Target
+from gateway.trace_marks import attempt_mark
 
 
 @dataclass(slots=True)
@@ -43,6 +44,9 @@ class Trace:
     stream_model: str | None = None
     started_at: float = field(default_factory=time.perf_counter)
     cost_usd: float = 0.0                 # what the ledger rows priced at record time (hosted targets)
+    # attempt marks for the request's trace span (gateway/tracing.py); None (the default, tracing
+    # off): nothing is recorded
+    timeline: list | None = None
 
 
 class StreamSink(Protocol):
@@ -90,6 +94,9 @@ def error_for(f: Failure | None, trace: Trace) -> GatewayError:
         hdrs["x-thawline-target"] = trace.target.id
     if f is None:
         return Unavailable("no target of this route is available", headers=hdrs)
+    if f.kind is Kind.UNSUPPORTED and f.param and trace.attempts == 0:
+        return BadRequest(f"no target of this model can honour '{f.param}' ({f.message})", param=f.param,
+                          code="unsupported_parameter", headers=hdrs)
     if f.kind is Kind.UNSUPPORTED and trace.attempts == 0:
         return BadRequest(f"no target of this model serves this endpoint ({f.message})", code="unsupported_endpoint",
                           headers=hdrs)
@@ -110,9 +117,13 @@ class Dispatcher:
         self.providers, self.breakers, self.retry, self.metrics = providers, breakers, retry, metrics
 
     def _skip(self, route: CompiledRoute, target: Target, provider: Provider, endpoint: str,
-              has_next: bool) -> Failure | None:
+              has_next: bool, body: dict | None = None) -> Failure | None:
         if not provider.supports(endpoint):
             return Failure(Kind.UNSUPPORTED, f"{target.id} does not serve /v1/{endpoint}")
+        if body is not None:
+            field = provider.refuses(endpoint, body)
+            if field is not None:
+                return Failure(Kind.UNSUPPORTED, f"{target.id} cannot honour '{field}'", param=field)
         if route.cfg.spillover_when_cold and has_next and provider.is_cold():
             wake = getattr(provider, "wake", None)
             if wake is not None:
@@ -137,7 +148,8 @@ class Dispatcher:
             self.metrics.fallback(route.alias, target.id, f.reason)
 
     async def _walk(self, route: CompiledRoute, endpoint: str, trace: Trace, st: "_StreamState",
-                    attempt: Callable[[Target, Provider], Awaitable[Failure | None]]) -> None:
+                    attempt: Callable[[Target, Provider], Awaitable[Failure | None]],
+                    body: dict | None = None) -> None:
         """Walks the route's chain, the one policy `call` and `stream` share: skip a target that
         cannot serve, else `attempt` it; on a failure retry it, move to the next or give up, as
         FallbackPlan decides. Returns after the first attempt that succeeds (`attempt` gives
@@ -152,17 +164,22 @@ class Dispatcher:
             has_next = i + 1 < n
             retries = 0
             while True:
-                f = self._skip(route, target, provider, endpoint, has_next)
+                f = self._skip(route, target, provider, endpoint, has_next, body)
                 if f is None:
                     trace.attempts += 1
                     trace.target = target
+                    mark = None if trace.timeline is None else attempt_mark(trace, target, provider)
                     try:
                         f = await attempt(target, provider)
                     except GatewayError:
                         # refused before anything was sent (a shape this target cannot take):
                         # no outcome to record, but a half-open probe must not stay taken
                         self.breakers.release(target.id)
+                        if mark is not None:
+                            mark.finish(trace, "refused")
                         raise
+                    if mark is not None:
+                        mark.finish(trace, f)
                     self._observe(target, f)
                     if f is None:
                         return
@@ -192,7 +209,7 @@ class Dispatcher:
                 raise BadRequest(str(e)) from None
             return None
 
-        await self._walk(route, endpoint, trace, _StreamState(), attempt)
+        await self._walk(route, endpoint, trace, _StreamState(), attempt, body)
         assert resp is not None and trace.target is not None
         trace.records.append(AttemptRecord(trace.target, resp.usage, "ok"))
         return resp
@@ -217,7 +234,7 @@ class Dispatcher:
                 rec.status = "ok"
             return f
 
-        await self._walk(route, endpoint, trace, st, attempt)
+        await self._walk(route, endpoint, trace, st, attempt, body)
 
     async def _stream_one(self, provider: Provider, target: Target, endpoint: str, body: dict,
                           sink: StreamSink, trace: Trace, rec: AttemptRecord, st: "_StreamState") -> Failure | None:

@@ -39,6 +39,7 @@ class Failure:
     message: str = ""
     status: int | None = None
     retry_after_s: float | None = None
+    param: str | None = None          # UNSUPPORTED: the request field this target cannot honour
 
     @property
     def triggers_fallback(self) -> bool:
@@ -63,7 +64,11 @@ class Failure:
 
     @property
     def reason(self) -> str:
-        return f"{self.status}" if self.kind is Kind.STATUS else self.kind.value
+        if self.kind is Kind.STATUS:
+            return f"{self.status}"
+        if self.kind is Kind.UNSUPPORTED and self.param:
+            return f"unsupported:{self.param}"
+        return self.kind.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,10 +29,11 @@ class Inference:
     CostTracker seam (docs/INTERFACES.md, "gateway internals"); either may be None."""
 
     def __init__(self, *, keys: KeyStore, routes: dict[str, CompiledRoute], dispatcher: Dispatcher,
-                 limits: Any, costs: Any, accounting: Accounting, max_body: int):
+                 limits: Any, costs: Any, accounting: Accounting, max_body: int, tracer: Any = None):
         self.keys, self.routes, self.dispatcher = keys, routes, dispatcher
         self.limits, self.costs, self.accounting = limits, costs, accounting
         self.max_body = max_body
+        self.tracer = tracer      # gateway.tracing.RequestTracer, or None: no tracer calls at all
 
     def handler(self, endpoint: str) -> Callable:
         """The ASGI handler of one endpoint (CHAT, COMPLETIONS or EMBEDDINGS)."""
@@ -72,15 +73,28 @@ class Inference:
             extra = hdr_list(adm.headers) if adm is not None and adm.headers else []
             trace = Trace()
             actual = 0
+            tracer = self.tracer
+            if tracer is not None:
+                trace.timeline, t_start = tracer.start()
+                http_status, err = 200, None
+            stream = bool(body.get("stream")) and endpoint != EMBEDDINGS
             try:
-                if body.get("stream") and endpoint != EMBEDDINGS:
+                if stream:
                     actual = await self._stream(send, endpoint, body, key.id, route, trace, extra)
                 else:
                     actual = await self._call(send, endpoint, body, key.id, route, trace, extra)
+            except BaseException as e:
+                if tracer is not None:
+                    http_status = e.status if isinstance(e, GatewayError) else 499
+                    err = str(e)[:200]
+                raise
             finally:
                 if adm is not None:
                     # the budget reservation settles at what the answer cost (0 without one)
                     await self.limits.settle(adm, actual_tokens=actual, actual_cost_usd=trace.cost_usd)
+                if tracer is not None:
+                    tracer.finish(trace=trace, start_ns=t_start, endpoint=endpoint, route=alias, key_id=key.id,
+                                  stream=stream, http_status=http_status, error=err)
 
         return handle
 

@@ -26,11 +26,22 @@ def _bearer(authorization: str | None) -> str | None:
 
 
 class KeyStore:
-    def __init__(self, cfg: GatewayConfig):
-        self._by_digest: dict[str, KeyConfig] = {k.sha256: k for k in cfg.keys}
+    def __init__(self, cfg: GatewayConfig, dynamic: list[KeyConfig] | None = None):
+        self.configure(cfg, dynamic)
+
+    def configure(self, cfg: GatewayConfig, dynamic: list[KeyConfig] | None = None) -> None:
+        """(Re)build from gateway.yaml's keys plus `dynamic` ones (the admin API's key store).
+        A gateway.yaml key wins an id clash. Each dict is swapped whole: a request on another
+        task sees either the old or the new set, never a half-built one."""
+        static = list(cfg.keys)
+        ids = {k.id for k in static}
+        keys = static + [k for k in (dynamic or []) if k.id not in ids]
+        self.config_ids = frozenset(ids)
+        self.all_keys: dict[str, KeyConfig] = {k.id: k for k in keys}
+        self._by_digest: dict[str, KeyConfig] = {k.sha256: k for k in keys}
         # allowed routes as frozensets so the per-request check is one set lookup
         self._allowed: dict[str, frozenset[str] | None] = {
-            k.id: (None if "*" in k.routes else frozenset(k.routes)) for k in cfg.keys}
+            k.id: (None if "*" in k.routes else frozenset(k.routes)) for k in keys}
         self._require_auth = cfg.server.require_auth
         admin = cfg.server.admin_key_sha256
         if admin is None and cfg.server.admin_key_env and os.environ.get(cfg.server.admin_key_env):

@@ -8,6 +8,18 @@ A Serve config deploys it with
         import_path: serve_apps.gateway:app
         args: {config_path: serve_apps/configs/gateway-example.yaml}
 
+Live config changes (Serve's `user_config` idiom): `build_app` also passes the config as the
+deployment's `user_config` ({"config": {...}}), and the replicas apply a changed one in place in
+`reconfigure()` (keys, routes, limits, budgets, retry, providers) without a restart, so requests in
+flight are not dropped. With `serve deploy`, change it under
+
+        deployments:
+          - name: gateway
+            user_config: {config: {...the new gateway.yaml...}}
+
+(a lightweight update: Serve calls reconfigure on each running replica). Changing `args` instead
+is a code change for Serve: it rolls the replicas (gracefully, draining in-flight requests).
+
 The ingress is a plain ASGI app (gateway/app.py). With RAY_SERVE_THROUGHPUT_OPTIMIZED=1 each
 replica also listens on its own port (direct ingress), skipping the proxy hop; the head node's
 proxy keeps working either way.
@@ -72,13 +84,25 @@ class GatewayIngress:
         from gateway.names import breakers_actor_name
 
         config = parse_config(cfg)
-        app_name = serve.get_replica_context().app_name
+        ctx = serve.get_replica_context()
+        app_name = ctx.app_name
         # one breaker board per gateway app: all its replicas share each target's breaker
         self._breakers = BreakerClient(breakers_actor_name(app_name), config.breaker)
         self._breakers.start()
         self._gateway = Gateway(config, limits=LimitClient.from_config(config, tuning=config.limiter),
                                 costs=CostTracker.from_config(config), breakers=self._breakers.local,
                                 metrics=METRICS, on_shutdown=[self._breakers.close])
+        self._gateway.replica_header = (b"x-thawline-replica", ctx.replica_id.unique_id.encode())
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """Serve calls this after __init__ and whenever the deployment's user_config changes."""
+        cfg = (user_config or {}).get("config")
+        if cfg is None:
+            return
+        config = parse_config(cfg, source="user_config.config")
+        if config == self._gateway.cfg:
+            return
+        self._gateway.reconfigure(config)
 
     def __serve_build_asgi_app__(self):
         return self._gateway
@@ -101,8 +125,9 @@ def build_app(cfg: GatewayConfig | dict | str | os.PathLike, *, overrides: dict[
         config = load_config(resolve_config_path(str(cfg)))
     else:
         config = parse_config(cfg)
-    options = {**DEFAULT_DEPLOYMENT_OPTIONS, **(overrides or {})}
-    return GatewayIngress.options(**options).bind(config.model_dump(mode="json", exclude_none=False))
+    dumped = config.model_dump(mode="json", exclude_none=False)
+    options = {**DEFAULT_DEPLOYMENT_OPTIONS, "user_config": {"config": dumped}, **(overrides or {})}
+    return GatewayIngress.options(**options).bind(dumped)
 
 
 def app(args: dict[str, Any]) -> Application:

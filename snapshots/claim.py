@@ -197,7 +197,21 @@ class Heartbeat:
             self._stop.set()
             return
         data = json.dumps({**self._body, "at": time.time()}).encode()
-        fsutil.write_atomic(self._fs, fsutil.join(self._snap, HEARTBEAT), data, makedirs=False)
+        path = fsutil.join(self._snap, HEARTBEAT)
+        fsutil.write_atomic(self._fs, path, data, makedirs=False)
+        # gc may have removed the dir between the check above and this write; an object store has
+        # no dir to miss, so the write would bring back a lone .heartbeat. Check again and take
+        # it back (a crash right here leaves a stray that gc recognises and collects later).
+        reason = lost_reason(self._fs, self._snap, self._token)
+        if reason:
+            self.lost = reason
+            self._stop.set()
+            if _read_json(self._fs, fsutil.join(self._snap, CLAIM)) is None:
+                # only while no other writer owns the id: the file is then ours alone
+                try:
+                    self._fs.rm_file(path)
+                except FileNotFoundError:
+                    pass
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

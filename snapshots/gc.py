@@ -77,7 +77,8 @@ def _remove_empty_dirs(fs, path: str) -> None:
             pass
 
 
-def collect(store, older_than_s: float) -> list[str]:
+def collect(store, older_than_s: float, *, dry_run: bool = False) -> list[str]:
+    """URLs of the dirs removed (dry_run: that would be removed now; nothing is touched)."""
     fs = store.fs
     removed = []
     if hasattr(fs, "invalidate_cache"):
@@ -88,12 +89,12 @@ def collect(store, older_than_s: float) -> list[str]:
         for sid in store._ls_dirs(store._path(model)):
             if not _valid_name("snapshot id", sid):
                 continue
-            if _collect_one(store, model, sid, older_than_s):
+            if _collect_one(store, model, sid, older_than_s, dry_run):
                 removed.append(f"{store.url}/{model}/{sid}")
     return removed
 
 
-def _collect_one(store, model: str, sid: str, older_than_s: float) -> bool:
+def _collect_one(store, model: str, sid: str, older_than_s: float, dry_run: bool = False) -> bool:
     fs = store.fs
     path = store._path(model, sid)
     url = f"{store.url}/{model}/{sid}"
@@ -102,13 +103,15 @@ def _collect_one(store, model: str, sid: str, older_than_s: float) -> bool:
         return False  # committed
     claim_data = _read(fs, fsutil.join(path, CLAIM))
     if not recognised_claim(claim_data, model, sid):
-        return _collect_orphans(store, model, sid, files, older_than_s)
+        return _collect_orphans(store, model, sid, files, older_than_s, dry_run)
     foreign = [f for f in files if not _OURS.fullmatch(f)]
     if foreign:
         log.warning("thawline gc: leaving %s alone: it holds files gc does not recognise: %s", url, ", ".join(foreign[:5]))
         return False
     if time.time() - last_alive(fs, path, claim_data) < older_than_s:
         return False  # the writer heartbeated recently: still running
+    if dry_run:
+        return True
     token = claim_data.get("token")
     # g1, then g2 (claim.py): after the mark, a commit that lands is one we must not delete.
     if not mark_collecting(fs, path, token, older_than_s):
@@ -128,7 +131,8 @@ def _collect_one(store, model: str, sid: str, older_than_s: float) -> bool:
     return True
 
 
-def _collect_orphans(store, model: str, sid: str, files: list[str], older_than_s: float) -> bool:
+def _collect_orphans(store, model: str, sid: str, files: list[str], older_than_s: float,
+                     dry_run: bool = False) -> bool:
     """A dir holding only a stale `.heartbeat` of this <model>/<id> (a beat that raced gc's
     deletion) and/or a stale `.gc` mark (a gc that died after removing the claim)."""
     if not files or not set(files) <= {HEARTBEAT, GC_MARK}:
@@ -143,6 +147,8 @@ def _collect_orphans(store, model: str, sid: str, files: list[str], older_than_s
             return False
         if rel == HEARTBEAT and (data.get("model"), data.get("snapshot_id")) != (model, sid):
             return False
+    if dry_run:
+        return True
     for rel in files:
         _rm(fs, path, rel)
     _remove_empty_dirs(fs, path)

@@ -317,9 +317,10 @@ class SnapshotStore:
             pass
         return r
 
-    def gc(self, older_than_s: float = 3600.0) -> list[str]:
+    def gc(self, older_than_s: float = 3600.0, *, dry_run: bool = False) -> list[str]:
         """Remove uncommitted snapshot dirs of writers whose heartbeat stopped more than
         `older_than_s` ago; returns their URLs. Only dirs proven to be ours are touched
         (snapshots/gc.py): a recognised claim, no snapshot.json, no unrecognised file.
+        dry_run: only return what would be removed now.
         """
-        return collect(self, older_than_s)
+        return collect(self, older_than_s, dry_run=dry_run)

@@ -15,10 +15,10 @@ Behaviour is chosen by the upstream model name, so one server covers every test:
   <name>-d50        adds 50 ms latency before answering (any number)
   <name>-oddusage   OpenAI API only: a normal answer whose `usage` is garbage (negative and
                     non-numeric counts), streamed or not
-The answer is deterministic: 5 output pieces ("Hello", " from", " fake", " <api>", "!"), usage
+Tools and JSON mode: testkit/fake_wire.py (tool_use / functionCall answers, 400 on bad shapes). The
+answer is deterministic: 5 output pieces ("Hello", " from", " fake", " <api>", "!"), usage
 prompt_tokens = 7 + words in the prompt, cached_tokens = 2. 500 bodies echo the received key
 (as real providers' 401s do), which is how tests prove the gateway never relays a secret.
-
 Run standalone (bench): `python -m testkit.fake_providers --port 9100 [--delay-ms 50]`.
 """
 from __future__ import annotations
@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
+
+from testkit.fake_wire import anthropic_shape_error, anthropic_tool_frames, anthropic_tool_use, gemini_call, gemini_shape_error, sample  # noqa: E501
 
 PIECES = ["Hello", " from", " fake", " {api}", "!"]
 CACHED = 2
@@ -240,6 +242,8 @@ class FakeProviders:
         mode, early = await self._pre("anthropic", model, request, body)
         if early is not None:
             return early
+        if (err := anthropic_shape_error(body)):
+            return web.json_response({"type": "error", "error": {"type": "invalid_request_error", "message": err}}, status=400)
         words = " ".join(m["content"] if isinstance(m["content"], str) else
                          " ".join(b.get("text", "") for b in m["content"]) for m in body.get("messages", []))
         words += " " + (body.get("system") or "")
@@ -250,13 +254,19 @@ class FakeProviders:
         usage = {"input_tokens": total_in - CACHED, "output_tokens": len(pieces),
                  "cache_read_input_tokens": CACHED, "cache_creation_input_tokens": 0}
         mid = "msg_" + uuid.uuid4().hex[:20]
+        tool_use = anthropic_tool_use(body)
+        stop = "tool_use" if tool_use is not None else stop
         if not body.get("stream"):
+            content = [{"type": "text", "text": "".join(pieces)}] if tool_use is None else [tool_use]
             return web.json_response({"id": mid, "type": "message", "role": "assistant", "model": model,
-                                      "content": [{"type": "text", "text": "".join(pieces)}],
-                                      "stop_reason": stop, "stop_sequence": None, "usage": usage})
+                                      "content": content, "stop_reason": stop, "stop_sequence": None, "usage": usage})
 
         def ev(name, data):
             return f"event: {name}\n".encode() + b"data: " + orjson.dumps({"type": name, **data}) + b"\n\n"
+
+        if tool_use is not None:
+            frames = anthropic_tool_frames(ev, mid, model, usage, tool_use, len(pieces))
+            return await self._stream(request, frames, mode)
 
         frames = [ev("message_start", {"message": {"id": mid, "type": "message", "role": "assistant", "model": model,
                                                    "content": [], "stop_reason": None, "stop_sequence": None,
@@ -279,17 +289,29 @@ class FakeProviders:
             return early
         if method == "batchEmbedContents":
             return web.json_response({"embeddings": [{"values": [0.2] * 8} for _ in body.get("requests", [])]})
-        words = " ".join(p.get("text", "") for c in body.get("contents", []) for p in c.get("parts", []))
-        words += " " + " ".join(p.get("text", "") for p in (body.get("systemInstruction") or {}).get("parts", []))
+        if (err := gemini_shape_error(body)):
+            return web.json_response({"error": {"code": 400, "message": err, "status": "INVALID_ARGUMENT"}}, status=400)
+        words = " ".join(p.get("text", "") for c in body.get("contents", []) for p in c.get("parts", [])) + " "
+        words += " ".join(p.get("text", "") for p in (body.get("systemInstruction") or {}).get("parts", []))
         pieces, finish = self._pieces("gemini", (body.get("generationConfig") or {}).get("maxOutputTokens"))
         reason = "STOP" if finish == "stop" else "MAX_TOKENS"
         usage = {"promptTokenCount": _prompt_tokens(words), "candidatesTokenCount": len(pieces),
                  "totalTokenCount": _prompt_tokens(words) + len(pieces), "cachedContentTokenCount": CACHED}
         rid = uuid.uuid4().hex[:16]
+        gen = body.get("generationConfig") or {}
+        call = gemini_call(body)
+        if call is None and gen.get("responseMimeType") == "application/json":   # JSON mode: 2 pieces
+            js = orjson.dumps(sample(gen["responseSchema"]) if gen.get("responseSchema") else {"a": 1}).decode()
+            pieces = [js[:len(js) // 2], js[len(js) // 2:]]
         if method == "generateContent":
-            return web.json_response({"candidates": [{"content": {"parts": [{"text": "".join(pieces)}], "role": "model"},
+            parts = [call] if call is not None else [{"text": "".join(pieces)}]
+            return web.json_response({"candidates": [{"content": {"parts": parts, "role": "model"},
                                                       "finishReason": reason, "index": 0}],
                                       "usageMetadata": usage, "modelVersion": model, "responseId": rid})
+        if call is not None and method == "streamGenerateContent":
+            c = {"content": {"parts": [call], "role": "model"}, "finishReason": reason, "index": 0}
+            return await self._stream(request, [b"data: " + orjson.dumps({"candidates": [c], "usageMetadata": usage})
+                                                + b"\r\n\r\n"], mode)
         if method != "streamGenerateContent" or request.query.get("alt") != "sse":
             return web.json_response({"error": {"code": 404, "message": f"unknown method {method}",
                                                 "status": "NOT_FOUND"}}, status=404)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIGS = Path(__file__).resolve().parent.parent / "serve_apps" / "configs"
 
 # Env every Ray process of the session inherits (the raylet is started by ray.init here).
 RAY_ENV = {

@@ -108,11 +108,30 @@ def status(
     config: Path = ConfigArg,
     tf_outputs: Optional[Path] = TfOutputsOpt,
     timeout: float = typer.Option(120.0, "--timeout", help="Give up after this many seconds."),
+    as_json: bool = typer.Option(False, "--json", help="Print the config summary and the parsed `ray status` as JSON."),
 ) -> None:
     """Validate CONFIG, then show `ray status` (nodes, demand, autoscaler) from the head node."""
     resolved = _resolve(config, tf_outputs)
     # Ray 2.60 turns token auth on by default; `ray status` only uses the token when told to.
-    _ray("exec", resolved, ["RAY_AUTH_MODE=token ray status"], timeout)
+    if not as_json:
+        _ray("exec", resolved, ["RAY_AUTH_MODE=token ray status"], timeout)
+        return
+    import json
+    import subprocess
+
+    from cluster.cli.cluster_status import parse_ray_status, summary
+    from cluster.launch import ray_executable, resolved_file
+
+    with resolved_file(resolved) as path:
+        try:
+            proc = subprocess.run([ray_executable(), "exec", str(path), "RAY_AUTH_MODE=token ray status"],
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise CLIError(f"`ray exec` did not finish within {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise CLIError(f"`ray exec` failed with exit code {proc.returncode}: {tail[0]}")
+    typer.echo(json.dumps({**summary(config, resolved), **parse_ray_status(proc.stdout)}, indent=2))
 
 
 if __name__ == "__main__":  # `python -m cluster.cli.cluster_cmd ...`, same as `thawline cluster ...`

@@ -25,9 +25,29 @@ _SUBAPPS = [
     ("cluster.cli.model", "app", "model"),
     ("cluster.cli.cluster_cmd", "app", "cluster"),
     ("cluster.cli.bench", "app", "bench"),
+    ("cluster.cli.keys", "app", "keys"),
 ]
 # Modules that register top-level commands on `app` themselves.
 _COMMAND_MODULES = ["cluster.cli.ops"]
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("thawline")
+        except PackageNotFoundError:  # run from a checkout that was never pip-installed
+            v = "unknown (not installed)"
+        typer.echo(f"thawline {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Self-hosted serverless LLM serving on Ray: snapshots, serve apps, gateway, cluster."""
+
 
 def _optional_module(module_name: str):
     """The module, or None when that module itself is absent (a partial checkout)."""

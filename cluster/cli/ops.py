@@ -5,6 +5,7 @@ commands so `thawline --help` stays fast. Every failure is one `error: ...` line
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -137,6 +138,8 @@ def deploy_cmd(
 
 def status_cmd(
     address: Optional[str] = typer.Option(None, "--address", "-a", help="Ray cluster address (env RAY_ADDRESS; default auto)."),
+    timeline: Optional[str] = typer.Option(None, "--timeline", metavar="MODEL", help="Draw MODEL's last cold start, phase by phase, as a waterfall (MODEL: its Serve app, or the route it serves)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report (or, with --timeline, the cold start) as JSON."),
 ) -> None:
     """Serve apps and deployments with replica counts (zero included), cold/warm state, and the snapshots cached on each node."""
     from cluster.cli.ops_ray import use_token_auth_if_available
@@ -144,10 +147,28 @@ def status_cmd(
     use_token_auth_if_available()  # before anything imports ray (it reads its auth mode once)
     from cluster.cli.ops_status import gather
 
+    addr = address or os.environ.get("RAY_ADDRESS")
+    if timeline is not None:
+        from cluster.cli.ops_timeline import fetch, waterfall
+
+        try:
+            app_name, cold = fetch(addr, timeline)
+        except ConnectionError as exc:
+            raise CLIError(f"cannot connect to Ray at {address or 'auto'}: {exc}") from None
+        if as_json:
+            typer.echo(json.dumps({"app": app_name, **cold}, indent=2, default=str))
+        else:
+            _console().print(waterfall(app_name, cold))
+        return
     try:
-        report = gather(address or os.environ.get("RAY_ADDRESS"))
+        report = gather(addr)
     except ConnectionError as exc:
         raise CLIError(f"cannot connect to Ray at {address or 'auto'}: {exc}") from None
+    if as_json:
+        from dataclasses import asdict
+
+        typer.echo(json.dumps(asdict(report), indent=2))
+        return
     console = _console()
     for table in status_tables(report):
         console.print(table)

@@ -14,7 +14,8 @@ from typing import Optional
 
 import typer
 
-from cluster.cli.errors import one_line_errors
+from cluster.cli.errors import CLIError, one_line_errors
+from cluster.cli.snapshot_helpers import confirm_delete, parse_engine_args, require_store
 
 app = typer.Typer(
     help="Create, list, inspect, verify, remove and restore tensor-parallel snapshots on any fsspec URL.",
@@ -56,22 +57,56 @@ def create(
     max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Engine max model length (vllm engine only)."),
     snapshot_id: Optional[str] = typer.Option(None, "--id", help="Snapshot id (default: UTC timestamp + random suffix)."),
     part_size_mb: int = typer.Option(2048, "--part-size-mb", min=1, help="Part file size limit in MiB (engine none)."),
+    engine_arg: Optional[list[str]] = typer.Option(
+        None, "--engine-arg", metavar="KEY=VALUE",
+        help="Any vLLM engine argument, repeatable (quantization=fp8, gpu_memory_utilization=0.85); VALUE is "
+             "parsed as JSON when it is JSON, else a string. Recorded in the snapshot's engine state."),
+    on_cluster: bool = typer.Option(False, "--on-cluster", help="Run the capture as a Ray task on a GPU node of "
+                                    "the cluster (num_gpus=--tp plus --accelerator-type): HF_DIR is then a path on "
+                                    "that node or an fsspec URL (s3://...) fetched onto it."),
+    address: str = typer.Option("auto", "--address", help="Ray address for --on-cluster (auto: the cluster this node is in)."),
+    accelerator_type: Optional[str] = typer.Option(None, "--accelerator-type", help="--on-cluster: the GPU type "
+                                                   "(a node type's accelerator_type resource, e.g. H100, L40S)."),
+    resources: Optional[str] = typer.Option(None, "--resources", help="--on-cluster: JSON task resources replacing "
+                                            'the default, e.g. {"num_gpus": 4, "resources": {"my_type": 1}}.'),
 ) -> None:
     """Create a snapshot; prints its full URL (<store>/<name>/<id>) as the last stdout line."""
     from pathlib import Path
 
+    if on_cluster:
+        from cluster.cli.snapshot_cluster import create_on_cluster, task_options
+
+        argv = ["--tp", str(tp), "--store", store, "--name", name, "--engine", engine.value]
+        argv += [x for flag, v in (("--dtype", dtype), ("--max-model-len", max_model_len), ("--id", snapshot_id))
+                 if v is not None for x in (flag, str(v))]
+        for item in engine_arg or []:
+            argv += ["--engine-arg", item]
+        if engine is Engine.vllm and not any(a.startswith("distributed_executor_backend=") for a in engine_arg or []):
+            # vLLM's own workers on the task's GPUs: a Ray executor would ask the cluster for
+            # the GPUs this task already holds.
+            argv += ["--engine-arg", "distributed_executor_backend=mp"]
+        typer.echo(create_on_cluster(hf_dir, argv, address=address,
+                                     options=task_options(tp, accelerator_type, resources)))
+        return
     if not Path(hf_dir).is_dir():
         raise FileNotFoundError(f"model dir not found: {hf_dir}")
+    extra = parse_engine_args(engine_arg)
+    for key, flag in (("dtype", "--dtype"), ("max_model_len", "--max-model-len"), ("tensor_parallel_size", "--tp")):
+        if key in extra:
+            raise CLIError(f"--engine-arg {key}=...: use {flag}")
     if engine is Engine.vllm:
         if snapshot_id is not None:
             raise ValueError("--id applies to --engine none only (engine snapshots get a generated id)")
         # Lazy: importing vLLM takes seconds and is only needed for this path.
+        from cluster.cli.snapshot_progress import engine_create_progress
         from snapshots.vllm.capture import create_engine_snapshot
 
-        url = create_engine_snapshot(hf_dir, tp=tp, store_url=store, name=name, dtype=dtype, max_model_len=max_model_len)
+        with engine_create_progress() as on_phase:
+            url = create_engine_snapshot(hf_dir, tp=tp, store_url=store, name=name, dtype=dtype,
+                                         max_model_len=max_model_len, on_phase=on_phase, **extra)
     else:
-        if dtype is not None or max_model_len is not None:
-            raise ValueError("--dtype and --max-model-len apply to --engine vllm only")
+        if dtype is not None or max_model_len is not None or extra:
+            raise ValueError("--dtype, --max-model-len and --engine-arg apply to --engine vllm only")
         from snapshots.offline import create_offline_snapshot
         from snapshots.progress import byte_bar
 
@@ -83,11 +118,22 @@ def create(
 
 @app.command("ls")
 @one_line_errors
-def ls_(store: str = typer.Argument(..., help="Store URL.")) -> None:
-    """List committed snapshots (uncommitted leftovers are never shown; see `gc`)."""
+def ls_(
+    store: str = typer.Argument(..., help="Store URL."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+) -> None:
+    """List committed snapshots (uncommitted leftovers are never shown; see `gc`). A store URL that
+    does not exist is an error (exit 1); an existing empty store prints "no snapshots" (exit 0)."""
+    from dataclasses import asdict
+
     from snapshots.store import SnapshotStore
 
-    infos = SnapshotStore(store).list()
+    st = SnapshotStore(store)
+    require_store(st)
+    infos = st.list()
+    if as_json:
+        typer.echo(json.dumps([asdict(i) for i in infos], indent=2))
+        return
     if not infos:
         typer.echo(f"no snapshots in {store}", err=True)
         return
@@ -102,7 +148,10 @@ def ls_(store: str = typer.Argument(..., help="Store URL.")) -> None:
 
 @app.command()
 @one_line_errors
-def inspect(snapshot: str = typer.Argument(..., help="<store>/<model>/<id|latest>.")) -> None:
+def inspect(
+    snapshot: str = typer.Argument(..., help="<store>/<model>/<id|latest>."),
+    as_json: bool = typer.Option(True, "--json", hidden=True, help="Accepted for symmetry: the output is JSON."),
+) -> None:
     """Print snapshot.json (format version checked) as JSON."""
     store, ref = _store_for(snapshot)
     meta = store.inspect(ref)
@@ -116,22 +165,44 @@ def inspect(snapshot: str = typer.Argument(..., help="<store>/<model>/<id|latest
 def verify(
     snapshot: str = typer.Argument(..., help="<store>/<model>/<id|latest>."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Reader threads."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON ({ok, url, ...}; on a mismatch ok=false with rank/tensor, exit 1)."),
 ) -> None:
     """Re-hash every tensor of every rank; non-zero exit naming rank and tensor on a mismatch."""
+    from snapshots.errors import SnapshotCorrupt
     from snapshots.progress import byte_bar
 
     store, ref = _store_for(snapshot)
     meta = store.inspect(ref)
-    with byte_bar("verify", total=meta.total_bytes) as bar:
-        report = store.verify(ref, progress=bar, threads=threads)
+    try:
+        with byte_bar("verify", total=meta.total_bytes) as bar:
+            report = store.verify(ref, progress=bar, threads=threads)
+    except SnapshotCorrupt as exc:
+        if not as_json:
+            raise
+        typer.echo(json.dumps({"ok": False, "url": ref.url, "error": str(exc),
+                               "rank": getattr(exc, "rank", None), "tensor": getattr(exc, "tensor", None)}))
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps({"ok": True, "url": ref.url, "ranks": report.ranks, "tensors": report.tensors,
+                               "bytes": report.bytes, "seconds": round(report.seconds, 4)}))
+        return
     typer.echo(f"ok {ref.url}: {report.ranks} ranks, {report.tensors} tensors, {_human(report.bytes)} in {report.seconds:.2f}s")
 
 
 @app.command("rm")
 @one_line_errors
-def rm_(snapshot: str = typer.Argument(..., help="<store>/<model>/<id|latest>.")) -> None:
-    """Delete a snapshot (uncommits it first, then removes its files)."""
+def rm_(
+    snapshot: str = typer.Argument(..., help="<store>/<model>/<id|latest>."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would be removed."),
+) -> None:
+    """Delete a snapshot (uncommits it first, then removes its files); asks first unless --yes."""
     store, ref = _store_for(snapshot)
+    store.inspect(ref)  # a snapshot that is not there is an error before any question
+    if dry_run:
+        typer.echo(f"would remove {ref.url}")
+        return
+    confirm_delete([ref.url], yes=yes)
     store.delete(ref)
     typer.echo(f"removed {ref.url}")
 
@@ -141,6 +212,8 @@ def rm_(snapshot: str = typer.Argument(..., help="<store>/<model>/<id|latest>.")
 def gc(
     store: str = typer.Argument(..., help="Store URL."),
     older_than: float = typer.Option(3600.0, "--older-than", min=0, help="Only remove leftovers whose writer's last heartbeat (every 30 s while it runs) is older than this many seconds."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would be removed."),
 ) -> None:
     """Remove leftovers of writers that died before committing.
 
@@ -150,7 +223,18 @@ def gc(
     """
     from snapshots.store import SnapshotStore
 
-    removed = SnapshotStore(store).gc(older_than_s=older_than)
+    st = SnapshotStore(store)
+    require_store(st)
+    candidates = st.gc(older_than_s=older_than, dry_run=True)
+    if dry_run:
+        for url in candidates:
+            typer.echo(f"would remove {url}")
+        typer.echo(f"gc: {len(candidates)} uncommitted snapshot dir(s) would be removed (--dry-run)", err=True)
+        return
+    if candidates:
+        confirm_delete(candidates, yes=yes)
+    # gc re-checks every dir itself (a writer may have heartbeated since the listing).
+    removed = st.gc(older_than_s=older_than) if candidates else []
     for url in removed:
         typer.echo(f"removed {url}")
     typer.echo(f"gc: {len(removed)} uncommitted snapshot dir(s) removed", err=True)

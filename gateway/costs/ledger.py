@@ -1,7 +1,9 @@
 """The cost ledger: buffered rows, spend totals, Parquet files on any fsspec URL (no Ray).
 
 Layout: `<url>/date=YYYY-MM-DD/part-<unix_ms>-<rand>.parquet`, one file per flush per day
-(hive-style, so DuckDB / pyarrow.dataset / Spark read it as a partitioned table). A part is
+(hive-style, so DuckDB / pyarrow.dataset / Spark read it as a partitioned table), compacted by
+the ledger actor into `date=YYYY-MM-DD/day-*.parquet` (compaction.py: closed days at start and
+at the day's end, today every `compact_interval_s`); reads go through pyarrow.dataset. A part is
 written under a dot-name and renamed, so readers never see half a file on `file://`; object
 stores make the single PUT atomic by themselves.
 
@@ -22,7 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gateway.costs.budget import SpendTotals, periods
-from gateway.costs.usage import LEDGER_SCHEMA, aggregate, rows_to_table
+from gateway.costs.compaction import compact, month_totals, read_files, spend_over_time, visible_files
+from gateway.costs.usage import GROUP_COLUMNS, LEDGER_SCHEMA, aggregate, rows_to_table
 
 log = logging.getLogger(__name__)
 
@@ -111,46 +114,67 @@ class Ledger:
 
     # -- reading -------------------------------------------------------------------------
     def _files(self, since: datetime | None) -> list[str]:
-        if self.fs is None or not self.fs.exists(self.root):
+        """The stored files to read: compacted day files plus parts no day file covers."""
+        if self.fs is None:
             return []
-        out = []
-        for d in self.fs.ls(self.root, detail=False):
-            base = d.rstrip("/").rsplit("/", 1)[-1]
-            if not base.startswith("date="):
-                continue
-            if since is not None and base[5:] < since.strftime("%Y-%m-%d"):
-                continue
-            out += [f for f in self.fs.ls(d, detail=False)
-                    if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith(".")]
-        return sorted(out)
+        return visible_files(self.fs, self.root, None if since is None else since.strftime("%Y-%m-%d"))
+
+    def _read(self, since: datetime | None, columns: list[str] | None = None) -> pa.Table:
+        # A compaction may delete parts between the listing and the read: list again once.
+        for attempt in (0, 1):
+            try:
+                return read_files(self.fs, self._files(since), columns, since)
+            except FileNotFoundError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     def unflushed(self) -> list[dict]:
         """A copy of the rows not in the store yet (take it on the thread that appends)."""
         return list(self.memory) + list(self.buffer)
 
     def table(self, since: datetime | None = None, *, stored_only: bool = False,
-              mem: list[dict] | None = None) -> pa.Table:
-        parts = []
-        for f in self._files(since):
-            with self.fs.open(f, "rb") as fh:
-                parts.append(pq.read_table(fh, schema=LEDGER_SCHEMA))
+              mem: list[dict] | None = None, columns: list[str] | None = None) -> pa.Table:
+        parts = [self._read(since, columns)] if self.fs is not None else []
         if mem is None:
             mem = [] if stored_only else self.unflushed()
         if mem:
-            parts.append(rows_to_table(mem))
-        t = pa.concat_tables(parts) if parts else LEDGER_SCHEMA.empty_table()
-        if since is not None and t.num_rows:
-            if since.tzinfo is None:
-                since = since.replace(tzinfo=timezone.utc)
-            t = t.filter(pc.greater_equal(t["ts"], pa.scalar(since, type=LEDGER_SCHEMA.field("ts").type)))
-        return t
+            m = rows_to_table(mem)
+            if since is not None:
+                if since.tzinfo is None:
+                    since = since.replace(tzinfo=timezone.utc)
+                m = m.filter(pc.greater_equal(m["ts"], pa.scalar(since, type=LEDGER_SCHEMA.field("ts").type)))
+            parts.append(m.select(columns) if columns else m)
+        if not parts:
+            t = LEDGER_SCHEMA.empty_table()
+            return t.select(columns) if columns else t
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
     def query(self, group_by: str, since: datetime | None = None, *, mem: list[dict] | None = None) -> list[dict]:
-        return aggregate(self.table(since, mem=mem), group_by)
+        if group_by not in GROUP_COLUMNS:
+            raise ValueError(f"group_by must be one of {sorted(GROUP_COLUMNS)}, not {group_by!r}")
+        cols = [GROUP_COLUMNS[group_by], "tokens_in", "tokens_out", "tokens_cached", "cost_usd", "estimated",
+                "status"]
+        return aggregate(self.table(since, mem=mem, columns=cols), group_by)
+
+    def series(self, column: str, since: datetime | None, bucket: str = "day", *,
+               mem: list[dict] | None = None) -> list[dict]:
+        """Spend over time per `column` value (the dashboard's charts); idle rows left out."""
+        t = self.table(since, mem=mem, columns=["ts", column, "cost_usd", "status"])
+        t = t.filter(pc.not_equal(t["status"], "idle")) if t.num_rows else t
+        return spend_over_time(t, column, bucket)
+
+    def compact(self, now: datetime, *, include_today: bool) -> list[str]:
+        """Compact closed days (and today, with `include_today`) into day files (compaction.py)."""
+        if self.fs is None:
+            return []
+        return compact(self.fs, self.root, today=periods(now)[0], include_today=include_today)
 
     def load_totals(self, now: datetime) -> None:
-        """Rebuild this month's spend from the stored rows (budgets survive restarts)."""
+        """Rebuild this month's spend from the store (budgets survive restarts): per-day totals
+        from the day files' footers, plus the uncompacted parts; bounded by days, not rows."""
+        if self.fs is None:
+            return
         month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        t = self.table(month_start, stored_only=True)
-        for r in t.select(["key_id", "route", "cost_usd", "ts"]).to_pylist():
-            self.totals.add(r["key_id"], r["route"], r["cost_usd"], r["ts"])
+        for day, sums in month_totals(self.fs, self.root, month_start):
+            self.totals.merge({(scope, p): usd for scope, usd in sums.items() for p in (day, day[:7])})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime
 from typing import Any
 
@@ -29,11 +30,16 @@ log = logging.getLogger(__name__)
 
 
 class LedgerActor:
-    def __init__(self, url: str | None, storage_options: dict | None, flush_interval_s: float):
+    def __init__(self, url: str | None, storage_options: dict | None, flush_interval_s: float,
+                 compact_interval_s: float = 600.0):
         self.ledger = Ledger(url, storage_options)
         self.book = LedgerBook(self.ledger)
         self.flush_interval_s = flush_interval_s
+        self.compact_interval_s = compact_interval_s
+        # start-up reads one footer per compacted day plus today's uncompacted parts (compaction.py)
         self.ledger.load_totals(self.book.clock())
+        self._compacted_at = float("-inf")      # monotonic time of the last compaction of today
+        self._compacted_day: str | None = None  # the day closed days were last compacted on
         self._loop_task: asyncio.Task | None = None
         self._flush_lock: asyncio.Lock | None = None
 
@@ -49,6 +55,28 @@ class LedgerActor:
                 await self.flush()
             except Exception as e:       # kept in the buffer; retried next period
                 log.error("ledger flush failed: %s", e)
+            try:
+                await self.maybe_compact()
+            except Exception as e:       # the parts stay; compaction is retried next period
+                log.error("ledger compaction failed: %s", e)
+
+    async def maybe_compact(self, *, force: bool = False) -> list[str]:
+        """Closed days once per day (and at the first period), today every compact_interval_s."""
+        if self.ledger.fs is None:
+            return []
+        now = self.book.clock()
+        day = now.strftime("%Y-%m-%d")
+        mono = time.monotonic()
+        today = force or mono - self._compacted_at >= self.compact_interval_s
+        if not (today or day != self._compacted_day):
+            return []
+        self._ensure_loop()
+        async with self._flush_lock:   # queries never read a listing compaction is changing
+            out = await asyncio.to_thread(self.ledger.compact, now, include_today=today)
+        self._compacted_day = day
+        if today:
+            self._compacted_at = mono
+        return out
 
     async def push(self, rows: list[dict], budget_scopes: list[str],
                    local_targets: dict[str, tuple[str, float]] | None = None) -> dict[tuple[str, str], float]:
@@ -96,11 +124,17 @@ class LedgerActor:
             # snapshot the unflushed rows on the loop that appends to them; read files in a thread
             return await asyncio.to_thread(self.ledger.query, group_by, since, mem=self.ledger.unflushed())
 
+    async def series(self, column: str, since: datetime | None, bucket: str = "day") -> list[dict]:
+        self._ensure_loop()
+        async with self._flush_lock:
+            return await asyncio.to_thread(self.ledger.series, column, since, bucket, mem=self.ledger.unflushed())
+
     async def stats(self) -> dict[str, Any]:
         return self.book.stats()
 
 
-def get_ledger_actor(url: str | None, storage_options: dict | None, flush_interval_s: float):
+def get_ledger_actor(url: str | None, storage_options: dict | None, flush_interval_s: float,
+                     compact_interval_s: float = 600.0):
     """Detached: it must outlive whichever replica created it, and flush after any one leaves."""
     return get_or_create_actor(LedgerActor, ledger_actor_name(url), url, storage_options, flush_interval_s,
-                               max_restarts=-1, max_concurrency=1000)
+                               compact_interval_s, max_restarts=-1, max_concurrency=1000)

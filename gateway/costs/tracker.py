@@ -64,7 +64,8 @@ class CostTracker:
                  if p.type == "serve" and p.usd_per_hour is not None}
         if actor is None:
             from gateway.costs.ledger_actor import get_ledger_actor   # Ray only at the edge
-            actor = get_ledger_actor(cfg.ledger.url, cfg.ledger.storage_options, cfg.ledger.flush_interval_s)
+            actor = get_ledger_actor(cfg.ledger.url, cfg.ledger.storage_options, cfg.ledger.flush_interval_s,
+                                     cfg.ledger.compact_interval_s)
         sync = min(0.5, cfg.ledger.flush_interval_s)
         return cls(book, budgets=budgets, local_targets=local, actor=actor, sync_interval_s=sync)
 
@@ -110,7 +111,7 @@ class CostTracker:
         METRICS.record_request(route=row.route, target=row.target, model=row.model, status=row.status,
                                tokens_in=row.tokens_in, tokens_out=row.tokens_out,
                                tokens_cached=row.tokens_cached, cost_usd=row.cost_usd,
-                               ttft_s=None if row.ttft_ms is None else row.ttft_ms / 1000.0)
+                               ttft_s=None if row.ttft_ms is None else row.ttft_ms / 1000.0, key=row.key_id)
         d = row.to_dict()
         if self.actor is None:
             self.ledger.append([d])
@@ -156,6 +157,15 @@ class CostTracker:
         if group_by not in GROUP_COLUMNS:
             raise ValueError(f"group_by must be one of {sorted(GROUP_COLUMNS)}, not {group_by!r}")
         return await self.actor.query.remote(group_by, since)
+
+    async def series(self, *, column: str, since: datetime | None, bucket: str = "day") -> list[dict]:
+        """Spend per `bucket` (day / hour) per ledger `column` (key_id, route, target, model)."""
+        if column not in ("key_id", "route", "target", "model"):
+            raise ValueError(f"column must be key_id, route, target or model, not {column!r}")
+        if self.actor is None:
+            return self.ledger.series(column, since, bucket)
+        await self.sync()
+        return await self.actor.series.remote(column, since, bucket)
 
     async def close(self) -> None:
         """Final push and flush: nothing recorded before a graceful shutdown is lost."""

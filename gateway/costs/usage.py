@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gateway.costs.schema import LEDGER_COLUMNS
 
+IDLE_GROUP = "(idle replica time)"
 GROUP_COLUMNS = {"key": "key_id", "route": "route", "model": "model", "target": "target"}
 
 LEDGER_SCHEMA = pa.schema([
@@ -30,10 +32,17 @@ def aggregate(table: pa.Table, group_by: str) -> list[dict]:
         return []
     t = table.select([col, "tokens_in", "tokens_out", "tokens_cached", "cost_usd", "estimated"])
     t = t.set_column(5, "estimated", t["estimated"].cast(pa.int64()))
+    # Idle replica-time rows are spend, not requests: they count 0 requests, and where their
+    # key/route is the placeholder "-" the group says what they are.
+    idle = (pc.equal(table["status"], "idle") if "status" in table.column_names
+            else pa.array([False] * table.num_rows))
+    t = t.append_column("request", pc.invert(idle).cast(pa.int64()))
+    if group_by in ("key", "route"):
+        t = t.set_column(0, col, pc.if_else(idle, pa.scalar(IDLE_GROUP), t[col]))
     agg = t.group_by(col).aggregate([
-        ([], "count_all"), ("tokens_in", "sum"), ("tokens_out", "sum"), ("tokens_cached", "sum"),
+        ("request", "sum"), ("tokens_in", "sum"), ("tokens_out", "sum"), ("tokens_cached", "sum"),
         ("cost_usd", "sum"), ("estimated", "sum")])
-    out = [{"group": r[col], "requests": r["count_all"], "tokens_in": r["tokens_in_sum"],
+    out = [{"group": r[col], "requests": r["request_sum"], "tokens_in": r["tokens_in_sum"],
             "tokens_out": r["tokens_out_sum"], "tokens_cached": r["tokens_cached_sum"],
             "cost_usd": round(r["cost_usd_sum"], 10), "estimated_requests": r["estimated_sum"]}
            for r in agg.to_pylist()]

@@ -81,6 +81,19 @@ class LimitClient:
             client._broker = get_broker(client.tuning)
         return client
 
+    def reconfigure(self, route_limits: dict[str, LimitSpec], key_limits: dict[str, LimitSpec],
+                    budgets: "dict[str, BudgetSpec]") -> None:
+        """New limits and budgets, live (gateway.yaml reconfigure, admin API). Requests already
+        admitted settle against the cells they reserved; the broker takes the limit each request
+        sends, so the next admission uses the new numbers everywhere."""
+        self.route_limits = {k: v for k, v in route_limits.items() if v is not None and not v.is_empty()}
+        self.key_limits = {k: v for k, v in key_limits.items() if v is not None and not v.is_empty()}
+        self.budgets = {k: v for k, v in budgets.items() if v is not None}
+        self._plans = {}
+        if self._broker is None and (self.route_limits or self.key_limits or self.budgets):
+            from gateway.limits.broker import get_broker    # Ray only where limits exist
+            self._broker = get_broker(self.tuning)
+
     # -- request path --------------------------------------------------------------------
     def _plan(self, key_id: str, route: str) -> list[tuple[Cell, int]]:
         plan = self._plans.get((key_id, route))

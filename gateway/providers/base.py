@@ -101,6 +101,13 @@ class Provider:
     def supports(self, endpoint: str) -> bool:
         return endpoint in self.endpoints
 
+    def refuses(self, endpoint: str, body: dict) -> str | None:
+        """The request field this provider cannot honour for `body` (e.g. "response_format"), or
+        None. The dispatcher then skips the target (`unsupported:<field>` in x-thawline-fallbacks)
+        instead of sending a request whose meaning the translation would silently drop. May raise
+        InvalidRequest for a malformed shape (the client's 400)."""
+        return None
+
     async def call(self, endpoint: str, body: dict, target: "Target") -> Response:
         raise NotImplementedError
 

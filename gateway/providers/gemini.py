@@ -14,9 +14,11 @@ import orjson
 
 from gateway.providers.base import CHAT, COMPLETIONS, EMBEDDINGS, Response, Usage
 from gateway.providers.http import HttpProvider, broken
+from gateway.providers.gemini_schema import Unexpressible, to_gemini_schema
 from gateway.providers.translate import (InvalidRequest, chat_body_from_completion, chat_chunk,
-                                         chat_response, check_chat_shapes, completion_chunk_from_chat,
-                                         completion_from_chat, content_text, new_id, stop_list)
+                                         chat_response, check_chat_shapes, common_refusal,
+                                         completion_chunk_from_chat, completion_from_chat, content_text,
+                                         function_tools, invalid, json_mode, new_id, stop_list)
 
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
           "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
@@ -40,17 +42,117 @@ def _parts(content: Any) -> list[dict]:
     return parts
 
 
+def _declaration(fn: dict, k: int) -> dict:
+    d: dict[str, Any] = {"name": fn["name"]}
+    if fn.get("description"):
+        d["description"] = fn["description"]
+    params = fn.get("parameters")
+    if params:
+        conv = to_gemini_schema(params)
+        # an OBJECT with no properties is refused by Gemini; a no-argument function has none
+        if conv.get("properties") or conv.get("type") != "OBJECT":
+            d["parameters"] = conv
+    return d
+
+
+def refuses(body: dict) -> str | None:
+    """The field a Gemini target cannot honour for `body`, or None (see Provider.refuses)."""
+    check_chat_shapes(body)
+    field = common_refusal(body)
+    if field is not None:
+        return field
+    tools = function_tools(body)
+    try:
+        for k, fn in enumerate(tools):
+            if fn.get("parameters"):
+                to_gemini_schema(fn["parameters"])
+    except Unexpressible:
+        return "tools"
+    jm = json_mode(body)
+    if jm is not None:
+        if tools:
+            return "response_format"   # Gemini rejects JSON mime type together with function calling
+        if jm[1] is not None:
+            try:
+                to_gemini_schema(jm[1])
+            except Unexpressible:
+                return "response_format"
+    if tools and body.get("parallel_tool_calls") is False:
+        return "parallel_tool_calls"   # Gemini has no switch for one call per turn
+    return None
+
+
+def _args(raw: Any, param: str) -> dict:
+    if isinstance(raw, dict):
+        return raw
+    try:
+        obj = orjson.loads(raw or "{}")
+    except orjson.JSONDecodeError:
+        raise invalid(param, "must be a JSON object encoded as a string") from None
+    if not isinstance(obj, dict):
+        raise invalid(param, "must be a JSON object encoded as a string")
+    return obj
+
+
+def _tool_response(content: Any) -> dict:
+    text = content_text(content)
+    try:
+        val = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        val = text
+    return val if isinstance(val, dict) else {"content": val}
+
+
 def to_gemini(body: dict) -> dict:
     check_chat_shapes(body)   # malformed shapes -> a 400 naming the field, not a crash below
+    field = refuses(body)
+    if field is not None:
+        # the dispatcher skips such targets before calling; this guards direct callers
+        raise invalid(field, "cannot be honoured by the Gemini API")
     system: list[str] = []
     contents: list[dict] = []
-    for m in body.get("messages", []):
+    call_names: dict[str, str] = {}   # tool_call_id -> function name (functionResponse needs the name)
+    for mi, m in enumerate(body.get("messages", [])):
         role = m.get("role")
         if role in ("system", "developer"):
             system.append(content_text(m.get("content")))
             continue
+        if role == "tool":
+            name = call_names.get(m["tool_call_id"])
+            if name is None:
+                raise invalid(f"messages[{mi}].tool_call_id", "must be the id of an earlier assistant tool call")
+            part = {"functionResponse": {"name": name, "response": _tool_response(m.get("content"))}}
+            prev = contents[-1] if contents else None
+            if prev is not None and prev["role"] == "user" and prev["parts"] \
+                    and "functionResponse" in prev["parts"][0]:
+                prev["parts"].append(part)   # the answers to one turn's calls go in one content
+            else:
+                contents.append({"role": "user", "parts": [part]})
+            continue
+        if role == "assistant" and m.get("tool_calls"):
+            parts = [{"text": content_text(m.get("content"))}] if content_text(m.get("content")) else []
+            for ti, tc in enumerate(m["tool_calls"]):
+                fn = tc["function"]
+                if tc.get("id"):
+                    call_names[tc["id"]] = fn["name"]
+                parts.append({"functionCall": {"name": fn["name"], "args": _args(
+                    fn.get("arguments"), f"messages[{mi}].tool_calls[{ti}].function.arguments")}})
+            contents.append({"role": "model", "parts": parts})
+            continue
         contents.append({"role": "model" if role == "assistant" else "user", "parts": _parts(m.get("content"))})
     out: dict[str, Any] = {"contents": contents}
+    tools = function_tools(body)
+    if tools:
+        out["tools"] = [{"functionDeclarations": [_declaration(fn, k) for k, fn in enumerate(tools)]}]
+        tc = body.get("tool_choice")
+        if tc is not None:
+            if isinstance(tc, dict):
+                cfg = {"mode": "ANY", "allowedFunctionNames": [tc["function"]["name"]]}
+            else:
+                cfg = {"mode": {"auto": "AUTO", "none": "NONE", "required": "ANY"}[tc]}
+            out["toolConfig"] = {"functionCallingConfig": cfg}
+    elif isinstance(body.get("tool_choice"), dict) or body.get("tool_choice") == "required":
+        raise invalid("tool_choice", "needs 'tools'")
     if system:
         out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
     gen: dict[str, Any] = {}
@@ -65,6 +167,11 @@ def to_gemini(body: dict) -> dict:
     stops = stop_list(body.get("stop"))
     if stops:
         gen["stopSequences"] = stops
+    jm = json_mode(body)
+    if jm is not None:
+        gen["responseMimeType"] = "application/json"
+        if jm[1] is not None:
+            gen["responseSchema"] = to_gemini_schema(jm[1])
     if gen:
         out["generationConfig"] = gen
     return out
@@ -81,16 +188,38 @@ def _text(cand: dict) -> str:
     return "".join(p.get("text", "") for p in (cand.get("content") or {}).get("parts", []) if not p.get("thought"))
 
 
+def _calls(cand: dict) -> list[dict]:
+    """The candidate's functionCall parts as OpenAI tool_calls (Gemini ids are optional)."""
+    out = []
+    for p in (cand.get("content") or {}).get("parts", []):
+        fc = p.get("functionCall")
+        if isinstance(fc, dict):
+            out.append({"id": fc.get("id") or new_id("call"), "type": "function",
+                        "function": {"name": fc.get("name", ""),
+                                     "arguments": orjson.dumps(fc.get("args") or {}).decode()}})
+    return out
+
+
+def _finish(cand: dict, has_calls: bool) -> str:
+    f = FINISH.get(cand.get("finishReason"), "stop")
+    return "tool_calls" if has_calls and f == "stop" else f
+
+
 def from_gemini(resp: dict, model: str) -> dict:
     cands = resp.get("candidates") or []
     usage = usage_from_gemini(resp.get("usageMetadata"))
+    calls0 = _calls(cands[0]) if cands else []
     out = chat_response(id=resp.get("responseId") or new_id("chatcmpl"), model=resp.get("modelVersion") or model,
                         text=_text(cands[0]) if cands else "",
-                        finish_reason=FINISH.get(cands[0].get("finishReason"), "stop") if cands else "stop",
-                        usage=usage)
+                        finish_reason=_finish(cands[0], bool(calls0)) if cands else "stop",
+                        usage=usage, tool_calls=calls0 or None)
     for i, c in enumerate(cands[1:], start=1):
-        out["choices"].append({"index": i, "message": {"role": "assistant", "content": _text(c)},
-                               "logprobs": None, "finish_reason": FINISH.get(c.get("finishReason"), "stop")})
+        calls = _calls(c)
+        msg: dict[str, Any] = {"role": "assistant", "content": _text(c) or (None if calls else "")}
+        if calls:
+            msg["tool_calls"] = calls
+        out["choices"].append({"index": i, "message": msg, "logprobs": None,
+                               "finish_reason": _finish(c, bool(calls))})
     return out
 
 
@@ -100,6 +229,7 @@ class StreamTranslator:
         self.usage: Usage | None = None
         self.done = False
         self._started = False
+        self._ncalls = 0
 
     def feed(self, data: dict) -> list[dict]:
         out: list[dict] = []
@@ -116,9 +246,13 @@ class StreamTranslator:
             text = _text(cand)
             if text:
                 out.append(chat_chunk(**mk, delta={"content": text}))
+            for tc in _calls(cand):
+                # Gemini streams each functionCall whole: one delta with all its arguments
+                out.append(chat_chunk(**mk, delta={"tool_calls": [{"index": self._ncalls, **tc}]}))
+                self._ncalls += 1
             if cand.get("finishReason"):
                 self.done = True
-                out.append(chat_chunk(**mk, delta={}, finish_reason=FINISH.get(cand["finishReason"], "stop")))
+                out.append(chat_chunk(**mk, delta={}, finish_reason=_finish(cand, self._ncalls > 0)))
         return out
 
     def final(self) -> dict | None:
@@ -135,6 +269,11 @@ class GeminiProvider(HttpProvider):
 
     def _url(self, model: str, method: str) -> str:
         return f"{self.base_url}/models/{model}:{method}"
+
+    def refuses(self, endpoint: str, body: dict) -> str | None:
+        if endpoint == EMBEDDINGS:
+            return None
+        return refuses(chat_body_from_completion(body) if endpoint == COMPLETIONS else body)
 
     async def call(self, endpoint: str, body: dict, target) -> Response:
         if endpoint == EMBEDDINGS:

@@ -96,6 +96,55 @@ def check_chat_shapes(body: dict) -> None:
                     raise invalid(f"tools[{k}].function.parameters", "must be a JSON Schema object")
                 if fn.get("description") is not None and not isinstance(fn["description"], str):
                     raise invalid(f"tools[{k}].function.description", "must be a string")
+    tc = body.get("tool_choice")
+    if tc is not None:
+        if isinstance(tc, str):
+            if tc not in ("none", "auto", "required"):
+                raise invalid("tool_choice", "must be 'none', 'auto', 'required' or a named function")
+        elif not isinstance(tc, dict) or tc.get("type") != "function":
+            raise invalid("tool_choice", 'must be a string or {"type": "function", "function": {"name": ...}}')
+        else:
+            _check_function(tc.get("function"), "tool_choice.function")
+            names = {t["function"]["name"] for t in tools or [] if t.get("type") == "function"}
+            if tc["function"]["name"] not in names:
+                raise invalid("tool_choice.function.name", "must name a function in 'tools'")
+    rf = body.get("response_format")
+    if rf is not None:
+        if not isinstance(rf, dict) or not isinstance(rf.get("type"), str):
+            raise invalid("response_format", 'must be an object such as {"type": "json_object"}')
+        if rf["type"] == "json_schema":
+            js = rf.get("json_schema")
+            if not isinstance(js, dict) or not isinstance(js.get("name"), str) or not js["name"]:
+                raise invalid("response_format.json_schema", "must be an object with a non-empty 'name' string")
+            if js.get("schema") is not None and not isinstance(js["schema"], dict):
+                raise invalid("response_format.json_schema.schema", "must be a JSON Schema object")
+
+
+def function_tools(body: dict) -> list[dict]:
+    """The request's `tools` entries of type function (other types are refused by `refuses`)."""
+    return [t["function"] for t in body.get("tools") or [] if t.get("type") == "function"]
+
+
+def json_mode(body: dict) -> tuple[str, dict | None] | None:
+    """(kind, schema) of the request's JSON mode: ("json_object", None), ("json_schema", schema),
+    or None when the answer is free text (no response_format, or type text)."""
+    rf = body.get("response_format")
+    if not rf or rf.get("type") == "text":
+        return None
+    if rf.get("type") == "json_object":
+        return "json_object", None
+    return rf.get("type"), (rf.get("json_schema") or {}).get("schema")
+
+
+def common_refusal(body: dict) -> str | None:
+    """Fields neither chat translation can honour: a tool type other than function, a
+    response_format type it does not know."""
+    if any(t.get("type") != "function" for t in body.get("tools") or []):
+        return "tools"
+    rf = body.get("response_format")
+    if rf and rf.get("type") not in ("text", "json_object", "json_schema"):
+        return "response_format"
+    return None
 
 
 def new_id(prefix: str) -> str:

@@ -76,3 +76,28 @@ output "snapshot_kms_key_arn" {
   description = "KMS key encrypting the snapshot bucket."
   value       = aws_kms_key.thawline.arn
 }
+
+output "node_image" {
+  description = "Node image of every Ray node (docker.image in aws-gpu.yaml); `make node-image NODE_IMAGE=...` pushes it."
+  value       = "${aws_ecr_repository.node.repository_url}:${var.node_image_tag}"
+}
+
+output "node_image_registry" {
+  description = "ECR registry host the nodes log in to before pulling the node image."
+  value       = split("/", aws_ecr_repository.node.repository_url)[0]
+}
+
+output "gateway_target_group_arn" {
+  description = "Target group of the gateway load balancer; the head registers itself in it."
+  value       = aws_lb_target_group.gateway.arn
+}
+
+output "gateway_url" {
+  description = "HTTPS URL of the gateway (point your DNS name for the ACM certificate at gateway_lb_dns_name)."
+  value       = "https://${aws_lb.gateway.dns_name}"
+}
+
+output "gateway_lb_dns_name" {
+  description = "DNS name of the gateway load balancer (CNAME your certificate's name to it)."
+  value       = aws_lb.gateway.dns_name
+}

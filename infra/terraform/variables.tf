@@ -99,3 +99,30 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "node_image_tag" {
+  description = "Tag of the node image in the ECR repository (cluster/docker/Dockerfile); name the pinned versions in it. Tags are immutable."
+  type        = string
+  default     = "thawline0.1.0-vllm0.32.0-ray2.60.0"
+}
+
+variable "gateway_port" {
+  description = "Port of the Serve proxy on the head node where the gateway listens (http_options.port in serve_apps/configs/aws-cluster.yaml)."
+  type        = number
+  default     = 8000
+}
+
+variable "gateway_certificate_arn" {
+  description = "ACM certificate ARN for the gateway load balancer's HTTPS listener (TLS ends there)."
+  type        = string
+}
+
+variable "gateway_cidr_blocks" {
+  description = "CIDR blocks allowed to reach the gateway load balancer on 443 (your clients). Never 0.0.0.0/0."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.gateway_cidr_blocks) > 0 && alltrue([for c in var.gateway_cidr_blocks : can(cidrhost(c, 0)) && !contains(["0.0.0.0/0", "::/0"], c)])
+    error_message = "gateway_cidr_blocks must list at least one valid CIDR block, and not 0.0.0.0/0 or ::/0."
+  }
+}

@@ -96,6 +96,12 @@ class LLMAppArgs(_Strict):
     warm_pool_size: int = Field(1, ge=0, description="Pre-imported, model-less engine hosts kept per node for new replicas to claim (TP=1 only); 0 disables.")
     engine_overrides: dict[str, Any] = Field(default_factory=dict, description="vLLM engine args applied over the snapshot's recorded ones, e.g. max_model_len, enforce_eager.")
     verify_checksums: bool = Field(False, description="Verify every tensor's checksum at restore (slower cold start).")
+    on_engine_mismatch: Literal["recapture", "refuse"] = Field(
+        "recapture", description="A snapshot made under another vLLM version, other engine overrides or on another "
+        "accelerator (GPU model, memory, count, topology). recapture: a first-boot app makes (and then restores) "
+        "its own snapshot for this engine; the old one stays for replicas that match it; a snapshot_url app on "
+        "another accelerator restores the weights but profiles the KV cache and NCCL topology again. refuse: the "
+        "replica fails with one line naming both sides. A snapshot_url made by another vLLM version is always refused.")
 
     @field_validator("snapshot_url", "model_source", "snapshot_store", mode="before")
     @classmethod
@@ -134,13 +140,25 @@ class LLMAppArgs(_Strict):
         return self.snapshot_url is None
 
 
-def first_boot_ref(args: LLMAppArgs) -> tuple[str, str]:
-    """(model name, snapshot id) of the first-boot snapshot: deterministic per source and TP degree,
-    so every replica booting at once races for the SAME id and the store's exclusive claim lets
-    exactly one of them write it."""
+def first_boot_prefix(args: LLMAppArgs) -> tuple[str, str]:
+    """(model name, id prefix) shared by every first-boot snapshot of this source at this TP degree,
+    whatever engine made it: `firstboot-<source+tp digest>-`."""
     name = args.snapshot_name or re.sub(r"[^A-Za-z0-9._-]+", "-", args.served_model_id).strip("-")
     digest = hashlib.sha1(f"{args.model_source}|tp={args.tensor_parallel_size}".encode()).hexdigest()[:12]
-    return name, f"firstboot-{digest}"
+    return name, f"firstboot-{digest}-"
+
+
+def first_boot_ref(args: LLMAppArgs, engine_id: str) -> tuple[str, str]:
+    """(model name, snapshot id) of the first-boot snapshot: deterministic per source, TP degree and
+    engine identity (`engine_id`: snapshots.vllm.engine_state.identity_digest of the vLLM version,
+    engine overrides and accelerator). Every replica booting at once races for the SAME id and the
+    store's exclusive claim lets exactly one of them write it; a replica under another vLLM
+    version or on other GPUs gets another id, so it never restores (and crash-loops on) a
+    snapshot it cannot use."""
+    if not re.fullmatch(r"[A-Za-z0-9]{1,32}", engine_id):
+        raise ValueError(f"engine_id {engine_id!r} is not a short alphanumeric digest")
+    name, prefix = first_boot_prefix(args)
+    return name, f"{prefix}{engine_id}"
 
 
 def placement_bundles(args: LLMAppArgs) -> list[dict[str, float]]:

@@ -234,8 +234,9 @@ def _use_gpus(gpu_ids) -> None:
 
 async def _prepare_boot(spec: dict) -> _Boot:
     overrides = dict(spec.get("overrides") or {})
+    accelerator = spec.get("accelerator")
     if spec.get("capture"):
-        return await _prepare_first_boot(spec["capture"], overrides)
+        return await _prepare_first_boot(spec["capture"], overrides, accelerator)
     if spec.get("snapshot_url"):
         from snapshots.vllm.start import prepare_engine_start
 
@@ -244,12 +245,13 @@ async def _prepare_boot(spec: dict) -> _Boot:
         # sets VLLM_CACHE_ROOT/NCCL_*; the recorded KV size (num_gpu_blocks_override /
         # kv_cache_memory_bytes) makes vLLM skip memory profiling.
         url = spec["snapshot_url"]
-        prepared = prepare_engine_start(url, verify=bool(spec.get("verify", False)), **overrides)
+        prepared = prepare_engine_start(url, verify=bool(spec.get("verify", False)), accelerator=accelerator,
+                                        **overrides)
         return _Boot(prepared.kwargs, errors=engine_start_errors(url))
     raise ValueError("engine spec needs snapshot_url or capture")
 
 
-async def _prepare_first_boot(c: dict, overrides: dict) -> _Boot:
+async def _prepare_first_boot(c: dict, overrides: dict, accelerator: dict | None = None) -> _Boot:
     """Snapshot on first boot, one engine boot: this engine's workers write their ranks while
     loading from the source, the snapshot is committed once the engine is up, and the same engine
     then serves. Of two replicas racing for the id, the loser serves from the source."""
@@ -258,7 +260,7 @@ async def _prepare_first_boot(c: dict, overrides: dict) -> _Boot:
     try:
         capture = await asyncio.to_thread(
             begin_capture, c["source_dir"], tp=int(c["tp"]), store_url=c["store_url"], name=c["name"],
-            snapshot_id=c["snapshot_id"], **overrides)
+            snapshot_id=c["snapshot_id"], accelerator=accelerator, **overrides)
         return _Boot(capture.engine_kwargs(), capture=capture, first_boot="wrote_snapshot")
     except SnapshotExists:
         # Another replica claimed the id and writes it; this one serves from the source.
@@ -278,11 +280,26 @@ def _build_engine(boot: _Boot, vllm_config, placement_group):
         vllm_config.parallel_config.placement_group = placement_group
     try:
         with boot.errors:
-            return AsyncLLM.from_vllm_config(vllm_config, disable_log_stats=True)
+            return AsyncLLM.from_vllm_config(vllm_config, **engine_stats_kwargs())
     except Exception:
         if boot.capture is not None:
             boot.capture.abort()
         raise
+
+
+def engine_stats_kwargs() -> dict:
+    """vLLM's engine metrics (KV-cache usage, running/waiting requests, TTFT, tokens...) on, and
+    exported through Ray's metrics as Ray Serve LLM does (vLLM's RayPrometheusStatLogger): every
+    replica's engine reaches the node's metrics agent, and one scrape of the nodes sees them all
+    (names `ray_vllm_*`, charted in cluster/grafana/thawline.json). Outside Ray (scripts, tests
+    without a cluster) the stats stay off, as before."""
+    import ray
+
+    if not ray.is_initialized():
+        return {"disable_log_stats": True}
+    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+    return {"disable_log_stats": False, "stat_loggers": [RayPrometheusStatLogger]}
 
 
 def _engine_facts(boot: _Boot, vllm_config, snapshot_url: str | None, *, config_s: float, engine_s: float,

@@ -12,26 +12,96 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from serve_apps.llm.args import LLMAppArgs, first_boot_ref
+from serve_apps.llm.args import LLMAppArgs, effective_engine_overrides, first_boot_prefix, first_boot_ref
 
 log = logging.getLogger("thawline.serve")
 
 
-def committed_snapshot(args: LLMAppArgs) -> str | None:
-    """URL of the snapshot to restore, or None when it has to be made first."""
-    if args.snapshot_url:
-        return args.snapshot_url
+@dataclass(frozen=True)
+class EngineIdentity:
+    """What this replica's engine would be: a snapshot made under anything else is a mismatch."""
+
+    vllm_version: str
+    overrides: dict[str, Any]
+    accelerator: Any  # snapshots.vllm.engine_state.AcceleratorInfo
+
+    @property
+    def digest(self) -> str:
+        from snapshots.vllm.engine_state import identity_digest
+
+        return identity_digest(self.vllm_version, self.overrides, self.accelerator)
+
+
+def engine_identity(args: LLMAppArgs) -> EngineIdentity:
+    """Probe this node (no vLLM import, no CUDA init): vLLM version, overrides, accelerator."""
+    from snapshots.vllm.identity import installed_vllm_version, probe_accelerator
+
+    return EngineIdentity(installed_vllm_version(), effective_engine_overrides(args),
+                          probe_accelerator(args.tensor_parallel_size, gpu=args.accelerator == "gpu"))
+
+
+class EngineMismatchRefused(RuntimeError):
+    """on_engine_mismatch: refuse, and the snapshot was made under another engine (one line)."""
+
+
+def _recorded(url: str):
+    """(resolved url, vLLM version, AcceleratorInfo | None) a committed snapshot records."""
+    from snapshots.vllm.start import read_engine_state
+
+    _, resolved, meta, state = read_engine_state(url)
+    return resolved.url, meta.engine.version, state.accelerator
+
+
+def committed_snapshot(args: LLMAppArgs, identity: EngineIdentity) -> str | None:
+    """URL of the snapshot to restore, or None when this replica has to make it first.
+
+    snapshot_url: restored as given, after the identity check: another vLLM version is refused
+    (its parameter layouts may differ); another accelerator is refused under `refuse`, else the
+    weights are restored and the engine host profiles KV cache/NCCL again (see
+    snapshots.vllm.start.prepare_engine_start). First boot: the id carries the identity, so a
+    replica under another version/accelerator/overrides finds no snapshot and makes its own
+    (`recapture`), leaving the other one to the replicas that match it; under `refuse` it fails
+    with one line naming the snapshot's engine and its own."""
     from snapshots.errors import SnapshotNotFound
     from snapshots.store import SnapshotStore
+    from snapshots.vllm.engine_state import identity_mismatch
 
-    name, sid = first_boot_ref(args)
+    if args.snapshot_url:
+        url, version, accelerator = _recorded(args.snapshot_url)
+        version_only = identity_mismatch(where=url, snapshot_version=version, snapshot_accelerator=None,
+                                         running_version=identity.vllm_version, running_accelerator=None)
+        if version_only:
+            raise EngineMismatchRefused(f"{version_only}; re-create it with `thawline snapshot create` under "
+                                        f"vLLM {identity.vllm_version}, or use model_source + snapshot_store")
+        full = identity_mismatch(where=url, snapshot_version=version, snapshot_accelerator=accelerator,
+                                 running_version=identity.vllm_version, running_accelerator=identity.accelerator)
+        if full and args.on_engine_mismatch == "refuse":
+            raise EngineMismatchRefused(f"{full} (on_engine_mismatch: refuse)")
+        if full:
+            log.warning("thawline: %s; restoring the weights and profiling KV cache/NCCL again", full)
+        return args.snapshot_url
+
+    name, sid = first_boot_ref(args, identity.digest)
     store = SnapshotStore(args.snapshot_store)
     try:
         return store.resolve(f"{name}/{sid}").url  # committed snapshots only
     except SnapshotNotFound:
-        return None
+        pass
+    if args.on_engine_mismatch == "refuse":
+        _, prefix = first_boot_prefix(args)
+        for other in sorted(store._committed_ids(name)):
+            if other.startswith(prefix) and other != sid:
+                url, version, accelerator = _recorded(store.ref(name, other).url)
+                line = identity_mismatch(where=url, snapshot_version=version, snapshot_accelerator=accelerator,
+                                         running_version=identity.vllm_version, running_accelerator=identity.accelerator)
+                raise EngineMismatchRefused(
+                    (line or f"snapshot {url} was made with other engine overrides than {identity.overrides}")
+                    + " (on_engine_mismatch: refuse)")
+    return None
 
 
 def local_source(source: str) -> str:

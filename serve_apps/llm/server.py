@@ -20,7 +20,7 @@ from ray import serve
 
 from gateway.readiness import get_or_create_board
 from serve_apps.llm.args import LLMAppArgs, effective_engine_overrides, first_boot_ref
-from serve_apps.llm.first_boot import committed_snapshot, local_source
+from serve_apps.llm.first_boot import committed_snapshot, engine_identity, local_source
 from serve_apps.llm.spec import CaptureSpec, EngineSpec
 
 log = logging.getLogger("thawline.serve")
@@ -76,7 +76,24 @@ class _PooledHost:
         await stop_host(self.actor)
 
 
+REPLICA_STATES = ("starting", "warm", "stopped")
+
+
+def _replica_state_gauge():
+    from ray.util import metrics
+
+    return metrics.Gauge("thawline_llm_replica_state", description="1 for an LLM replica's current state "
+                         "(starting = cold start in progress, warm = serving, stopped).",
+                         tag_keys=("app", "replica", "state"))
+
+
 class LLMServer:
+    def _report(self, state: str) -> None:
+        """Tell the ReadinessBoard (the gateway's cold/warm view) and Ray's metrics."""
+        self._board.report.remote(self.app_name, self.replica_id, state)
+        for s in REPLICA_STATES:
+            self._state.set(1.0 if s == state else 0.0, tags={"app": self.app_name, "replica": self.replica_id, "state": s})
+
     async def __init__(self, args: dict) -> None:
         marks = {"init_start": time.time(), "process_start": psutil.Process().create_time()}
         self.args = LLMAppArgs.model_validate(args)
@@ -84,14 +101,15 @@ class LLMServer:
         self.app_name = ctx.app_name
         self.replica_id = ctx.replica_id.unique_id
         self._board = get_or_create_board()
-        self._board.report.remote(self.app_name, self.replica_id, "starting")
+        self._state = _replica_state_gauge()
+        self._report("starting")
         self._host = None
         try:
             self._host, how = await self._get_host()
             marks["imports_done"] = time.time()
             started = await self._start_engine()
         except BaseException:
-            self._board.report.remote(self.app_name, self.replica_id, "stopped")
+            self._report("stopped")
             if self._host is not None:
                 await self._host.close()
             raise
@@ -99,7 +117,7 @@ class LLMServer:
         marks["engine_ready"] = started.pop("engine_ready")
         self.marks = marks
         self.info = {"host": how, **started}
-        self._board.report.remote(self.app_name, self.replica_id, "warm")
+        self._report("warm")
         log.info("thawline: replica %s of %s warm (%s)", self.replica_id, self.app_name, self.info)
 
     async def _get_host(self):
@@ -121,31 +139,37 @@ class LLMServer:
         # No pooled host ready: import here (the cold start pays for it).
         return await asyncio.to_thread(_LocalHost), "replica"
 
-    def _spec(self, *, snapshot_url: str | None = None, capture: CaptureSpec | None = None) -> dict:
+    def _spec(self, *, snapshot_url: str | None = None, capture: CaptureSpec | None = None,
+              accelerator: dict | None = None) -> dict:
         """The EngineSpec for the host, as a dict (see spec.py: the placement group rides as is)."""
         a = self.args
         gpu = a.accelerator == "gpu"
         return EngineSpec(served_model_id=a.served_model_id, overrides=effective_engine_overrides(a),
                           verify=a.verify_checksums, snapshot_url=snapshot_url, capture=capture,
+                          accelerator=accelerator,
                           gpu_ids=ray.get_gpu_ids() if gpu else None,
                           placement_group=ray.util.get_current_placement_group() if gpu else None).model_dump()
 
     async def _start_engine(self) -> dict:
         a = self.args
-        url = await asyncio.to_thread(committed_snapshot, a)
+        # vLLM version, overrides and accelerator: a snapshot made under others is never restored
+        # as is (first_boot.committed_snapshot: re-capture, or refuse in one line).
+        identity = await asyncio.to_thread(engine_identity, a)
+        accelerator = identity.accelerator.model_dump()
+        url = await asyncio.to_thread(committed_snapshot, a, identity)
         if url is None:
             # Snapshot on first boot: one engine boot on the source writes the snapshot (if this
             # replica wins the claim of its id) and then serves; started["first_boot"] says which.
             source = await asyncio.to_thread(local_source, a.model_source)
-            name, sid = first_boot_ref(a)
+            name, sid = first_boot_ref(a, identity.digest)
             t0 = time.time()
-            started = await self._host.start(self._spec(capture=CaptureSpec(
+            started = await self._host.start(self._spec(accelerator=accelerator, capture=CaptureSpec(
                 source_dir=str(source), tp=a.tensor_parallel_size, store_url=a.snapshot_store,
                 name=name, snapshot_id=sid)))
             log.info("thawline: first boot (%s) up in %.1f s%s", started.get("first_boot"), time.time() - t0,
                      f", wrote {started['snapshot_url']}" if started.get("snapshot_url") else "")
             return started
-        started = await self._host.start(self._spec(snapshot_url=url))
+        started = await self._host.start(self._spec(snapshot_url=url, accelerator=accelerator))
         return {**started, "snapshot_url": url}
 
     # -- handle methods ------------------------------------------------------------------------
@@ -165,7 +189,7 @@ class LLMServer:
         # Serve awaits an async __del__ when it stops the replica (scale down, redeploy).
         board, host = getattr(self, "_board", None), getattr(self, "_host", None)
         if board is not None:
-            board.report.remote(self.app_name, self.replica_id, "stopped")
+            self._report("stopped")
         if host is not None:
             self._host = None
             await host.close()

@@ -35,6 +35,8 @@ class EngineSpec(BaseModel):
     verify: bool = Field(False, description="Re-hash every tensor on restore.")
     snapshot_url: str | None = None
     capture: CaptureSpec | None = None
+    accelerator: dict[str, Any] | None = Field(None, description="The replica's probed accelerator "
+                                               "(engine_state.AcceleratorInfo): recorded by a capture, compared at restore.")
     gpu_ids: list[int | str] | None = Field(None, description="GPU replicas: the devices of the replica's bundles.")
     placement_group: Any = Field(None, description="GPU TP: the replica's placement group (a Ray "
                                  "PlacementGroup), so vLLM's Ray workers use its bundles.")

@@ -19,9 +19,11 @@ import os
 import shutil
 import tarfile
 from pathlib import Path
+from typing import Callable
 
 from snapshots.store import SnapshotStore
 from snapshots.vllm.engine_dir import engine_dir
+from snapshots.vllm.identity import probe_accelerator
 from snapshots.vllm.engine_state import (
     COMPILE_CACHE_PATH,
     ENGINE_STATE_PATH,
@@ -29,6 +31,7 @@ from snapshots.vllm.engine_state import (
     HF_SIDE_FILES,
     NCCL_GRAPH_PATH,
     NCCL_TOPO_PATH,
+    AcceleratorInfo,
     EngineState,
     KVCacheProfile,
     ParallelLayout,
@@ -73,9 +76,10 @@ class EngineCapture:
     """
 
     def __init__(self, *, store, writer, hf: Path, edir: Path, side_files: list[str], args: dict,
-                 storage_options: dict | None) -> None:
+                 storage_options: dict | None, accelerator: AcceleratorInfo | None = None) -> None:
         self.store, self.writer, self.hf, self.edir = store, writer, hf, edir
         self.side_files, self.args, self.storage_options = side_files, args, storage_options
+        self.accelerator = accelerator
 
     @property
     def hf_local(self) -> Path:
@@ -120,6 +124,8 @@ class EngineCapture:
                 ranks=[RankPlacement(rank=i["rank"], local_rank=i["local_rank"], device=i["device"], hostname=i["hostname"]) for i in infos],
             ),
             hf_files=[f"{HF_DIR}/{f}" for f in self.side_files],
+            # What the KV block count and NCCL files below are valid for (checked at restore).
+            accelerator=self.accelerator or probe_accelerator(len(infos), gpu=_device_type() == "cuda"),
         )
         writer, nccl_dir = self.writer, self.edir / "nccl"
         for f in self.side_files:
@@ -161,6 +167,7 @@ def begin_capture(
     max_model_len: int | None = None,
     storage_options: dict | None = None,
     snapshot_id: str | None = None,
+    accelerator: AcceleratorInfo | dict | None = None,
     **engine_kwargs,
 ) -> EngineCapture:
     """Claim the snapshot id (SnapshotExists if taken), prepare the engine dir and the env that vLLM
@@ -193,17 +200,24 @@ def begin_capture(
         args["dtype"] = dtype
     if max_model_len is not None:
         args["max_model_len"] = max_model_len
+    if isinstance(accelerator, dict):
+        accelerator = AcceleratorInfo.model_validate(accelerator)
     return EngineCapture(store=store, writer=writer, hf=hf, edir=edir, side_files=side_files, args=args,
-                         storage_options=storage_options)
+                         storage_options=storage_options, accelerator=accelerator)
 
 
-def create_engine_snapshot(hf_dir: str, *, tp: int, store_url: str, name: str, **kwargs) -> str:
+def create_engine_snapshot(hf_dir: str, *, tp: int, store_url: str, name: str,
+                           on_phase: Callable[[str, EngineCapture], None] | None = None, **kwargs) -> str:
     """Boot vLLM at TP=`tp` on `hf_dir`; every worker writes its own rank; returns the snapshot URL.
-    kwargs: dtype, max_model_len, storage_options, snapshot_id, and vLLM engine args."""
+    kwargs: dtype, max_model_len, storage_options, snapshot_id, and vLLM engine args.
+    on_phase("boot" | "commit" | "done", capture): for progress displays (the ranks are written
+    by worker processes during "boot", so a caller watches the store to show their bytes)."""
     from vllm import LLM
 
+    phase = on_phase or (lambda _name, _capture: None)
     capture = begin_capture(hf_dir, tp=tp, store_url=store_url, name=name, **kwargs)
     try:
+        phase("boot", capture)
         llm = LLM(**capture.engine_kwargs())
         try:
             infos = llm.collective_rpc("thawline_engine_info")
@@ -211,7 +225,10 @@ def create_engine_snapshot(hf_dir: str, *, tp: int, store_url: str, name: str, *
         finally:
             _shutdown(llm)
             del llm
-        return capture.commit(infos, model_config)
+        phase("commit", capture)
+        url = capture.commit(infos, model_config)
+        phase("done", capture)
+        return url
     except BaseException:
         capture.abort()
         raise

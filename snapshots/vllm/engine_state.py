@@ -73,6 +73,8 @@ class EngineState(BaseModel):
     nccl_graph_file: str | None = Field(default=None, description="Snapshot path of the NCCL search-graph dump (CUDA only).")
     compile_cache: str | None = Field(default=None, description="Snapshot path of the torch.compile cache archive, if compilation ran.")
     hf_files: list[str] = Field(default_factory=list, description="Config/tokenizer/generation files under engine/hf/.")
+    accelerator: "AcceleratorInfo | None" = Field(default=None, description="Devices the snapshot was made on "
+                                                  "(None: made before this was recorded).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,3 +171,63 @@ def agreement_failure(contributions: list[dict]) -> str | None:
         f"TP ranks disagree on the snapshot: ranks {bad} differ from rank 0's {ref['snapshot']}: {detail}; "
         "every rank must restore the same snapshot"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine identity: what a snapshot depends on besides the weights. The vLLM version (parameter
+# layouts), the engine overrides (max_model_len, dtype... size the KV cache) and the accelerator
+# (the recorded KV block count and the NCCL topology/graph dumps are only valid on the same GPU
+# model, memory, count and interconnect).
+
+
+class AcceleratorInfo(BaseModel):
+    """The devices a snapshot's engine ran on (recorded at capture, probed again at restore)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field(description="cpu or cuda.")
+    name: str = Field(default="cpu", description="Device model, e.g. NVIDIA H100 80GB HBM3 (cpu: 'cpu').")
+    memory_mib: int = Field(default=0, description="Memory of one device in MiB (0 on cpu).")
+    count: int = Field(default=1, description="Devices the TP group used (one per rank).")
+    topology: str | None = Field(default=None, description="Digest of the devices' interconnect matrix "
+                                 "(nvidia-smi topo -m) when count > 1; None otherwise.")
+
+    def label(self) -> str:
+        if self.kind == "cpu":
+            return f"cpu x{self.count}"
+        topo = f", topology {self.topology[:8]}" if self.topology else ""
+        return f"{self.count}x {self.name} ({self.memory_mib} MiB{topo})"
+
+
+def identity_digest(engine_version: str, overrides: dict[str, Any], accelerator: AcceleratorInfo) -> str:
+    """Short digest of (vLLM version, engine overrides, accelerator): part of the first-boot id, so
+    replicas that differ in any of them never share (and never fail on) one snapshot."""
+    import json
+
+    blob = json.dumps({"v": engine_version, "o": overrides, "a": accelerator.model_dump()},
+                      sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def identity_mismatch(*, where: str, snapshot_version: str | None, snapshot_accelerator: AcceleratorInfo | None,
+                      running_version: str, running_accelerator: AcceleratorInfo | None) -> str | None:
+    """One line naming both sides when a snapshot was made under another vLLM version or on another
+    accelerator; None when they match. A snapshot that recorded no accelerator (made before it was
+    recorded) matches any accelerator of the same kind."""
+    problems = []
+    if snapshot_version != running_version:
+        problems.append(f"vLLM {snapshot_version} (snapshot) vs vLLM {running_version} (this replica)")
+    if snapshot_accelerator is not None and running_accelerator is not None and snapshot_accelerator != running_accelerator:
+        problems.append(f"{snapshot_accelerator.label()} (snapshot) vs {running_accelerator.label()} (this replica)")
+    if not problems:
+        return None
+    return f"snapshot {where} was made under a different engine: " + "; ".join(problems)
+
+
+def replay_machine_state(state: EngineState, running: AcceleratorInfo) -> bool:
+    """Whether a restore may replay the machine-specific state (KV block count, NCCL topology and
+    graph): only on the accelerator it was recorded on. A snapshot that recorded none (made
+    before the accelerator was recorded) is replayed as before."""
+    return state.accelerator is None or state.accelerator == running
+
+
+EngineState.model_rebuild()

@@ -33,10 +33,13 @@ from snapshots.vllm.engine_dir import engine_dir
 from snapshots.vllm.engine_state import (
     ENGINE_STATE_PATH,
     EngineState,
+    AcceleratorInfo,
     SnapshotMismatch,
     check_engine_version,
     check_tp_size,
+    replay_machine_state,
 )
+from snapshots.vllm.identity import probe_accelerator
 from snapshots.vllm.load_errors import EngineStartError, engine_start_errors  # noqa: F401 - EngineStartError re-exported
 from snapshots.vllm.options import LoaderOptions
 from snapshots.vllm.plugin import LOAD_FORMAT
@@ -134,13 +137,17 @@ def _prefetch(store: SnapshotStore, snap: ResolvedSnapshot) -> threading.Thread:
 
 def prepare_engine_start(snapshot_url: str, *, storage_options: dict | None = None, verify: bool = True,
                          allow_version_mismatch: bool = False, prefetch: bool = True,
-                         rank_urls: dict[int, str] | None = None, **overrides) -> PreparedStart:
+                         rank_urls: dict[int, str] | None = None, accelerator: dict | None = None,
+                         **overrides) -> PreparedStart:
     """Prepare this node and process to start vLLM from the snapshot; returns the engine args.
 
     Not a getter: it fetches the engine files into the engine dir, sets VLLM_CACHE_ROOT/NCCL_*
     in os.environ and starts the weight prefetch thread. `overrides` are vLLM engine args (they
     win over the snapshot's); verify / allow_version_mismatch / rank_urls go to the loader.
     Raises SnapshotMismatch (TP size, vLLM version) before any vLLM process is spawned.
+    `accelerator` (an AcceleratorInfo dict; probed here when None): when the snapshot recorded
+    another accelerator, its KV block count and NCCL topology/graph are not replayed (vLLM
+    profiles and detects them again); the weights are restored either way.
     """
     store, ref = SnapshotStore.for_snapshot(snapshot_url, storage_options)
     snap = store.load(ref)  # the one read of snapshot.json in this process
@@ -154,6 +161,13 @@ def prepare_engine_start(snapshot_url: str, *, storage_options: dict | None = No
     if storage_options and not store.is_local:
         raise ValueError("storage_options for remote snapshots must come from the environment (the TP workers read it)")
 
+    running = (AcceleratorInfo.model_validate(accelerator) if accelerator is not None
+               else probe_accelerator(meta.tp_size, gpu=state.device_type == "cuda"))
+    replay = replay_machine_state(state, running)
+    if not replay:
+        log.warning("thawline: %s was made on %s but this is %s: restoring its weights, profiling the KV "
+                    "cache and NCCL topology again", snap.url, state.accelerator.label(), running.label())
+
     edir = engine_dir(snap.ref.model, snap.ref.snapshot_id)
     if state.compile_cache and str(edir / "hf") != state.model_path:
         # vLLM's compile-cache key hashes the engine's `model` path: the captured cache is only
@@ -166,7 +180,7 @@ def prepare_engine_start(snapshot_url: str, *, storage_options: dict | None = No
 
     env = {"VLLM_CACHE_ROOT": str(edir / "vllm_cache")}
     for var, rel in (("NCCL_TOPO_FILE", state.nccl_topo_file), ("NCCL_GRAPH_FILE", state.nccl_graph_file)):
-        if rel:
+        if rel and replay:
             # Read by NCCL when vLLM creates the TP communicators: skips topology detection and
             # the ring/tree search, reusing what was found when the snapshot was made.
             env[var] = str(edir / "nccl" / rel.rsplit("/", 1)[-1])
@@ -174,11 +188,11 @@ def prepare_engine_start(snapshot_url: str, *, storage_options: dict | None = No
 
     kwargs = dict(state.engine_args)
     kwargs["tensor_parallel_size"] = meta.tp_size
-    if state.kv_cache.num_gpu_blocks > 0:
+    if state.kv_cache.num_gpu_blocks > 0 and replay:
         # The block count found when the snapshot was made: vLLM sizes the KV cache from it
         # instead of profiling memory again.
         kwargs["num_gpu_blocks_override"] = state.kv_cache.num_gpu_blocks
-    if state.kv_cache.kv_cache_memory_bytes:
+    if state.kv_cache.kv_cache_memory_bytes and replay:
         kwargs["kv_cache_memory_bytes"] = state.kv_cache.kv_cache_memory_bytes
     kwargs.update(
         model=str(edir / "hf"),

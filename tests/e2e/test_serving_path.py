@@ -59,7 +59,6 @@ def stack(tiny_snapshot_url, tmp_path_factory):
     fake = FakeServer(free_port()).start()
     port = free_port()
     work = tmp_path_factory.mktemp("path")
-    ray_info = start_ray(tmp_path_factory.mktemp("ray"))  # short: Ray's socket paths must fit 107 bytes
     llm = llm_app_config(load_config("local-cpu.yaml"), name=APP, route_prefix=f"/{APP}", args={
         "model_source": None, "snapshot_store": None, "snapshot_name": None,
         "snapshot_url": tiny_snapshot_url, "warm_pool_size": 1, "cold_start_max_wait_s": 300,
@@ -71,8 +70,9 @@ def stack(tiny_snapshot_url, tmp_path_factory):
     doc = {"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": port},
            "applications": [llm, gw]}
     cfg, _ = validate_config(write_yaml(work / "serve.yaml", doc))
-    deploy(cfg, ray_info.dashboard_url)
-    try:
+    ray_info = start_ray(tmp_path_factory.mktemp("ray"))  # short: Ray's socket paths must fit 107 bytes
+    try:  # whatever fails from here on, the next module gets no Ray left running
+        deploy(cfg, ray_info.dashboard_url)
         wait_for(lambda: apps_running([APP, "gateway"]), 240, "both apps RUNNING")
         yield {"client": openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, timeout=600,
                                        max_retries=0),

@@ -8,6 +8,7 @@ tests). Fake counters are shared too: assert on deltas, not totals.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
@@ -185,3 +186,23 @@ class GatewayHandle:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def own_gateway(cfg: dict, name: str, *, replicas: int = 2):
+    """A gateway app of a test module's own (`replicas` replicas, deployed through Serve like the
+    shared one), removed afterwards; yields its base URL (append /v1 for the API)."""
+    from ray import serve
+    from ray._private.test_utils import wait_for_condition
+
+    from serve_apps.gateway import build_app
+
+    port = serve_http_port()
+    app = build_app(cfg, overrides={"num_replicas": replicas, "ray_actor_options": {"num_cpus": 0}})
+    serve.run(app, name=name, route_prefix=f"/{name}", blocking=False)
+    try:
+        wait_for_condition(lambda: serve.status().applications[name].status == "RUNNING", timeout=120)
+        yield f"http://127.0.0.1:{port}/{name}"
+    finally:
+        serve.delete(name)
+

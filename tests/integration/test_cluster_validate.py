@@ -31,6 +31,9 @@ TF_OUTPUTS = {
     "ray_worker_instance_profile_arn": "arn:aws:iam::123456789012:instance-profile/thawline-ray-worker",
     "ray_node_ami_id": "ami-0123456789",
     "snapshot_store_url": "s3://thawline-snapshots-123456789012/snapshots",
+    "node_image": "123456789012.dkr.ecr.us-west-2.amazonaws.com/thawline-node:thawline0.1.0-vllm0.32.0-ray2.60.0",
+    "node_image_registry": "123456789012.dkr.ecr.us-west-2.amazonaws.com",
+    "gateway_target_group_arn": "arn:aws:elasticloadbalancing:us-west-2:123456789012:targetgroup/thawline-gateway/0123",
 }
 
 

@@ -18,7 +18,7 @@ from ray._private.test_utils import wait_for_condition
 
 from gateway.costs.schema import LedgerRow
 from tests.integration.conftest_gateway import (PROVIDER_SECRETS, _sha, fake_providers,  # noqa: F401
-                                                ray_gateway_session, serve_http_port, unique)
+                                                ray_gateway_session, own_gateway, unique)
 
 pytestmark = pytest.mark.integration
 
@@ -64,19 +64,10 @@ def _config(fake, p: str, ledger_url: str) -> dict:
 
 @pytest.fixture(scope="module")
 def gw(fake_providers, ray_gateway_session, tmp_path_factory):
-    from ray import serve
-
-    from serve_apps.gateway import build_app
-
-    port = serve_http_port()
-    name, p = unique("gw-sb"), unique("sb")
+    p = unique("sb")
     ledger = tmp_path_factory.mktemp("sb-ledger")
-    app = build_app(_config(fake_providers, p, f"file://{ledger}"),
-                    overrides={"num_replicas": 2, "ray_actor_options": {"num_cpus": 0}})
-    serve.run(app, name=name, route_prefix=f"/{name}", blocking=False)
-    wait_for_condition(lambda: serve.status().applications[name].status == "RUNNING", timeout=120)
-    yield f"http://127.0.0.1:{port}/{name}", p, fake_providers
-    serve.delete(name)
+    with own_gateway(_config(fake_providers, p, f"file://{ledger}"), unique("gw-sb")) as base:
+        yield base, p, fake_providers
 
 
 def _get(url: str, key: str = ADMIN) -> tuple[int, dict]:
@@ -236,7 +227,10 @@ def test_local_replica_time_is_not_billed_to_requests_without_an_answer(ray_gate
     assert by_key["k-fail"]["requests"] == 5 and by_key["k-fail"]["cost_usd"] == 0.0
     by_route = {r["group"]: r for r in ray.get(actor.query.remote("route", None))}
     assert by_route["tiny"]["cost_usd"] == 0.0
-    assert by_route["-"]["cost_usd"] > 0                             # the replica time: its own line
+    from gateway.costs.usage import IDLE_GROUP
+
+    idle = by_route[IDLE_GROUP]                                      # the replica time: its own line
+    assert idle["cost_usd"] > 0 and idle["requests"] == 0
     spend = ray.get(actor.push.remote([], ["key:k-fail", "route:tiny"], local))
     assert all(v == 0.0 for v in spend.values())                     # no budget sees it
     ray.get(board.report.remote(app, "r1", "stopped"))

@@ -170,6 +170,8 @@ def _onprem_for_this_machine(key: Path, cluster_name: str, root: Path, ports: di
         f" --metrics-export-port={ports['metrics']} --runtime-env-agent-port={ports['runtime_env']}"
         " --object-store-memory=200000000 --autoscaling-config=~/ray_bootstrap_config.yaml"
     )
+    # This "node" is this checkout: no copy of it to sync (the file mount is for real machines).
+    base["file_mounts"] = {}
     return deep_merge(base, {
         "cluster_name": cluster_name,
         "provider": {"head_ip": HEAD_IP, "worker_ips": []},

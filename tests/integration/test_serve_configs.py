@@ -12,7 +12,14 @@ from ray.serve.schema import ServeDeploySchema
 from serve_apps.llm.args import LLMAppArgs
 
 CONFIGS = Path(__file__).resolve().parents[2] / "serve_apps" / "configs"
-LLM_CONFIGS = ["local-cpu.yaml", "gpu-8b-tp1.yaml", "gpu-70b-tp4.yaml"]
+LLM_CONFIGS = ["local-cpu.yaml", "gpu-8b-tp1.yaml", "gpu-70b-tp4.yaml", "aws-cluster.yaml"]
+
+
+@pytest.fixture(autouse=True)
+def node_env(monkeypatch):
+    """What cluster/aws-gpu.yaml's nodes export (tests/integration/test_cluster_serve_fit.py checks
+    that every variable a config reads is exported)."""
+    monkeypatch.setenv("THAWLINE_SNAPSHOT_STORE", "s3://thawline-snapshots-123456789012/snapshots")
 
 
 def _llm_apps(doc: dict) -> list[dict]:
@@ -31,7 +38,8 @@ def test_llm_args_validate_and_build(name, monkeypatch):
     from serve_apps.llm import app
 
     monkeypatch.delenv("THAWLINE_DEMO_DIR", raising=False)
-    monkeypatch.delenv("THAWLINE_SNAPSHOT_BUCKET", raising=False)
+    # The GPU configs read the store URL from the node environment (cluster/aws-gpu.yaml exports it).
+    monkeypatch.setenv("THAWLINE_SNAPSHOT_STORE", "s3://thawline-snapshots-123456789012/snapshots")
     for spec in _llm_apps(yaml.safe_load((CONFIGS / name).read_text())):
         args = LLMAppArgs.model_validate(spec["args"])
         assert args.autoscaling.min_replicas == 0, "every shipped config scales to zero"
@@ -55,7 +63,7 @@ def test_local_cpu_paths_are_absolute_without_env(monkeypatch):
 
 
 def test_gpu_configs_pin_accelerator_type_per_rank():
-    for name, tp, acc in (("gpu-8b-tp1.yaml", 1, "L4"), ("gpu-70b-tp4.yaml", 4, "H100")):
+    for name, tp, acc in (("gpu-8b-tp1.yaml", 1, "L40S"), ("gpu-70b-tp4.yaml", 4, "H100")):
         spec = _llm_apps(yaml.safe_load((CONFIGS / name).read_text()))[0]
         a = LLMAppArgs.model_validate(spec["args"])
         assert a.tensor_parallel_size == tp and a.accelerator == "gpu"
@@ -80,3 +88,19 @@ def test_llm_apps_set_the_autoscaler_push_intervals(name):
         env = spec["runtime_env"]["env_vars"]
         for key in metrics_env(LLMAppArgs.model_validate(spec["args"])):
             assert float(env[key]) <= 1.0, f"{name}: {key}"
+
+
+def test_aws_cluster_config_is_the_gateway_plus_the_per_model_examples(monkeypatch):
+    """One deployable file for the whole cluster (`serve deploy` replaces every app): the gateway
+    and each per-model example's app, verbatim; the gateway's serve providers name those apps."""
+    from gateway.config import load_config
+
+    doc = yaml.safe_load((CONFIGS / "aws-cluster.yaml").read_text())
+    apps = {a["name"]: a for a in doc["applications"]}
+    assert apps["gateway"]["import_path"] == "serve_apps.gateway:app"
+    for example in ("gpu-8b-tp1.yaml", "gpu-70b-tp4.yaml"):
+        (app_,) = yaml.safe_load((CONFIGS / example).read_text())["applications"]
+        assert apps[app_["name"]] == app_, f"{example} and aws-cluster.yaml disagree"
+        assert "${THAWLINE_SNAPSHOT_STORE}/" in app_["args"]["snapshot_url"]
+    gw = load_config(CONFIGS / apps["gateway"]["args"]["config_path"])
+    assert {p.app for p in gw.providers.values() if p.type == "serve"} == set(apps) - {"gateway"}

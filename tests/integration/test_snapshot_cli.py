@@ -68,14 +68,14 @@ def test_every_verb(store_url, tiny_dir, tmp_path):
     else:
         assert local == fsutil.url_to_fs(url)[1] and "read in place" in fetched.stderr
 
-    removed = cli("rm", url)
+    removed = cli("rm", url, "--yes")
     assert removed.stdout.strip() == f"removed {url}"
     assert f"tiny/{sid}" not in cli("ls", store_url).stdout
     assert "no committed snapshot" in error_line(cli("inspect", url, ok=False))
 
     SnapshotStore(store_url).create_writer("tiny", "dangling", tp_size=1)
     assert cli("gc", store_url).stdout == ""  # too young by default
-    assert cli("gc", store_url, "--older-than", "0").stdout.strip() == f"removed {store_url}/tiny/dangling"
+    assert cli("gc", store_url, "--older-than", "0", "--yes").stdout.strip() == f"removed {store_url}/tiny/dangling"
 
 
 def test_errors_are_one_line(store_url, tiny_dir, tmp_path):

@@ -30,6 +30,9 @@ TF_OUTPUTS = {
     "ray_node_ami_id": "ami-0123456789",
     "snapshot_bucket_name": "thawline-snapshots-123456789012",
     "snapshot_store_url": "s3://thawline-snapshots-123456789012/snapshots",
+    "node_image": "123456789012.dkr.ecr.us-west-2.amazonaws.com/thawline-node:thawline0.1.0-vllm0.32.0-ray2.60.0",
+    "node_image_registry": "123456789012.dkr.ecr.us-west-2.amazonaws.com",
+    "gateway_target_group_arn": "arn:aws:elasticloadbalancing:us-west-2:123456789012:targetgroup/thawline-gateway/0123",
 }
 
 
@@ -54,10 +57,16 @@ def test_aws_gpu_yaml_shape():
     # Scale-from-zero for replicas pinned to an accelerator type needs it declared per node type.
     assert all(any(r.startswith("accelerator_type:") for r in t["resources"]) for t in gpu_types.values())
     assert cfg["idle_timeout_minutes"] > 0
+    # Every node runs the pinned node image; Thawline comes from the cluster's own checkout, and
+    # nothing (no unpublished package, no unpinned vLLM) is pip-installed from an index at boot.
+    assert cfg["docker"]["image"] == "${tf:node_image}" and "--gpus all" in cfg["docker"]["worker_run_options"]
+    assert cfg["file_mounts"] == {"~/thawline-src": "."}
     setup = "\n".join(cfg["setup_commands"])
-    assert '"thawline[gpu,s3]==0.1.0"' in setup, "thawline must be pinned, with the gpu extra"
-    nvme = "\n".join(cfg["worker_setup_commands"])
-    assert "/mnt/nvme" in nvme and "THAWLINE_CACHE_DIR" in nvme
+    assert "pip install -q --no-deps --force-reinstall ~/thawline-src" in setup and "thawline[" not in setup
+    run_options = " ".join(cfg["docker"]["run_options"])
+    assert "THAWLINE_CACHE_DIR=/mnt/nvme/thawline-cache" in run_options and "-v /mnt/nvme:/mnt/nvme" in run_options
+    nvme = "\n".join(cfg["initialization_commands"])
+    assert "/mnt/nvme" in nvme and "mdadm" in nvme
 
 
 def test_render_fills_in_terraform_outputs():
@@ -70,7 +79,7 @@ def test_render_fills_in_terraform_outputs():
     head_nic = rendered["available_node_types"]["head"]["node_config"]["NetworkInterfaces"][0]
     assert head_nic["SubnetId"] == "subnet-pub-a"  # [0] picks one element
     assert rendered["provider"]["region"] == "us-west-2"
-    assert any("s3://thawline-snapshots-123456789012/snapshots" in c for c in rendered["setup_commands"])
+    assert "-e THAWLINE_SNAPSHOT_STORE=s3://thawline-snapshots-123456789012/snapshots" in rendered["docker"]["run_options"]
     # The input is left untouched.
     assert "${tf:region}" == cfg["provider"]["region"]
 

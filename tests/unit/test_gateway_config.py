@@ -91,6 +91,14 @@ def test_gateway_serve_config_points_at_a_valid_gateway_yaml():
     cfg = load_config(configs / gw["args"]["config_path"])
     local = [p.app for p in cfg.providers.values() if p.type == "serve"]
     assert local and all(a in apps for a in local)
+    # a route's max_tokens_cap is sent upstream when a request has no max_tokens: vLLM rejects
+    # one above the served model's max_model_len (the README's SDK snippet sends none)
+    for name, route in cfg.routes.items():
+        for t in route.targets:
+            provider = cfg.providers[t.provider]
+            if provider.type == "serve" and route.max_tokens_cap:
+                limit = apps[provider.app]["args"].get("engine_overrides", {}).get("max_model_len")
+                assert limit is None or route.max_tokens_cap < limit, (name, route.max_tokens_cap, limit)
 
 
 def _renamed(section: str, old: str, new: str) -> dict:

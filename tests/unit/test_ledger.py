@@ -85,3 +85,20 @@ def test_tracker_without_ray_prices_and_flushes_on_close(tmp_path):
     assert led.flushed_rows == 1
     out = asyncio.run(tr.query(group_by="model", since=None))
     assert out[0]["group"] == "gpt-4o-mini-2024-07-18" and out[0]["cost_usd"] == pytest.approx(0.75)
+
+
+def test_idle_replica_time_is_spend_not_requests():
+    """`thawline usage` showed idle rows as dozens of "requests" under key/route "-"."""
+    from gateway.costs.usage import IDLE_GROUP, aggregate, rows_to_table
+
+    base = {"ts": datetime(2026, 11, 29, tzinfo=timezone.utc), "target": "local", "model": "tiny",
+            "tokens_cached": 0, "latency_ms": 1.0, "ttft_ms": None, "attempts": 1, "estimated": False,
+            "stream": False, "pricing": "local"}
+    rows = [{**base, "key_id": "alice", "route": "tiny", "tokens_in": 5, "tokens_out": 3, "cost_usd": 0.01,
+             "status": "ok"}] + [
+        {**base, "key_id": "-", "route": "-", "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.02, "status": "idle"}] * 4
+    by_route = {d["group"]: d for d in aggregate(rows_to_table(rows), "route")}
+    assert by_route["tiny"]["requests"] == 1
+    assert by_route[IDLE_GROUP]["requests"] == 0 and by_route[IDLE_GROUP]["cost_usd"] == 0.08
+    by_model = {d["group"]: d for d in aggregate(rows_to_table(rows), "model")}
+    assert by_model["tiny"]["requests"] == 1 and round(by_model["tiny"]["cost_usd"], 6) == 0.09

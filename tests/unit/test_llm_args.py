@@ -81,13 +81,26 @@ def test_args_expand_env_from_the_environment(monkeypatch):
     assert a.first_boot
 
 
-def test_first_boot_ref_is_deterministic_per_source_and_tp():
+def test_first_boot_ref_is_deterministic_per_source_tp_and_engine():
     kw = dict(served_model_id="org/Model 8B", model_source="/m", snapshot_store="file:///s")
-    name, sid = first_boot_ref(LLMAppArgs(**kw))
-    assert name == "org-Model-8B" and sid.startswith("firstboot-")
-    assert first_boot_ref(LLMAppArgs(**kw)) == (name, sid)
-    assert first_boot_ref(LLMAppArgs(**kw, tensor_parallel_size=2))[1] != sid
-    assert first_boot_ref(LLMAppArgs(**{**kw, "model_source": "/other"}))[1] != sid
+    name, sid = first_boot_ref(LLMAppArgs(**kw), "e1")
+    assert name == "org-Model-8B" and sid.startswith("firstboot-") and sid.endswith("-e1")
+    assert first_boot_ref(LLMAppArgs(**kw), "e1") == (name, sid)
+    assert first_boot_ref(LLMAppArgs(**kw, tensor_parallel_size=2), "e1")[1] != sid
+    assert first_boot_ref(LLMAppArgs(**{**kw, "model_source": "/other"}), "e1")[1] != sid
+    # another engine identity (vLLM version, overrides, accelerator): another id, same prefix
+    other = first_boot_ref(LLMAppArgs(**kw), "e2")[1]
+    assert other != sid and other.rsplit("-", 1)[0] == sid.rsplit("-", 1)[0]
+    with pytest.raises(ValueError, match="engine_id"):
+        first_boot_ref(LLMAppArgs(**kw), "../x")
+
+
+def test_on_engine_mismatch_defaults_to_recapture():
+    kw = dict(served_model_id="m", model_source="/m", snapshot_store="file:///s")
+    assert LLMAppArgs(**kw).on_engine_mismatch == "recapture"
+    assert LLMAppArgs(**kw, on_engine_mismatch="refuse").on_engine_mismatch == "refuse"
+    with pytest.raises(ValidationError):
+        LLMAppArgs(**kw, on_engine_mismatch="ignore")
 
 
 def test_timeline_phases_and_log_line():

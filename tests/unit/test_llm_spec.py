@@ -14,7 +14,8 @@ class PlacementGroupLike:
 def test_a_snapshot_spec_dumps_to_the_dict_engine_host_reads():
     d = EngineSpec(served_model_id="tiny", overrides={"dtype": "float32"}, snapshot_url="file:///s/tiny/1").model_dump()
     assert d == {"served_model_id": "tiny", "overrides": {"dtype": "float32"}, "verify": False,
-                 "snapshot_url": "file:///s/tiny/1", "capture": None, "gpu_ids": None, "placement_group": None}
+                 "snapshot_url": "file:///s/tiny/1", "capture": None, "accelerator": None, "gpu_ids": None,
+                 "placement_group": None}
 
 
 def test_capture_and_gpu_fields_and_the_placement_group_object_survive_the_round_trip():

@@ -77,8 +77,24 @@ def test_no_ingress_from_the_whole_internet(tf):
         cidrs = _blocks(rule.get("cidr_blocks", [])) + _blocks(rule.get("ipv6_cidr_blocks", []))
         cidrs += [rule.get("cidr_ipv4"), rule.get("cidr_ipv6")]
         assert not OPEN_CIDRS & set(filter(None, cidrs)), f"ingress open to the internet: {rule}"
-        # Either node-to-node inside the group, or from the admin allowlist variable.
-        assert rule.get("self") is True or rule.get("cidr_blocks") == "${var.admin_cidr_blocks}", rule
+        # Node-to-node inside the group, the admin allowlist, the gateway load balancer's group
+        # (the gateway port only), or HTTPS to that load balancer from the gateway allowlist.
+        assert (rule.get("self") is True or rule.get("cidr_blocks") == "${var.admin_cidr_blocks}"
+                or (rule.get("source_security_group_id") == "${aws_security_group.gateway_lb.id}"
+                    and rule.get("from_port") == rule.get("to_port") == "${var.gateway_port}")
+                or (rule.get("cidr_blocks") == "${var.gateway_cidr_blocks}" and rule.get("from_port") == 443)), rule
+
+
+def test_gateway_is_reached_through_a_tls_load_balancer_from_an_allowlist(tf):
+    res = tf["resource"]
+    listener = res["aws_lb_listener"]["gateway_https"]
+    assert listener["protocol"] == "HTTPS" and listener["certificate_arn"] == "${var.gateway_certificate_arn}"
+    assert "TLS13" in listener["ssl_policy"]
+    assert res["aws_lb_target_group"]["gateway"]["port"] == "${var.gateway_port}"
+    lb_sg = res["aws_security_group"]["gateway_lb"]
+    assert [r["from_port"] for r in _blocks(lb_sg["ingress"])] == [443]
+    gw = tf["variable"]["gateway_cidr_blocks"]
+    assert "default" not in gw and "0.0.0.0/0" in " ".join(v["condition"] for v in _blocks(gw["validation"]))
 
 
 def test_ssh_and_dashboard_only_from_allowlist_and_allowlist_rejects_open_cidrs(tf):

@@ -1,0 +1,198 @@
+"""Ledger compaction: the many small flush parts of a day become one `day-*.parquet` (no Ray).
+
+Layout under the ledger URL (hive-style, one directory per UTC day):
+
+    date=YYYY-MM-DD/part-<ms>-<rand>.parquet     one per flush (ledger.Ledger.write)
+    date=YYYY-MM-DD/day-<ms>-<rand>.parquet      a compacted file
+
+A compacted file's Parquet footer carries two key-value entries:
+  `thawline.covers`  JSON list of the file names (in the same directory) whose rows it holds,
+                     transitively (an older day file it absorbed, and what that one covered);
+  `thawline.totals`  JSON {scope: usd} of its rows ("key:<id>" / "route:<alias>"), so start-up
+                     rebuilds a month's budget totals from at most one footer per day.
+
+Atomicity: the compacted file is written under a dot-name (readers skip dot-names) and renamed
+(one PUT on object stores); only then are its inputs deleted. Readers drop every file a visible
+day file covers, so a crash between the rename and the deletes never double counts, and the next
+compaction absorbs the leftovers. One writer per ledger URL (the ledger actor) compacts.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from gateway.costs.usage import LEDGER_SCHEMA
+
+log = logging.getLogger(__name__)
+
+COVERS_KEY = b"thawline.covers"
+TOTALS_KEY = b"thawline.totals"
+DAY_PREFIX = "day-"
+PART_PREFIX = "part-"
+
+
+def _base(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def day_dirs(fs, root: str, since_day: str | None = None) -> list[tuple[str, str]]:
+    """(day, directory) of every `date=` directory, oldest first, from `since_day` on."""
+    if not fs.exists(root):
+        return []
+    out = []
+    for d in fs.ls(root, detail=False):
+        base = _base(d)
+        if base.startswith("date=") and (since_day is None or base[5:] >= since_day):
+            out.append((base[5:], d.rstrip("/")))
+    return sorted(out)
+
+
+def footer_meta(fs, path: str) -> dict[bytes, bytes]:
+    with fs.open(path, "rb") as f:
+        return pq.ParquetFile(f).schema_arrow.metadata or {}
+
+
+def day_state(fs, d: str) -> tuple[list[str], list[str], dict[str, dict]]:
+    """(visible part files, visible day files, {day file: its totals}) of one day directory.
+    A file that a visible day file covers is not visible (see module doc)."""
+    names = [_base(f) for f in fs.ls(d, detail=False)]
+    names = [n for n in names if n.endswith(".parquet") and not n.startswith(".")]
+    covered: set[str] = set()
+    totals: dict[str, dict] = {}
+    for n in names:
+        if n.startswith(DAY_PREFIX):
+            meta = footer_meta(fs, f"{d}/{n}")
+            covered |= set(json.loads(meta.get(COVERS_KEY, b"[]")))
+            totals[n] = json.loads(meta.get(TOTALS_KEY, b"{}"))
+    days = sorted(f"{d}/{n}" for n in names if n.startswith(DAY_PREFIX) and n not in covered)
+    parts = sorted(f"{d}/{n}" for n in names if not n.startswith(DAY_PREFIX) and n not in covered)
+    totals = {f"{d}/{n}": t for n, t in totals.items() if f"{d}/{n}" in days}
+    return parts, days, totals
+
+
+def visible_files(fs, root: str, since_day: str | None = None) -> list[str]:
+    out: list[str] = []
+    for _, d in day_dirs(fs, root, since_day):
+        parts, days, _ = day_state(fs, d)
+        out += days + parts
+    return out
+
+
+def scope_totals(table: pa.Table) -> dict[str, float]:
+    """{"key:<id>": usd, "route:<alias>": usd} of the rows (zero-cost groups left out)."""
+    out: dict[str, float] = {}
+    if table.num_rows == 0:
+        return out
+    for col, prefix in (("key_id", "key:"), ("route", "route:")):
+        agg = table.select([col, "cost_usd"]).group_by(col).aggregate([("cost_usd", "sum")])
+        for name, usd in zip(agg[col].to_pylist(), agg["cost_usd_sum"].to_pylist()):
+            if usd:
+                out[prefix + name] = usd
+    return out
+
+
+def read_files(fs, files: list[str], columns: list[str] | None = None,
+               since: datetime | None = None) -> pa.Table:
+    """The rows of `files` as one table (pyarrow.dataset: column projection, ts filter)."""
+    if not files:
+        t = LEDGER_SCHEMA.empty_table()
+        return t.select(columns) if columns else t
+    flt = None
+    if since is not None:
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=timezone.utc)
+        flt = ds.field("ts") >= pa.scalar(since, type=LEDGER_SCHEMA.field("ts").type)
+    dset = ds.dataset(files, schema=LEDGER_SCHEMA, format="parquet", filesystem=fs)
+    return dset.to_table(columns=columns, filter=flt)
+
+
+def compact_day(fs, d: str, *, min_inputs: int = 2) -> str | None:
+    """Compact one day directory into a single day file. Returns its path, or None when there
+    was nothing to do (fewer than `min_inputs` visible files). Leftovers of an earlier crash
+    (files covered by a visible day file) are deleted first."""
+    names = {_base(f) for f in fs.ls(d, detail=False)}
+    parts, days, _ = day_state(fs, d)
+    visible = {_base(p) for p in parts + days}
+    stale = [n for n in names if n.endswith(".parquet") and not n.startswith(".") and n not in visible]
+    stale += [n for n in names if n.startswith(f".{DAY_PREFIX}") and n.endswith(".tmp")]   # a crashed write
+    for n in stale:                                     # covered by a day file already: safe to drop
+        fs.rm(f"{d}/{n}")
+    inputs = days + parts
+    if len(inputs) < min_inputs:
+        return None
+    covers = set()
+    for p in days:
+        covers |= set(json.loads(footer_meta(fs, p).get(COVERS_KEY, b"[]")))
+    covers |= {_base(p) for p in inputs}
+    table = read_files(fs, inputs).sort_by("ts")
+    meta = {COVERS_KEY: json.dumps(sorted(covers)).encode(),
+            TOTALS_KEY: json.dumps(scope_totals(table)).encode()}
+    table = table.replace_schema_metadata(meta)
+    name = f"{DAY_PREFIX}{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp, final = f"{d}/.{name}.tmp", f"{d}/{name}"
+    with fs.open(tmp, "wb") as f:
+        pq.write_table(table, f, compression="zstd", row_group_size=256_000)
+    fs.mv(tmp, final)
+    for p in inputs:                                    # a crash here: readers skip what `final` covers
+        try:
+            fs.rm(p)
+        except FileNotFoundError:
+            pass
+    return final
+
+
+def compact(fs, root: str, *, today: str, include_today: bool, min_inputs: int = 2) -> list[str]:
+    """Compact every closed day (before `today`) and, with `include_today`, today too."""
+    done = []
+    for day, d in day_dirs(fs, root):
+        if day > today or (day == today and not include_today):
+            continue
+        try:
+            out = compact_day(fs, d, min_inputs=min_inputs)
+        except Exception:
+            log.exception("ledger compaction of %s failed; its files stay as they are", d)
+            continue
+        if out is not None:
+            done.append(out)
+    return done
+
+
+def month_totals(fs, root: str, month_start: datetime) -> list[tuple[str, dict[str, float]]]:
+    """(day, {scope: usd}) for every day from `month_start`: day files from their footers, the
+    (few, uncompacted) parts read. Work is bounded by the days and the parts, not by rows."""
+    out = []
+    for day, d in day_dirs(fs, root, month_start.strftime("%Y-%m-%d")):
+        if day[:7] != month_start.strftime("%Y-%m"):
+            continue
+        parts, _, totals = day_state(fs, d)
+        sums: dict[str, float] = {}
+        for t in totals.values():
+            for k, v in t.items():
+                sums[k] = sums.get(k, 0.0) + v
+        for k, v in scope_totals(read_files(fs, parts, ["key_id", "route", "cost_usd"])).items():
+            sums[k] = sums.get(k, 0.0) + v
+        out.append((day, sums))
+    return out
+
+
+def spend_over_time(table: pa.Table, dim: str, bucket: str = "day") -> list[dict]:
+    """[{bucket, group, cost_usd, requests}] (for the dashboard): spend per day (or hour) per `dim`."""
+    if table.num_rows == 0:
+        return []
+    unit = "hour" if bucket == "hour" else "day"
+    t = pa.table({"b": pc.floor_temporal(table["ts"], unit=unit), "g": table[dim], "c": table["cost_usd"]})
+    agg = t.group_by(["b", "g"]).aggregate([("c", "sum"), ([], "count_all")])
+    rows = [{"bucket": b.strftime("%Y-%m-%d" if unit == "day" else "%Y-%m-%dT%H:00"), "group": g,
+             "cost_usd": c, "requests": n}
+            for b, g, c, n in zip(agg["b"].to_pylist(), agg["g"].to_pylist(), agg["c_sum"].to_pylist(),
+                                  agg["count_all"].to_pylist())]
+    rows.sort(key=lambda r: (r["bucket"], str(r["group"])))
+    return rows

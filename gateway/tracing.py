@@ -1,0 +1,174 @@
+"""OpenTelemetry traces of gateway requests, exported over OTLP/HTTP (protobuf).
+
+Off unless gateway.yaml sets `tracing.otlp_endpoint`: then `build_tracer` returns None and the
+request path makes no tracer call at all (Inference checks `tracer is None`; the dispatcher takes
+attempt marks only when a request's Trace.timeline is a list).
+
+When on, each inference request gets, once it is finished (spans are built after the fact from
+the marks, with their real start and end times, so nothing OTel-related runs while it waits):
+
+  gateway.request  (SERVER)  route, key, endpoint, stream, http status, attempts, target, fallbacks
+    attempt        (CLIENT)  one per attempt: target, provider, model, outcome, status, ttft_ms
+      cold_start             local (serve) targets that were cold when the attempt began: the
+        <phase>              last cold start's phases from the readiness board
+                             (ReadinessBoard.last_cold_start: serve_scheduling, worker_start,
+                             imports, restore, engine_init, first_token), laid end to end from
+                             the attempt's start
+
+The cold-start lookup is injected (`cold_start_lookup(app) -> awaitable dict | None`); the
+default one reads the readiness board actor through Ray, imported lazily.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+log = logging.getLogger("thawline.gateway")
+
+COLD_PHASES = ("serve_scheduling", "worker_start", "imports", "restore", "engine_init", "first_token")
+ColdLookup = Callable[[str], Awaitable[dict | None]]
+
+
+async def board_cold_start(app: str) -> dict | None:
+    """The readiness board's last cold start of `app` (None outside a Ray cluster)."""
+    import ray
+
+    from gateway.names import NAMESPACE, READINESS_ACTOR
+    if not ray.is_initialized():
+        return None
+    try:
+        board = await asyncio.to_thread(ray.get_actor, READINESS_ACTOR, namespace=NAMESPACE)
+    except ValueError:
+        return None
+    return await board.last_cold_start.remote(app)
+
+
+class RequestTracer:
+    def __init__(self, *, service_name: str, exporter: Any, cold_start_lookup: ColdLookup | None = board_cold_start,
+                 batch: bool = True):
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+        self.provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        self.provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
+        self.tracer = self.provider.get_tracer("thawline.gateway")
+        self.cold_start_lookup = cold_start_lookup
+        self._tasks: set[asyncio.Task] = set()
+
+    @staticmethod
+    def start() -> tuple[list, int]:
+        """(timeline for Trace.timeline, request start in ns)."""
+        return [], time.time_ns()
+
+    def finish(self, *, trace: Any, start_ns: int, endpoint: str, route: str, key_id: str, stream: bool,
+               http_status: int, error: str | None = None) -> None:
+        """Emit the request's spans. With a cold local attempt, the board is read first (in a
+        task: the response is not held up)."""
+        req = dict(trace=trace, start_ns=start_ns, end_ns=time.time_ns(), endpoint=endpoint, route=route,
+                   key_id=key_id, stream=stream, http_status=http_status, error=error)
+        cold_apps = {m.app for m in trace.timeline or () if m.cold and m.app}
+        if cold_apps and self.cold_start_lookup is not None:
+            try:
+                task = asyncio.get_running_loop().create_task(self._emit_after_lookup(req, cold_apps))
+            except RuntimeError:
+                self._emit(req, {})
+                return
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self._emit(req, {})
+
+    async def _emit_after_lookup(self, req: dict, apps: set[str]) -> None:
+        cold: dict[str, dict] = {}
+        for app in apps:
+            try:
+                info = await self.cold_start_lookup(app)
+            except Exception as e:      # the spans go out without the phases
+                log.debug("cold-start lookup for %r failed: %s", app, e)
+                info = None
+            if info:
+                cold[app] = info
+        self._emit(req, cold)
+
+    def _emit(self, req: dict, cold: dict[str, dict]) -> None:
+        from opentelemetry import trace as ot
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        tr = req["trace"]
+        root = self.tracer.start_span("gateway.request", kind=SpanKind.SERVER, start_time=req["start_ns"], attributes={
+            "thawline.route": req["route"], "thawline.key_id": req["key_id"], "thawline.endpoint": req["endpoint"],
+            "thawline.stream": req["stream"], "http.response.status_code": req["http_status"],
+            "thawline.attempts": tr.attempts, "thawline.target": tr.target.id if tr.target is not None else "",
+            "thawline.fallbacks": ",".join(tr.failures)})
+        if tr.ttft_ms is not None:
+            root.set_attribute("thawline.ttft_ms", tr.ttft_ms)
+        for f in tr.failures:
+            root.add_event("fallback", {"thawline.reason": f})
+        ctx = ot.set_span_in_context(root)
+        for i, m in enumerate(tr.timeline or ()):
+            attrs = {"thawline.attempt": i + 1, "thawline.target": m.target_id, "thawline.provider": m.provider,
+                     "thawline.model": m.model, "thawline.outcome": m.outcome, "thawline.cold": m.cold}
+            if m.http_status is not None:
+                attrs["http.response.status_code"] = m.http_status
+            ttft = self._ttft(tr, m)
+            if ttft is not None:
+                attrs["thawline.ttft_ms"] = ttft
+            span = self.tracer.start_span("attempt", context=ctx, kind=SpanKind.CLIENT, start_time=m.start_ns,
+                                          attributes=attrs)
+            if m.outcome != "ok":
+                span.set_status(Status(StatusCode.ERROR, m.outcome))
+            info = cold.get(m.app) if m.cold and m.app else None
+            if info:
+                self._cold_spans(ot.set_span_in_context(span), m, info)
+            span.end(end_time=m.end_ns or req["end_ns"])
+        if req["http_status"] >= 400:
+            root.set_status(Status(StatusCode.ERROR, req["error"] or str(req["http_status"])))
+        root.end(end_time=req["end_ns"])
+
+    def _cold_spans(self, ctx, m, info: dict) -> None:
+        phases = info.get("phases_s") or {}
+        t = m.start_ns
+        total = phases.get("total") or sum(phases.get(p, 0.0) for p in COLD_PHASES)
+        parent = self.tracer.start_span("cold_start", context=ctx, start_time=t, attributes={
+            "thawline.app": m.app, "thawline.replica": str(info.get("replica", "")), "thawline.total_s": float(total)})
+        from opentelemetry import trace as ot
+        pctx = ot.set_span_in_context(parent)
+        for p in COLD_PHASES:
+            if p not in phases:
+                continue
+            d = int(float(phases[p]) * 1e9)
+            self.tracer.start_span(p, context=pctx, start_time=t, attributes={"thawline.seconds": float(phases[p])}
+                                   ).end(end_time=t + d)
+            t += d
+        parent.end(end_time=max(t, m.start_ns + int(float(total) * 1e9)))
+
+    @staticmethod
+    def _ttft(tr: Any, m: Any) -> float | None:
+        if m.rec_index < len(tr.records) and tr.records[m.rec_index].target.id == m.target_id:
+            rec = tr.records[m.rec_index]
+            if rec.ttft_ms is not None:
+                return rec.ttft_ms
+        if m.outcome == "ok" and m.end_ns:
+            return (m.end_ns - m.start_ns) / 1e6   # a plain call: its first byte is its answer
+        return None
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.to_thread(self.provider.shutdown)
+
+    def force_flush(self) -> bool:
+        return self.provider.force_flush()
+
+
+def build_tracer(cfg: Any, *, cold_start_lookup: ColdLookup | None = board_cold_start) -> RequestTracer | None:
+    """A RequestTracer exporting to `cfg.otlp_endpoint` (gateway.yaml `tracing`), or None (off)."""
+    if cfg is None or not cfg.otlp_endpoint:
+        return None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    exporter = OTLPSpanExporter(endpoint=cfg.otlp_endpoint, headers=dict(cfg.headers) or None)
+    return RequestTracer(service_name=cfg.service_name, exporter=exporter, cold_start_lookup=cold_start_lookup)

@@ -1,0 +1,1 @@
+"""The gateway dashboard (GET /ui): server-rendered HTML with inline SVG charts."""

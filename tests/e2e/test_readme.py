@@ -1,0 +1,106 @@
+"""The README's local quickstart, run as pasted: every ```bash block of "## Quickstart: local"
+(as one shell script, so its exports carry), then every ```python block against the stack it
+started. A README that drifts from the code fails here.
+
+What the test changes, and why (each is a substitution, the commands themselves are the README's):
+- `ray start --head` gets a private port, dashboard port and temp dir, and the cluster carries a
+  THAWLINE_RAY_SANDBOX token: it must not collide with, or be stopped with, any other Ray on the
+  machine (teardown stops only this token's processes, see testkit/sandbox.py);
+- THAWLINE_DEMO_DIR is a temp dir; the Serve config is a copy of gateway-serve.yaml on a free
+  HTTP port with its ledger in the temp dir, and the Python blocks' base URL points at that port;
+- RAY_ADDRESS / RAY_DASHBOARD_ADDRESS / THAWLINE_BASE_URL name this cluster for the CLI.
+Nothing interactive is skipped: the README's `thawline chat` is the one-shot `-m` form.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT, free_port
+
+README = Path(REPO_ROOT) / "README.md"
+BASH_TIMEOUT_S = 900      # venv check + model + ray start + deploy + a first boot that writes the snapshot
+PYTHON_TIMEOUT_S = 300
+
+
+def quickstart_blocks() -> list[tuple[str, str]]:
+    text = README.read_text()
+    start = text.index("## Quickstart: local")
+    end = text.index("\n## ", start + 1)
+    return re.findall(r"```(bash|python)\n(.*?)```", text[start:end], flags=re.S)
+
+
+def test_quickstart_blocks_are_found():
+    kinds = [k for k, _ in quickstart_blocks()]
+    assert kinds.count("bash") >= 3 and kinds.count("python") >= 2
+    script = "\n".join(b for k, b in quickstart_blocks() if k == "bash")
+    assert "thawline chat tiny -m" in script and "ray start --head" in script
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    token = f"readme-{uuid.uuid4().hex[:8]}"
+    yield token
+    env = {**os.environ, "THAWLINE_RAY_SANDBOX": token}
+    subprocess.run([sys.executable, "-m", "testkit.sandbox", "stop"], env=env, cwd=REPO_ROOT, timeout=120)
+
+
+def test_readme_quickstart_runs_as_pasted(tmp_path, sandbox):
+    gcs, dash, http = free_port(), free_port(), free_port()
+    demo_dir = tmp_path / "demo"
+    ray_tmp = Path(f"/tmp/tlr-{uuid.uuid4().hex[:6]}")  # short: Ray's socket paths have a length limit
+    base_url = f"http://127.0.0.1:{http}/v1"
+
+    gw = yaml.safe_load((Path(REPO_ROOT) / "serve_apps/configs/gateway-example.yaml").read_text())
+    gw["ledger"]["url"] = (tmp_path / "ledger").as_uri()
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(gw))
+    serve = yaml.safe_load((Path(REPO_ROOT) / "serve_apps/configs/gateway-serve.yaml").read_text())
+    serve["http_options"]["port"] = http
+    for app in serve["applications"]:
+        if app["name"] == "gateway":
+            app["args"]["config_path"] = str(tmp_path / "gateway.yaml")
+    serve_yaml = tmp_path / "gateway-serve.yaml"
+    serve_yaml.write_text(yaml.safe_dump(serve))
+
+    lines = []
+    for kind, block in quickstart_blocks():
+        if kind != "bash":
+            continue
+        for line in block.splitlines():
+            if line.startswith("ray start --head"):
+                # the flags go before the line's trailing `# comment`, or the shell ignores them
+                cmd, sep, comment = line.partition(" #")
+                line = (f"{cmd.rstrip()} --port {gcs} --dashboard-port {dash} --dashboard-host 127.0.0.1"
+                        f" --temp-dir {ray_tmp}   {sep.strip()}{comment}")
+            line = line.replace("serve_apps/configs/gateway-serve.yaml", str(serve_yaml))
+            if re.match(r"^(thawline|ray|make) ", line):
+                line = f"timeout 600 {line}"
+            lines.append(line)
+            if line.startswith("export THAWLINE_DEMO_DIR="):
+                lines.append(f"export THAWLINE_DEMO_DIR={demo_dir}")
+    assert any(ln.partition(" #")[0].rstrip().endswith(f"--temp-dir {ray_tmp}") for ln in lines), "no `ray start --head`"
+    script = "set -euxo pipefail\n" + "\n".join(lines) + "\n"
+    env = {**os.environ, "THAWLINE_RAY_SANDBOX": sandbox, "RAY_ADDRESS": f"127.0.0.1:{gcs}",
+           "RAY_DASHBOARD_ADDRESS": f"http://127.0.0.1:{dash}", "THAWLINE_BASE_URL": base_url,
+           "PATH": f"{Path(REPO_ROOT) / '.venv' / 'bin'}:{os.environ.get('PATH', '')}"}
+    try:
+        run = subprocess.run(["bash", "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                             timeout=BASH_TIMEOUT_S)
+        assert run.returncode == 0, f"README bash blocks failed:\n{(run.stdout + run.stderr)[-4000:]}"
+        assert "tiny-llm" in run.stdout and "Last cold start of tiny-llm" in run.stdout
+        for kind, block in quickstart_blocks():
+            if kind != "python":
+                continue
+            code = block.replace("http://127.0.0.1:8000/v1", base_url)
+            py = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True,
+                                text=True, timeout=PYTHON_TIMEOUT_S)
+            assert py.returncode == 0, f"README python block failed:\n{code}\n{(py.stdout + py.stderr)[-3000:]}"
+    finally:
+        subprocess.run(["rm", "-rf", str(ray_tmp)], timeout=60)

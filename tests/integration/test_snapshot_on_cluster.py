@@ -1,0 +1,78 @@
+"""`thawline snapshot create --on-cluster`: the capture is one Ray task holding the TP group's
+resources (num_gpus=tp + accelerator_type on a real cluster). Here: a local Ray head whose only
+node declares a custom `snapshot_node` resource (the CPU stand-in for a GPU node type), the
+offline engine (no vLLM), and the CLI submitting from outside the cluster by address."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from cluster.cli.snapshot_cluster import task_options
+from tests.conftest import REPO_ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def test_task_options_hold_the_tp_groups_gpus_on_the_node_type():
+    assert task_options(4, "H100", None) == {"num_gpus": 4, "num_cpus": 1, "resources": {"accelerator_type:H100": 0.001}}
+    assert task_options(1, None, '{"num_gpus": 0, "resources": {"x": 1}}') == {"num_gpus": 0, "resources": {"x": 1}}
+    with pytest.raises(ValueError, match="--resources"):
+        task_options(1, None, '{"gpus": 1}')
+
+
+# Ray 2.60 clusters authenticate their clients: the head and the CLI share one token.
+AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ray")
+    port = 6391
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO_ROOT), **AUTH}
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+                    '--resources={"snapshot_node": 1}', "--include-dashboard=false",
+                    f"--temp-dir={tmp}", "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120)
+    try:
+        yield f"{_node_ip()}:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _node_ip() -> str:
+    from ray._private.services import get_node_ip_address
+
+    return get_node_ip_address()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0", **AUTH}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "cluster.cli.main", "snapshot", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
+def test_create_on_cluster_runs_on_the_node_with_the_resources(ray_head, tmp_path):
+    from testkit.tinyllama import generate_llama
+
+    model = generate_llama(tmp_path / "tiny", preset="tiny")
+    store = (tmp_path / "store").as_uri()
+    stand_in = '{"num_gpus": 0, "num_cpus": 1, "resources": {"snapshot_node": 1}}'
+    proc = _cli("create", str(model), "--tp", "2", "--store", store, "--name", "tiny", "--engine", "none",
+                "--on-cluster", "--address", ray_head, "--resources", stand_in)
+    assert proc.returncode == 0, proc.stderr
+    url = proc.stdout.strip().splitlines()[-1]
+    assert url.startswith(f"{store}/tiny/")
+    from snapshots.store import SnapshotStore
+
+    store_obj, ref = SnapshotStore.for_snapshot(url)
+    assert store_obj.load(ref).meta.tp_size == 2
+    # A failure on the node comes back as the one line of the CLI there.
+    proc = _cli("create", str(tmp_path / "missing"), "--store", store, "--name", "x", "--engine", "none",
+                "--on-cluster", "--address", ray_head, "--resources", stand_in)
+    assert proc.returncode == 1
+    assert "model dir not found" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
