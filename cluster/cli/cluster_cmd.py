@@ -1,4 +1,4 @@
-"""`thawline cluster validate|up|down|status CONFIG`: validate first, then call Ray's cluster
+"""`thawline cluster validate|render|up|down|status CONFIG`: validate first, then call Ray's cluster
 launcher on the resolved config. Ray and the validator are imported inside the commands."""
 from __future__ import annotations
 

@@ -68,11 +68,11 @@ def _print_secret(out: dict) -> None:
 @one_line_errors
 def create(key_id: Optional[str] = typer.Option(None, "--id", help="Key id (default: generated)."),
            route: Optional[list[str]] = typer.Option(None, "--route", "-r", help="Allowed route alias (repeat; default all)."),
-           rpm: Optional[int] = typer.Option(None, "--rpm"), tpm: Optional[int] = typer.Option(None, "--tpm"),
-           max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent"),
-           usd_per_day: Optional[float] = typer.Option(None, "--usd-per-day"),
-           usd_per_month: Optional[float] = typer.Option(None, "--usd-per-month"),
-           as_json: bool = typer.Option(False, "--json"), base_url: Optional[str] = _BASE,
+           rpm: Optional[int] = typer.Option(None, "--rpm", min=1, help="Requests per minute for this key."), tpm: Optional[int] = typer.Option(None, "--tpm", min=1, help="Tokens per minute (prompt + max output) for this key."),
+           max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1, help="Requests in flight at once."),
+           usd_per_day: Optional[float] = typer.Option(None, "--usd-per-day", min=0, help="Daily budget in USD (UTC day)."),
+           usd_per_month: Optional[float] = typer.Option(None, "--usd-per-month", min=0, help="Monthly budget in USD (UTC month)."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."), base_url: Optional[str] = _BASE,
            admin_key: Optional[str] = _ADMIN) -> None:
     """Create a client key; its secret is printed once."""
     body: dict[str, Any] = limits_body(rpm, tpm, max_concurrent, usd_per_day, usd_per_month)
@@ -86,7 +86,7 @@ def create(key_id: Optional[str] = typer.Option(None, "--id", help="Key id (defa
 
 @app.command("ls")
 @one_line_errors
-def ls(as_json: bool = typer.Option(False, "--json"), base_url: Optional[str] = _BASE,
+def ls(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."), base_url: Optional[str] = _BASE,
        admin_key: Optional[str] = _ADMIN) -> None:
     """List keys (gateway.yaml's and the admin-managed ones); never secrets."""
     out = _call("GET", base_url, admin_key, "/v1/admin/keys")
@@ -106,7 +106,7 @@ def ls(as_json: bool = typer.Option(False, "--json"), base_url: Optional[str] = 
 
 @app.command("rotate")
 @one_line_errors
-def rotate(key_id: str = typer.Argument(..., help="Key id."), as_json: bool = typer.Option(False, "--json"),
+def rotate(key_id: str = typer.Argument(..., help="Key id."), as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
            base_url: Optional[str] = _BASE, admin_key: Optional[str] = _ADMIN) -> None:
     """Give a key a new secret (printed once); the old secret stops working."""
     out = _call("POST", base_url, admin_key, f"/v1/admin/keys/{key_id}/rotate")
@@ -125,10 +125,10 @@ def revoke(key_id: str = typer.Argument(..., help="Key id."), base_url: Optional
 @app.command("set")
 @one_line_errors
 def set_limits(key_id: str = typer.Argument(..., help="Key id."),
-               rpm: Optional[int] = typer.Option(None, "--rpm"), tpm: Optional[int] = typer.Option(None, "--tpm"),
-               max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent"),
-               usd_per_day: Optional[float] = typer.Option(None, "--usd-per-day"),
-               usd_per_month: Optional[float] = typer.Option(None, "--usd-per-month"),
+               rpm: Optional[int] = typer.Option(None, "--rpm", min=1, help="Requests per minute for this key."), tpm: Optional[int] = typer.Option(None, "--tpm", min=1, help="Tokens per minute (prompt + max output) for this key."),
+               max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1, help="Requests in flight at once."),
+               usd_per_day: Optional[float] = typer.Option(None, "--usd-per-day", min=0, help="Daily budget in USD (UTC day)."),
+               usd_per_month: Optional[float] = typer.Option(None, "--usd-per-month", min=0, help="Monthly budget in USD (UTC month)."),
                base_url: Optional[str] = _BASE, admin_key: Optional[str] = _ADMIN) -> None:
     """Change a key's limits and budget live."""
     body = limits_body(rpm, tpm, max_concurrent, usd_per_day, usd_per_month)

@@ -5,14 +5,18 @@ offline engine (no vLLM), and the CLI submitting from outside the cluster by add
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 
 from cluster.cli.snapshot_cluster import task_options
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
+from testkit.sandbox import MARKER_ENV, stop_sandbox
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -30,17 +34,23 @@ AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ray")
-    port = 6391
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO_ROOT), **AUTH}
+    # Short temp dir (Ray's socket paths must fit 107 bytes), a free port, and a sandbox token:
+    # teardown stops exactly this head. `ray stop` would kill every Ray on the machine, the
+    # test session's own included (its driver then exits without a word).
+    tmp = Path(tempfile.mkdtemp(prefix="tl-oc-", dir="/tmp"))
+    port = free_port()
+    token = uuid.uuid4().hex
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO_ROOT), MARKER_ENV: token, **AUTH}
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-                    '--resources={"snapshot_node": 1}', "--include-dashboard=false",
-                    f"--temp-dir={tmp}", "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120)
     try:
+        subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+                        '--resources={"snapshot_node": 1}', "--include-dashboard=false",
+                        f"--temp-dir={tmp}", "--disable-usage-stats"], check=True, env=env, capture_output=True,
+                       timeout=120)
         yield f"{_node_ip()}:{port}"
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_sandbox(token)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _node_ip() -> str:
