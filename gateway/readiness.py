@@ -5,6 +5,8 @@ the gateway reads `get(app) -> {"state": "cold"|"warming"|"warm", "warm_replicas
 "replica_seconds": float}` (docs/INTERFACES.md). `replica_seconds` is the replica time the app
 has used so far (starting + warm, all replicas, running ones counted up to now): what a
 scaled-to-zero app costs, in replica units.
+The LLM router also records its node-join prewarm there (`record_prewarm(app, node, fields)`,
+read back by `prewarm(app)`): when each node was seen, its pool ensured, its snapshot prefetched.
 
 `Board` is the pure state machine (clock injected, no Ray); `ReadinessBoard` is the plain class
 of the named actor (gateway.names.READINESS_ACTOR in gateway.names.NAMESPACE) wrapping it,
@@ -33,6 +35,12 @@ class _App:
     replicas: dict[str, _Replica] = field(default_factory=dict)
     spent_s: float = 0.0  # replica-seconds of replicas that have stopped
     last_cold_start: dict | None = None
+    failed_starts: list[float] = field(default_factory=list)  # when replicas stopped before serving
+    prewarm: dict[str, dict] = field(default_factory=dict)  # node id -> its prewarm events
+
+
+PREWARM_NODES_KEPT = 20  # the newest nodes' prewarm records; older ones are dropped
+FAILED_STARTS_KEPT = 20  # the newest failed replica starts of an app
 
 
 class Board:
@@ -52,11 +60,33 @@ class Board:
             if r is not None:
                 a.spent_s += now - r.born
                 del a.replicas[replica_id]
+                if r.state == "starting":  # its constructor failed (or it was stopped) before serving
+                    a.failed_starts = [*a.failed_starts[-(FAILED_STARTS_KEPT - 1):], now]
             return
         a.replicas[replica_id] = _Replica(state, r.born if r is not None else now)
 
     def record_cold_start(self, app: str, timeline: dict) -> None:
-        self._apps.setdefault(app, _App()).last_cold_start = dict(timeline)
+        """`timeline` of the replica that served (the router's; `marks` in time.time()). Adds
+        `failed_starts`: replicas that stopped before serving since the request. Serve starts
+        another replica after a failed one, and the served replica's own marks then put the
+        failed attempt's seconds in serve_scheduling: this count says so."""
+        a = self._apps.setdefault(app, _App())
+        t_req = (timeline.get("marks") or {}).get("request")
+        a.last_cold_start = dict(timeline)
+        if t_req is not None:
+            a.last_cold_start["failed_starts"] = sum(1 for t in a.failed_starts if t >= t_req)
+
+    def record_prewarm(self, app: str, node_id: str, fields: dict) -> None:
+        """Merge `fields` (timestamps and facts of the node-join prewarm, serve_apps/llm/prewarm.py)
+        into the node's record."""
+        nodes = self._apps.setdefault(app, _App()).prewarm
+        nodes.setdefault(node_id, {"node_id": node_id}).update(fields)
+        while len(nodes) > PREWARM_NODES_KEPT:
+            del nodes[next(iter(nodes))]
+
+    def prewarm(self, app: str) -> list[dict]:
+        a = self._apps.get(app)
+        return [] if a is None else [dict(r) for r in a.prewarm.values()]
 
     def get(self, app: str) -> dict:
         a = self._apps.get(app)
@@ -91,6 +121,12 @@ class ReadinessBoard:
 
     def last_cold_start(self, app: str) -> dict | None:
         return self._board.last_cold_start(app)
+
+    def record_prewarm(self, app: str, node_id: str, fields: dict) -> None:
+        self._board.record_prewarm(app, node_id, fields)
+
+    def prewarm(self, app: str) -> list[dict]:
+        return self._board.prewarm(app)
 
 
 def get_or_create_board():

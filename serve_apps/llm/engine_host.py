@@ -22,6 +22,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+from serve_apps.llm.node_cache import pin_node_id, restore_downloads, restore_tag
 from serve_apps.llm.spec import EngineSpec
 from snapshots.errors import SnapshotExists
 from snapshots.vllm.load_errors import engine_start_errors
@@ -59,6 +60,7 @@ def _parse_sse(frame: str) -> dict | None:
 class EngineHost:
     def __init__(self, *, forkserver: bool = True) -> None:
         t0 = time.time()
+        pin_node_id()  # before any cache use or engine process: THAWLINE_CACHE_DIR may say {node_id}
         # Imports are the cold start's biggest fixed cost: done here, ahead of any request when
         # the host is pooled. Each of these pulls in torch and most of vLLM.
         import vllm  # noqa: F401
@@ -100,11 +102,13 @@ class EngineHost:
         """Start the engine. spec: served_model_id, and snapshot_url or capture (snapshot on first
         boot: source_dir, tp, store_url, name, snapshot_id); overrides
         (vLLM engine args), verify, gpu_ids (GPU replicas: the devices of the replica's bundles),
-        placement_group (GPU TP: the replica's group, so vLLM's Ray workers use its bundles).
+        placement_group (GPU TP: the replica's group, so vLLM's Ray workers use its bundles),
+        runtime_env (the replica's: its env_vars apply to the engine's processes).
         Returns the marks restore_done / engine_ready (time.time()) and engine facts."""
         spec = EngineSpec.model_validate(spec).model_dump()  # checked here; a dict on the wire (spec.py)
         if self._engine is not None:
             raise RuntimeError("engine already started in this host")
+        _use_env(spec.get("runtime_env"))
         _use_gpus(spec.get("gpu_ids"))
         boot = await _prepare_boot(spec)
         restore_done = time.time()
@@ -115,7 +119,7 @@ class EngineHost:
                 boot.capture.abort()  # a first boot whose config fails gives its claimed id back
             raise
         config_done = time.time()
-        engine = _build_engine(boot, vllm_config, spec.get("placement_group"))
+        engine = _build_engine(boot, vllm_config, spec.get("placement_group"), spec.get("runtime_env"))
         snapshot_url = await _commit_capture(boot, engine, vllm_config)
         engine_done = time.time()
         await self._serve(engine, args)
@@ -123,6 +127,9 @@ class EngineHost:
         self.info = _engine_facts(boot, vllm_config, snapshot_url,
                                   config_s=config_done - restore_done, engine_s=engine_done - config_done,
                                   serving_state_s=serving_done - engine_done)
+        if boot.fetch_tag is not None:
+            # what this start downloaded into the node cache itself (0: a node prefetch had it)
+            self.info["node_cache"] = await asyncio.to_thread(restore_downloads, boot.fetch_tag, boot.prefetch)
         return {"restore_done": restore_done, "engine_ready": serving_done, **self.info}
 
     def _engine_config(self, served: str, kwargs: dict):
@@ -225,11 +232,28 @@ class _Boot:
     errors: AbstractContextManager = field(default_factory=nullcontext)
     capture: Any = None  # snapshots.vllm.capture.EngineCapture while this boot writes the snapshot
     first_boot: str | None = None  # "wrote_snapshot" | "served_from_source"
+    fetch_tag: str | None = None  # snapshot start: the tag of its node-cache downloads (node_cache.py)
+    prefetch: Any = None  # snapshot start: its weight prefetch thread
+
+
+def _use_env(runtime_env) -> None:
+    """The replica's runtime_env env_vars in this process before any engine process starts: a
+    pooled host runs under the env of whichever app created the pool, and the EngineCore (a
+    forkserver child, forkserver.py) and its rank workers take os.environ as it is when they start."""
+    env_vars = (runtime_env or {}).get("env_vars") or {}
+    os.environ.update({str(k): str(v) for k, v in env_vars.items()})
 
 
 def _use_gpus(gpu_ids) -> None:
+    """Only the replica's bundle GPUs are visible to this process and its EngineCore (gpus.py).
+    vLLM caches the device capability it read at import, when every GPU of the node was visible."""
     if gpu_ids:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+        from vllm.platforms import current_platform
+
+        cached = getattr(current_platform.get_device_capability, "cache_clear", None)
+        if cached is not None:
+            cached()
 
 
 async def _prepare_boot(spec: dict) -> _Boot:
@@ -245,9 +269,10 @@ async def _prepare_boot(spec: dict) -> _Boot:
         # sets VLLM_CACHE_ROOT/NCCL_*; the recorded KV size (num_gpu_blocks_override /
         # kv_cache_memory_bytes) makes vLLM skip memory profiling.
         url = spec["snapshot_url"]
+        tag = restore_tag()
         prepared = prepare_engine_start(url, verify=bool(spec.get("verify", False)), accelerator=accelerator,
                                         **overrides)
-        return _Boot(prepared.kwargs, errors=engine_start_errors(url))
+        return _Boot(prepared.kwargs, errors=engine_start_errors(url), fetch_tag=tag, prefetch=prepared.prefetch)
     raise ValueError("engine spec needs snapshot_url or capture")
 
 
@@ -270,14 +295,14 @@ async def _prepare_first_boot(c: dict, overrides: dict, accelerator: dict | None
                      first_boot="served_from_source")
 
 
-def _build_engine(boot: _Boot, vllm_config, placement_group):
+def _build_engine(boot: _Boot, vllm_config, placement_group, runtime_env=None):
     """AsyncLLM (EngineCore, workers, weights, KV cache). A snapshot start's load failure raises
     EngineStartError naming the snapshot and the worker's reason; a failed first boot gives its
     claimed id back."""
     from vllm.v1.engine.async_llm import AsyncLLM
 
     if placement_group is not None:
-        vllm_config.parallel_config.placement_group = placement_group
+        _use_replica_group(vllm_config.parallel_config, placement_group, runtime_env)
     try:
         with boot.errors:
             return AsyncLLM.from_vllm_config(vllm_config, **engine_stats_kwargs())
@@ -285,6 +310,21 @@ def _build_engine(boot: _Boot, vllm_config, placement_group):
         if boot.capture is not None:
             boot.capture.abort()
         raise
+
+
+def _use_replica_group(parallel_config, placement_group, runtime_env) -> None:
+    """vLLM's Ray executor (GPU) puts one rank worker in each of the replica's bundles and starts
+    them under the replica's runtime env; without these a pooled host's engine would take the
+    host's (the pool's) runtime env. The executor runs in the EngineCore, which is no Ray worker
+    and calls ray.init(address=None): RAY_ADDRESS makes that join this cluster, not whichever
+    cluster /tmp/ray last recorded (or a new one)."""
+    import ray
+
+    parallel_config.placement_group = placement_group
+    if runtime_env is not None:
+        parallel_config.ray_runtime_env = runtime_env
+    if ray.is_initialized():
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
 def engine_stats_kwargs() -> dict:

@@ -1,4 +1,5 @@
-"""A multiprocessing forkserver with vLLM already imported, for vLLM's EngineCore process.
+"""A multiprocessing forkserver with vLLM already imported, for vLLM's EngineCore process (and
+its model-class inspection, model_info.py).
 
 Why: AsyncLLM always runs its EngineCore in a child process (vLLM 0.32 has no in-process async
 engine). Inside a Ray actor vLLM forces the `spawn` start method, so that child re-imports
@@ -34,6 +35,7 @@ PRELOAD = [
     "snapshots.vllm.loader",
     "snapshots.vllm.capture_loader",
     "serve_apps.llm.forkserver",
+    "serve_apps.llm.model_info",
 ]
 
 
@@ -86,3 +88,7 @@ def install() -> None:
 
     if _CONTEXT is not None:
         engine_utils.get_mp_context = lambda: _CONTEXT
+        # and vLLM's model-class inspection subprocess, a full vLLM import per engine dir (model_info.py)
+        from serve_apps.llm import model_info
+
+        model_info.install(_CONTEXT)

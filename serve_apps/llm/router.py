@@ -11,7 +11,8 @@ LLMServer deployment is at zero. For each request it:
   timeline as one structured line and records it in a Prometheus histogram.
 
 HTTP: POST /v1/chat/completions, POST /v1/completions (SSE when stream=true), GET /v1/models,
-GET /thawline/state (cold/warm + last cold-start timeline, without waking the model).
+GET /thawline/state (cold/warm, last cold-start timeline with its marks, node-join prewarm
+records; without waking the model).
 Handle (for the gateway): generate(request) -> dict, generate_stream(request) -> chunks.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ray import serve
 from gateway.llm_protocol import ColdStartTimeout, LLMAppError, cold_start_timeout, error_body, status_of
 from gateway.readiness import get_or_create_board
 from serve_apps.llm.args import LLMAppArgs
+from serve_apps.llm.prewarm import Prewarmer
 from serve_apps.llm.sse import sse_frames
 from serve_apps.llm.timeline import log_line, phases
 
@@ -55,19 +57,15 @@ class LLMRouter:
         self._hist = metrics.Histogram(
             "thawline_cold_start_seconds", description="LLM cold start, per phase (phase=total: request to first token).",
             boundaries=_BOUNDARIES, tag_keys=("app", "phase"))
-        if self.args.warm_pool_size:
-            self._ensure_pools()
+        # Warm pool + snapshot prefetch on every node that can hold a replica: the nodes alive
+        # now, and each node the autoscaler adds later, the moment it joins (prewarm.py).
+        self._prewarm = Prewarmer(self.app_name, self.args, self._board).start()
 
-    def _ensure_pools(self) -> None:
-        """Pre-import engine hosts on every node a replica could land on, before any request."""
-        import ray
-
-        from serve_apps.llm.warm_pool import get_or_create_pool
-
-        need = "GPU" if self.args.accelerator == "gpu" else "CPU"
-        for node in ray.nodes():
-            if node.get("Alive") and node.get("Resources", {}).get(need, 0) > 0:
-                get_or_create_pool(node["NodeID"], self.args.warm_pool_size)
+    def __del__(self) -> None:
+        # Serve stops this replica (app deleted or redeployed): no prewarm for it from here on.
+        prewarm = getattr(self, "_prewarm", None)
+        if prewarm is not None:
+            prewarm.stop()
 
     # -- cold start ----------------------------------------------------------------------------
 
@@ -106,7 +104,8 @@ class LLMRouter:
         ph = phases(full)
         for name, secs in ph.items():
             self._hist.observe(secs, tags={"app": self.app_name, "phase": name})
-        self._board.record_cold_start.remote(self.app_name, {"replica": rid, "phases_s": ph, **info["info"]})
+        self._board.record_cold_start.remote(self.app_name, {"replica": rid, "phases_s": ph, "marks": full,
+                                                             **info["info"]})
 
     # -- handle API (gateway) ------------------------------------------------------------------
 
@@ -149,7 +148,8 @@ class LLMRouter:
     @api.get("/thawline/state")
     async def state(self) -> dict:
         return {**await self._board.get.remote(self.app_name),
-                "last_cold_start": await self._board.last_cold_start.remote(self.app_name)}
+                "last_cold_start": await self._board.last_cold_start.remote(self.app_name),
+                "prewarm": await self._board.prewarm.remote(self.app_name)}
 
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request):

@@ -1,8 +1,12 @@
 """LLMServer: the Serve deployment that scales to zero. One replica = one vLLM engine.
 
-A replica starts by claiming a pre-imported engine host from its node's warm pool (TP=1), or
-building one in its own process, then restores the snapshot through the node-local cache and
-starts the engine with the recorded engine state (engine_host.EngineHost). It reports
+A replica starts by claiming a pre-imported engine host from its node's warm pool, or building
+one in its own process, then restores the snapshot through the node-local cache and starts the
+engine with the recorded engine state (engine_host.EngineHost). One host runs the replica's whole
+TP group: on CPU the rank workers are processes under the host's EngineCore, and the replica's
+placement-group bundles reserve their CPUs; on GPU vLLM's Ray executor puts one rank worker in
+each of the replica's bundles (the host gets the group, see spec.py) and the host itself sees only
+the bundles' GPUs (gpus.py). It reports
 starting / warm / stopped to the ReadinessBoard and keeps the marks of its cold-start timeline
 for the router, which logs the whole timeline once the first token is out.
 """
@@ -14,20 +18,24 @@ import os
 import time
 from typing import AsyncIterator
 
-import psutil
 import ray
 from ray import serve
 
 from gateway.readiness import get_or_create_board
 from serve_apps.llm.args import LLMAppArgs, effective_engine_overrides, first_boot_ref
 from serve_apps.llm.first_boot import committed_snapshot, engine_identity, local_source
+from serve_apps.llm.node_cache import pin_node_id
+from serve_apps.llm.gpus import rank_bundles, visible_devices
 from serve_apps.llm.spec import CaptureSpec, EngineSpec
+from serve_apps.llm.timeline import process_start_time
 
 log = logging.getLogger("thawline.serve")
 
 # A pooled host still importing is worth waiting for: importing here instead would compete
 # with it for the same CPUs and finish later.
 POOL_PENDING_WAIT_S = 120.0
+# The GPU probe tasks need only a worker process: their bundles are reserved and idle.
+GPU_PROBE_TIMEOUT_S = 60.0
 
 
 class _LocalHost:
@@ -76,6 +84,29 @@ class _PooledHost:
         await stop_host(self.actor)
 
 
+def _gpu_ids_here() -> list:
+    return ray.get_gpu_ids()
+
+
+async def bundle_gpu_ids(args: LLMAppArgs) -> list[str] | None:
+    """GPU replicas: the devices of the replica's rank bundles (gpus.py says why the host needs
+    them). Ray pins a bundle's GPU when the group is placed, so a zero-CPU probe task in each
+    bundle reads exactly the device the rank worker there will get; the bundles are still free
+    (the replica holds no GPU, the workers do not exist yet)."""
+    if args.accelerator != "gpu":
+        return None
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pg = ray.util.get_current_placement_group()
+    if pg is None:
+        return None  # not under Serve's placement group: nothing to narrow to
+    probe = ray.remote(_gpu_ids_here)
+    refs = [probe.options(num_cpus=0, num_gpus=pg.bundle_specs[i]["GPU"],
+                          scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)).remote()
+            for i in rank_bundles(pg.bundle_specs, args.tensor_parallel_size)]
+    return visible_devices(await asyncio.wait_for(asyncio.gather(*refs), GPU_PROBE_TIMEOUT_S))
+
+
 REPLICA_STATES = ("starting", "warm", "stopped")
 
 
@@ -95,7 +126,8 @@ class LLMServer:
             self._state.set(1.0 if s == state else 0.0, tags={"app": self.app_name, "replica": self.replica_id, "state": s})
 
     async def __init__(self, args: dict) -> None:
-        marks = {"init_start": time.time(), "process_start": psutil.Process().create_time()}
+        marks = {"init_start": time.time(), "process_start": process_start_time()}
+        pin_node_id()  # THAWLINE_CACHE_DIR may say {node_id} (first boot fetches its source there)
         self.args = LLMAppArgs.model_validate(args)
         ctx = serve.get_replica_context()
         self.app_name = ctx.app_name
@@ -122,7 +154,7 @@ class LLMServer:
 
     async def _get_host(self):
         a = self.args
-        if a.warm_pool_size and a.tensor_parallel_size == 1:
+        if a.warm_pool_size:
             from serve_apps.llm.warm_pool import get_or_create_pool
 
             pool = get_or_create_pool(ray.get_runtime_context().get_node_id(), a.warm_pool_size)
@@ -140,21 +172,23 @@ class LLMServer:
         return await asyncio.to_thread(_LocalHost), "replica"
 
     def _spec(self, *, snapshot_url: str | None = None, capture: CaptureSpec | None = None,
-              accelerator: dict | None = None) -> dict:
-        """The EngineSpec for the host, as a dict (see spec.py: the placement group rides as is)."""
+              accelerator: dict | None = None, gpu_ids: list[str] | None = None) -> dict:
+        """The EngineSpec for the host, as a dict (see spec.py: placement group and runtime env
+        ride as is). The replica's runtime env goes along because a pooled host runs under the
+        env of whichever app created the pool, not this app's."""
         a = self.args
         gpu = a.accelerator == "gpu"
         return EngineSpec(served_model_id=a.served_model_id, overrides=effective_engine_overrides(a),
                           verify=a.verify_checksums, snapshot_url=snapshot_url, capture=capture,
-                          accelerator=accelerator,
-                          gpu_ids=ray.get_gpu_ids() if gpu else None,
+                          accelerator=accelerator, gpu_ids=gpu_ids,
+                          runtime_env=ray.get_runtime_context().runtime_env,
                           placement_group=ray.util.get_current_placement_group() if gpu else None).model_dump()
 
     async def _start_engine(self) -> dict:
         a = self.args
         # vLLM version, overrides and accelerator: a snapshot made under others is never restored
         # as is (first_boot.committed_snapshot: re-capture, or refuse in one line).
-        identity = await asyncio.to_thread(engine_identity, a)
+        identity, gpu_ids = await asyncio.gather(asyncio.to_thread(engine_identity, a), bundle_gpu_ids(a))
         accelerator = identity.accelerator.model_dump()
         url = await asyncio.to_thread(committed_snapshot, a, identity)
         if url is None:
@@ -163,13 +197,13 @@ class LLMServer:
             source = await asyncio.to_thread(local_source, a.model_source)
             name, sid = first_boot_ref(a, identity.digest)
             t0 = time.time()
-            started = await self._host.start(self._spec(accelerator=accelerator, capture=CaptureSpec(
+            started = await self._host.start(self._spec(accelerator=accelerator, gpu_ids=gpu_ids, capture=CaptureSpec(
                 source_dir=str(source), tp=a.tensor_parallel_size, store_url=a.snapshot_store,
                 name=name, snapshot_id=sid)))
             log.info("thawline: first boot (%s) up in %.1f s%s", started.get("first_boot"), time.time() - t0,
                      f", wrote {started['snapshot_url']}" if started.get("snapshot_url") else "")
             return started
-        started = await self._host.start(self._spec(snapshot_url=url, accelerator=accelerator))
+        started = await self._host.start(self._spec(snapshot_url=url, accelerator=accelerator, gpu_ids=gpu_ids))
         return {**started, "snapshot_url": url}
 
     # -- handle methods ------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Internal to the LLM app (the gateway <-> LLM app contract is gateway/llm_protocol.py). The
 replica builds an EngineSpec and sends `spec.model_dump()`: a dict on the wire, because the host
-may be a warm-pool actor, and a dict keeps the placement group the very object Ray hands the
-replica (an `Any` field is dumped as is). `EngineHost.start` validates what it receives.
+may be a warm-pool actor, and a dict keeps the placement group and runtime env the very objects
+Ray hands the replica (an `Any` field is dumped as is). `EngineHost.start` validates what it receives.
 Pure (pydantic only): unit-tested in tests/unit/test_llm_spec.py.
 """
 from __future__ import annotations
@@ -40,6 +40,8 @@ class EngineSpec(BaseModel):
     gpu_ids: list[int | str] | None = Field(None, description="GPU replicas: the devices of the replica's bundles.")
     placement_group: Any = Field(None, description="GPU TP: the replica's placement group (a Ray "
                                  "PlacementGroup), so vLLM's Ray workers use its bundles.")
+    runtime_env: Any = Field(None, description="The replica's Ray runtime_env (a dict): its env_vars are "
+                             "set in the host before the engine starts, and vLLM's Ray workers start under it.")
 
     @model_validator(mode="after")
     def _one_source(self) -> "EngineSpec":

@@ -2,7 +2,8 @@
 
 Marks (time.time(), seconds; all on one node's clock except `request`, taken in the router):
   request        the router got a request while no replica was warm
-  process_start  the replica's worker process was created (psutil create_time)
+  process_start  the replica's worker process was created (process_start_time: Ray forks a
+                 new worker for each replica; one started before the request was reused)
   init_start     the replica's constructor began (Serve imported the deployment module)
   imports_done   vLLM is imported (in a claimed warm-pool host: already done, ~0 s)
   restore_done   snapshot resolved, engine files materialised from the node cache, weight
@@ -15,6 +16,7 @@ Pure logic: no Ray, no vLLM.
 from __future__ import annotations
 
 import json
+import time
 
 MARKS = ("request", "process_start", "init_start", "imports_done", "restore_done", "engine_ready", "first_token")
 # phase name -> (from mark, to mark)
@@ -44,3 +46,25 @@ def log_line(app: str, replica_id: str, marks: dict[str, float], **extra) -> str
     """One structured line per cold start (grep `"event": "thawline.cold_start"`)."""
     return json.dumps({"event": "thawline.cold_start", "app": app, "replica": replica_id,
                        "phases_s": phases(marks), **extra}, sort_keys=True)
+
+
+def process_start_time(pid: int | str = "self") -> float:
+    """time.time() at which process `pid` was created, to ~10 ms (Linux; psutil elsewhere).
+
+    Not psutil's create_time(): it adds the start tick to /proc/stat's btime, which the kernel
+    rounds down to whole seconds, so it is up to 1 s early (0.5 s on the bench VM). That put the
+    worker Ray forks ~0.4 s after a cold request *before* the request: the router then took the
+    worker as reused, and its start went into serve_scheduling with worker_start logged as 0.
+    Here: now minus the process's age, both read on the boot clock."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        import os
+
+        return time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        import psutil
+
+        return psutil.Process(None if pid == "self" else int(pid)).create_time()

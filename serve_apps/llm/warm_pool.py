@@ -10,18 +10,32 @@ replica's actor id, checked against the GCS actor table) and stops hosts whose o
 so a crashed replica's engine does not hold the node's memory forever. The bookkeeping is the
 pure `ClaimBook` (serve_apps/llm/claims.py); this actor only supplies the liveness check.
 
+A replica of any TP degree claims one host, and that host runs the whole TP group. On CPU
+vLLM's multiprocessing executor forks the rank workers under the host's EngineCore. On GPU the
+replica hands over its placement group and runtime env: vLLM's Ray executor starts one rank
+worker in each of the replica's bundles, with that bundle's GPU, and the host itself sees only
+those GPUs (gpus.py).
+
 Owners are tracked by actor id, never by name: inside a Serve replica the runtime context's
 namespace is the job's, not the `serve` namespace the replica is registered in, so a name looked
 up there is never found and every claimed host would be reaped at once.
 
-Hosts reserve no Ray resources while idle (num_cpus=0): the resources they use once claimed are
-the claiming replica's placement-group bundle. The pool refills after a delay, so the refill's
-imports do not compete for CPU with the cold start that just claimed a host.
+Hosts reserve no Ray resources while idle (num_cpus=0, no GPU): the resources they use once
+claimed are the claiming replica's placement-group bundles, one per TP rank. The pool refills
+after a delay, so the refill's imports do not compete for CPU with the cold start that just
+claimed a host.
+
+A pool on a worker node retires once unused for $THAWLINE_WARM_POOL_RETIRE_S (default 60 s):
+Ray counts any live actor as work, so a pool that stayed would keep its idle node from ever
+being removed by the autoscaler. The LLM router starts a pool again when a node joins
+(prewarm.py), and a replica landing on a node without one creates it.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -34,6 +48,14 @@ log = logging.getLogger("thawline.serve")
 REFILL_DELAY_S = 20.0
 REAP_INTERVAL_S = 5.0  # how often the pool checks that the owners of claimed hosts still live
 HOST_SHUTDOWN_TIMEOUT_S = 15.0
+# Seconds a pool on a worker node outlives its last claimed host. Every live actor, even one
+# that reserves nothing, makes Ray count its node as busy ("Busy workers on node"), so a pool
+# that stayed forever would keep an idle engine node, and its GPUs, from ever scaling down.
+# Keep it below the cluster's idle_timeout_minutes. The head's pool never retires (the head
+# never scales down).
+RETIRE_ENV = "THAWLINE_WARM_POOL_RETIRE_S"
+RETIRE_AFTER_S = 60.0
+HEAD_RESOURCE = "node:__internal_head__"
 
 
 def _host_actor(node_id: str):
@@ -85,7 +107,7 @@ class WarmPool:
     """Keeps `size` ready hosts on one node. Async actor: claim() never blocks behind a refill."""
 
     def __init__(self, node_id: str, size: int, refill_delay_s: float = REFILL_DELAY_S,
-                 reap_interval_s: float = REAP_INTERVAL_S) -> None:
+                 reap_interval_s: float = REAP_INTERVAL_S, retire_after_s: float | None = None) -> None:
         self.node_id = node_id
         self.size = size
         self.refill_delay_s = refill_delay_s
@@ -97,6 +119,10 @@ class WarmPool:
         self._refill_task = None
         self._reap_task = None
         self._became_ready = asyncio.Event()
+        self.retire_after_s = float(os.environ.get(RETIRE_ENV, RETIRE_AFTER_S)) if retire_after_s is None else retire_after_s
+        self._last_claim = time.monotonic()  # the idle clock starts at creation
+        self._retire_task = None
+        self._retired = False
 
     async def _fill(self) -> None:
         while len(self._ready) + len(self._pending) < self.size:
@@ -117,7 +143,16 @@ class WarmPool:
     async def ensure(self, size: int) -> dict:
         """Raise the pool to at least `size` (several apps may share a node's pool)."""
         self.size = max(self.size, size)
-        await self._fill()
+        if self._retired:
+            return self.stats()
+        # A claim has scheduled the delayed refill: filling now would import during the cold
+        # start that claimed. An async actor does not run calls in the order they were sent, so
+        # the ensure() a replica sends before its claim() often runs after it (seen in
+        # bench/first_cold_start.py: the refill host started 1 s after the claim, not 20 s).
+        if self._refill_task is None or self._refill_task.done():
+            await self._fill()
+        if self._retire_task is None and self.retire_after_s > 0:
+            self._retire_task = asyncio.get_running_loop().create_task(self._retire_when_idle())
         return self.stats()
 
     async def claim(self, wait_s: float = 0.0, owner_actor_id: str | None = None):
@@ -125,6 +160,9 @@ class WarmPool:
         importing, wait up to `wait_s` for it: it is further along than a fresh import would be.
         owner_actor_id: the claiming replica's actor id (ray.get_runtime_context().get_actor_id());
         the pool stops the host once that actor is dead."""
+        if self._retired:
+            return None  # stopping: the caller imports itself (or asks the next pool)
+        self._last_claim = time.monotonic()
         deadline = asyncio.get_running_loop().time() + wait_s
         while not self._ready and self._pending:
             self._became_ready.clear()
@@ -160,6 +198,31 @@ class WarmPool:
                 await stop_host(claim.host)
                 self._claims.reaped(claim)
 
+    async def _retire_when_idle(self) -> None:
+        """Stop the hosts and this pool once, for retire_after_s, no host has been claimed, held
+        or importing, so the node can go idle. Never on the head. The clock does not run while a
+        host imports: a pool started when its node joined is waited for by the replica the node
+        came up for, which may arrive before the import is done."""
+        if await asyncio.to_thread(_is_head, self.node_id):
+            return
+        while True:
+            await asyncio.sleep(min(5.0, max(0.5, self.retire_after_s / 4)))
+            if self._claims or self._pending:
+                self._last_claim = time.monotonic()  # a replica uses a host here, or one is coming
+            elif time.monotonic() - self._last_claim >= self.retire_after_s:
+                break
+        self._retired = True
+        log.info("thawline: warm pool on %s unused for %.0f s; stopping it so the node can scale down",
+                 self.node_id, self.retire_after_s)
+        if self._refill_task is not None:
+            self._refill_task.cancel()
+        hosts, self._ready = self._ready, []
+        for host in list(self._pending):
+            ray.kill(host, no_restart=True)
+        await asyncio.gather(*(stop_host(h) for h in hosts))
+        # The name is freed with the actor: a later replica here gets a fresh pool.
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
     async def _delayed_fill(self) -> None:
         await asyncio.sleep(self.refill_delay_s)
         await self._fill()
@@ -171,6 +234,10 @@ class WarmPool:
     def stats(self) -> dict:
         return {"node_id": self.node_id, "size": self.size, "ready": len(self._ready),
                 "pending": len(self._pending), "claimed": self._claimed, **self._claims.stats()}
+
+
+def _is_head(node_id: str) -> bool:
+    return any(n.get("NodeID") == node_id and HEAD_RESOURCE in n.get("Resources", {}) for n in ray.nodes())
 
 
 def get_or_create_pool(node_id: str, size: int):

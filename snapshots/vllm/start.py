@@ -86,8 +86,31 @@ def read_engine_state(snapshot_url: str, storage_options: dict | None = None):
     return store, snap.ref, snap.meta, _load_engine_state(store, snap)
 
 
+def materialise_engine_dir(snapshot_url: str) -> Path:
+    """Fetch a snapshot's engine files (hf/, compile cache, NCCL files) into this node's engine
+    dir ahead of any engine start (the node-join prewarm does this); returns the dir."""
+    store, ref = SnapshotStore.for_snapshot(snapshot_url)
+    snap = store.load(ref)
+    state = _load_engine_state(store, snap)
+    edir = engine_dir(snap.ref.model, snap.ref.snapshot_id)
+    _materialise(store, snap.ref, state, edir)
+    return edir
+
+
 def _materialise(store: SnapshotStore, resolved: SnapshotRef, state: EngineState, edir: Path) -> None:
-    """Fetch engine/hf, the compile cache and NCCL files into edir (once per node and snapshot)."""
+    """Fetch engine/hf, the compile cache and NCCL files into edir (once per node and snapshot).
+
+    Under a per-dir file lock: a prewarm prefetch and a replica's start may materialise the same
+    dir at once, and a file rewritten while vLLM reads it would be seen half-written."""
+    import fcntl
+
+    edir.mkdir(parents=True, exist_ok=True)
+    with open(edir / ".materialise.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _materialise_locked(store, resolved, state, edir)
+
+
+def _materialise_locked(store: SnapshotStore, resolved: SnapshotRef, state: EngineState, edir: Path) -> None:
     done = edir / ".materialised"
     if done.is_file() and done.read_text() == resolved.url:
         return

@@ -4,7 +4,7 @@ The e2e tests start every engine through this script: vLLM keeps process-global 
 (torch.distributed groups, env caches, the TP world), so engines of different TP sizes or
 failing starts must not share the pytest process.
 
-    python tests/e2e/engine_runner.py '{"action": "create", "hf_dir": ..., "tp": 1, "store_url": ..., "name": ...}'
+    python tests/e2e/engine_runner.py '{"action": "create", "hf_dir": ..., "tp": 1, "store_url": ..., "name": ..., "overrides": {}}'
     python tests/e2e/engine_runner.py '{"action": "hf", "hf_dir": ..., "tp": 1, "prompts": [...], "max_tokens": 6}'
     python tests/e2e/engine_runner.py '{"action": "snapshot", "url": ..., "prompts": [...], "max_tokens": 6, "overrides": {}}'
 """
@@ -31,7 +31,7 @@ def main(spec: dict) -> dict:
         from snapshots.vllm.capture import create_engine_snapshot
 
         url = create_engine_snapshot(spec["hf_dir"], tp=spec["tp"], store_url=spec["store_url"], name=spec["name"],
-                                     dtype=DTYPE, max_model_len=MAX_MODEL_LEN)
+                                     dtype=DTYPE, max_model_len=MAX_MODEL_LEN, **spec.get("overrides", {}))
         return {"url": url}
     if action == "hf":
         from vllm import LLM

@@ -1,5 +1,6 @@
 """The real Ray autoscaler, driven by cluster/fake-multinode.yaml, adds a GPU worker node when a
-task needs a GPU and removes it again once it is idle: node-level scale to zero, on one machine.
+task needs a GPU and removes it again once it is idle (its warm pool retires, so it does not keep
+it): node-level scale to zero, on one machine.
 
 Ray 2.60's `ray up` cannot use the fake multinode provider (its defaults file is missing from the
 wheel), so the cluster is started the supported way:
@@ -10,31 +11,23 @@ another Ray running on the machine.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
-import uuid
-from pathlib import Path
 
 import pytest
-import yaml
 
 # Imported at collection time on purpose: tests/unit/conftest.py blocks any *new* `ray` import
 # for the rest of a combined `pytest tests` session, and Ray's validator imports these lazily.
 import ray.autoscaler._private.util  # noqa: E402,F401
 import ray.autoscaler.aws  # noqa: E402,F401
 import ray.autoscaler.local  # noqa: E402,F401
-from cluster.config import deep_merge, load_cluster_config
-from cluster.validate import ray_prepare_and_validate
-from testkit.sandbox import MARKER_ENV, sandbox_processes, stop_sandbox
-from tests.conftest import REPO_ROOT, free_port
+from testkit.fake_cluster import REPO_ROOT, start_fake_cluster
+from testkit.sandbox import MARKER_ENV, sandbox_processes
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-RAY = str(Path(sys.executable).with_name("ray"))
 HEAD_CPUS = 4
+PROBE = "reaches-every-node"
 
 # Runs as its own driver process so it never shares (or disturbs) a Ray the pytest process may
 # already be connected to. Waits are bounded polls; the seconds are reported, never asserted.
@@ -59,77 +52,42 @@ def poll(cond, timeout_s):
 @ray.remote(num_gpus=1, num_cpus=0, resources={"accelerator_type:L40S": 0.001})
 def where():
     import os
-    return ray.get_runtime_context().get_node_id(), os.environ.get("RAY_NODE_TYPE_NAME")
+    return (ray.get_runtime_context().get_node_id(), os.environ.get("RAY_NODE_TYPE_NAME"),
+            os.environ.get("THAWLINE_PROBE"))
+
 
 head_id = ray.get_runtime_context().get_node_id()
 before = len(gpu_nodes())
 t0 = time.monotonic()
-node_id, node_type = ray.get(where.remote(), timeout=150)
+node_id, node_type, probe = ray.get(where.remote(), timeout=150)
 up_s = time.monotonic() - t0
 peak = len(gpu_nodes())
+# Ray counts any live actor as work ("Busy workers on node"), even a resource-less detached one
+# such as the warm pool: the pool must retire for the node to go idle.
+from serve_apps.llm.warm_pool import get_or_create_pool
+pool = get_or_create_pool(node_id, 0)
+actor_node = ray.get(pool.stats.remote(), timeout=60)["node_id"]
 t1 = time.monotonic()
 gone = poll(lambda: not gpu_nodes(), 150)
 down_s = time.monotonic() - t1
 print(json.dumps({"head": head_id, "before": before, "node": node_id, "node_type": node_type,
-                  "peak": peak, "gone": gone, "scale_up_s": round(up_s, 1),
+                  "probe": probe, "actor_node": actor_node, "peak": peak, "gone": gone, "scale_up_s": round(up_s, 1),
                   "scale_down_s": round(down_s, 1)}))
 """
 
 
 @pytest.fixture(scope="module")
 def fake_cluster():
-    """A fake-multinode Ray cluster of our own: (gcs address, env for drivers)."""
-    token = uuid.uuid4().hex
-    # Short path: Ray's unix sockets live under the temp dir and have a ~107 byte limit.
-    root = Path(tempfile.mkdtemp(prefix="tl-as-", dir="/tmp"))
-    home = root / "home"
-    home.mkdir()
-    port = free_port()
-    config = deep_merge(
-        load_cluster_config(REPO_ROOT / "cluster" / "fake-multinode.yaml"),
-        {
-            "provider": {"gcs_address": f"127.0.0.1:{port}"},
-            "available_node_types": {"ray.head.default": {"resources": {"CPU": HEAD_CPUS, "GPU": 0}}},
-        },
-    )
-    ray_prepare_and_validate(config)
-    config_path = root / "autoscaler.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-
-    env = {
-        **os.environ,
-        MARKER_ENV: token,
-        "RAY_FAKE_CLUSTER": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        # Ray 2.60 turns token auth on; a per-run token in the env keeps ~/.ray untouched.
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": uuid.uuid4().hex,
-        "HOME": str(home),
-        "RAY_TMPDIR": str(root),
-        # React within a second instead of Ray's 5 s loop; the scale-down test waits on it.
-        "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-    }
-    start = [
-        RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-        f"--num-cpus={HEAD_CPUS}", "--num-gpus=0", f"--temp-dir={root / 'ray'}",
-        f"--autoscaling-config={config_path}", "--include-dashboard=false",
-        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-        "--object-store-memory=100000000", "--disable-usage-stats",
-    ]
-    try:
-        started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
-        assert started.returncode == 0, f"ray start failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}"
-        yield f"127.0.0.1:{port}", env, token
-    finally:
-        stop_sandbox(token)
-        shutil.rmtree(root, ignore_errors=True)
+    """A fake-multinode Ray cluster of our own (testkit/fake_cluster.py)."""
+    with start_fake_cluster(head_cpus=HEAD_CPUS,
+                            extra_env={"THAWLINE_PROBE": PROBE, "THAWLINE_WARM_POOL_RETIRE_S": "2"}) as fc:
+        yield fc
 
 
 def test_gpu_task_adds_a_worker_node_and_idleness_removes_it(fake_cluster):
-    address, env, token = fake_cluster
     driver = subprocess.run(
-        [sys.executable, "-c", DRIVER, address], env=env, capture_output=True, text=True, timeout=280,
+        [sys.executable, "-c", DRIVER, fake_cluster.address], env=fake_cluster.env, capture_output=True, text=True,
+        timeout=280, cwd=REPO_ROOT,
     )
     assert driver.returncode == 0, f"driver failed:\n{driver.stderr[-4000:]}"
     result = json.loads(driver.stdout.strip().splitlines()[-1])
@@ -139,12 +97,16 @@ def test_gpu_task_adds_a_worker_node_and_idleness_removes_it(fake_cluster):
     assert result["node"] != result["head"]
     assert result["node_type"] == "gpu-l40s-x1"  # the smallest type that fits {GPU: 1}
     assert result["peak"] == 1
-    # ...and back to zero once idle for idle_timeout_minutes.
-    assert result["gone"], "the idle GPU worker node was never removed"
+    # Env given to the head's `ray start` reaches the workers of nodes the autoscaler adds.
+    assert result["probe"] == PROBE
+    # ...and back to zero once idle for idle_timeout_minutes: the node's warm pool (a detached
+    # actor, which Ray counts as work) retired after THAWLINE_WARM_POOL_RETIRE_S unused.
+    assert result["actor_node"] == result["node"]
+    assert result["gone"], "the idle GPU worker node was never removed (did its warm pool retire?)"
 
 
 def test_teardown_stops_only_this_cluster(fake_cluster):
-    _, _, token = fake_cluster
+    token = fake_cluster.token
     procs = sandbox_processes(token)
     names = {p.name() for p in procs}
     assert "raylet" in names and "gcs_server" in names

@@ -85,7 +85,8 @@ def test_local_snapshot_is_read_in_place(tiny_dir, tmp_path):
 
 
 _FETCHER = """
-import json, sys
+import json, os, sys
+os.environ["THAWLINE_FETCH_BY"] = sys.argv[3]
 from snapshots.cache import SnapshotCache
 res = SnapshotCache(sys.argv[2]).fetch(sys.argv[1])
 print(json.dumps({"fetched": res.fetched, "bytes": res.bytes, "path": str(res.path)}))
@@ -93,9 +94,10 @@ print(json.dumps({"fetched": res.fetched, "bytes": res.bytes, "path": str(res.pa
 
 
 def test_two_processes_fetching_at_once_download_once(s3_snapshot, tmp_path):
+    # e.g. a node's prewarm prefetch and a replica's restore asking for the same snapshot
     cache_dir = str(tmp_path / "shared-cache")
-    procs = [subprocess.Popen([sys.executable, "-c", _FETCHER, s3_snapshot, cache_dir], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", _FETCHER, s3_snapshot, cache_dir, f"fetcher-{i}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
@@ -109,6 +111,11 @@ def test_two_processes_fetching_at_once_download_once(s3_snapshot, tmp_path):
                      if rel != "snapshot.json" and not rel.startswith(".thawline-cache"))
     assert sum(r["bytes"] for r in results) == downloaded > 0
     assert any(r["fetched"] for r in results)
+    # The cache's download log says who fetched what, and adds up to the same bytes.
+    cache = SnapshotCache(cache_dir)
+    for i, r in enumerate(results):
+        assert sum(d["bytes"] for d in cache.downloads(by=f"fetcher-{i}")) == r["bytes"]
+    assert {d["snapshot_url"] for d in cache.downloads()} == {s3_snapshot}
     meta = json.loads((path / "snapshot.json").read_text())
     for rank in meta["ranks"]:
         for part in rank["parts"]:

@@ -60,8 +60,10 @@ def test_gpu_bundles_one_per_rank_with_accelerator_type():
     assert b == [{"CPU": 2.0, "GPU": 1.0, "accelerator_type:H100": 0.001}] * 4
     # the replica actor in bundle 0 takes no GPU: vLLM's workers take one per bundle
     assert server_deployment_options(a)["ray_actor_options"]["num_cpus"] == 0.0
-    # TP>1 never uses the (TP=1-only) warm pool
-    assert a.warm_pool_size == 0
+    # TP>1 keeps its warm pool: one pooled host runs the whole TP group
+    assert a.warm_pool_size == 1
+    assert LLMAppArgs(served_model_id="m", snapshot_url="s3://b/m/latest", tensor_parallel_size=2,
+                      warm_pool_size=3).warm_pool_size == 3
 
 
 def test_env_expansion_with_defaults_and_errors():
@@ -150,3 +152,25 @@ def test_served_model_id_must_be_a_whole_model_id(bad):
     with pytest.raises(ValidationError, match="model id"):
         LLMAppArgs(served_model_id=bad, snapshot_url="file:///tmp/s/tiny/latest")
     LLMAppArgs(served_model_id="meta-llama/Llama-3.1-8B-Instruct", snapshot_url="file:///tmp/s/tiny/latest")
+
+
+def test_resources_per_rank_ride_in_every_bundle():
+    # e.g. a resource only the engine node type offers: replicas never land on the head
+    a = LLMAppArgs(served_model_id="m", snapshot_url="s3://b/m/latest", tensor_parallel_size=2,
+                   resources_per_rank={"thawline_engine": 1})
+    assert placement_bundles(a) == [{"CPU": 1.0, "thawline_engine": 1.0}] * 2
+    assert server_deployment_options(a)["placement_group_bundles"] == placement_bundles(a)
+    g = LLMAppArgs(served_model_id="m", snapshot_url="s3://b/m/latest", accelerator="gpu",
+                   accelerator_type="L4", resources_per_rank={"pool_a": 0.5})
+    assert placement_bundles(g) == [{"CPU": 1.0, "GPU": 1.0, "accelerator_type:L4": 0.001, "pool_a": 0.5}]
+    assert placement_bundles(LLMAppArgs(served_model_id="m", snapshot_url="s3://b/m/latest")) == [{"CPU": 1.0}]
+
+
+@pytest.mark.parametrize("res, msg", [
+    ({"CPU": 1}, "not a custom resource"),
+    ({"accelerator_type:H100": 1}, "not a custom resource"),
+    ({"thawline_engine": 0}, "must be > 0"),
+])
+def test_resources_per_rank_rejects_builtin_and_empty_amounts(res, msg):
+    with pytest.raises(ValidationError, match=msg):
+        LLMAppArgs(served_model_id="m", snapshot_url="s3://b/m/latest", resources_per_rank=res)
