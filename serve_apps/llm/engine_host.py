@@ -61,6 +61,12 @@ class EngineHost:
     def __init__(self, *, forkserver: bool = True) -> None:
         t0 = time.time()
         pin_node_id()  # before any cache use or engine process: THAWLINE_CACHE_DIR may say {node_id}
+        launch = None
+        if forkserver:
+            from serve_apps.llm import forkserver as llm_forkserver
+
+            # Its server imports torch + vLLM while this process does the same below.
+            launch = llm_forkserver.Launch()
         # Imports are the cold start's biggest fixed cost: done here, ahead of any request when
         # the host is pooled. Each of these pulls in torch and most of vLLM.
         import vllm  # noqa: F401
@@ -81,11 +87,8 @@ class EngineHost:
         # walks every config dataclass: seconds on a busy 2-core node, so not on the cold path.
         self._frontend_defaults = vars(make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", "unset"]))
         self.import_s = time.time() - t0
-        self.forkserver_s = 0.0
-        if forkserver:
-            from serve_apps.llm import forkserver as llm_forkserver
-
-            self.forkserver_s = llm_forkserver.start()
+        # seconds from the forkserver's launch (at the start of this constructor) to ready
+        self.forkserver_s = launch.wait() if launch is not None else 0.0
         self.created_at = t0
         self._engine = None
         self._chat = None
