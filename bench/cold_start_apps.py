@@ -76,7 +76,7 @@ def make_snapshot(work: Path, tp: int = 1) -> tuple[Path, str]:
         return hf, SnapshotStore(store).resolve(f"{name}/latest").url
     except SnapshotNotFound:
         pass
-    code = ("import sys; from snapshots.vllm.capture import create_engine_snapshot; "
+    code = ("import sys; from snapshots.vllm_engine.capture import create_engine_snapshot; "
             "print('URL ' + create_engine_snapshot(sys.argv[1], tp=int(sys.argv[3]), store_url=sys.argv[2], "
             f"name=sys.argv[4], **{ENGINE!r}))")
     env = {**os.environ, **APP_ENV, "PYTHONPATH": str(REPO_ROOT), "VLLM_CACHE_ROOT": str(work / "vllm-cache")}

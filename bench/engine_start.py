@@ -55,7 +55,7 @@ MAX_MODEL_LEN = 512
 def child(spec: dict) -> None:
     t0 = time.perf_counter()
     if spec["mode"] == "create":
-        from snapshots.vllm.capture import create_engine_snapshot
+        from snapshots.vllm_engine.capture import create_engine_snapshot
 
         url = create_engine_snapshot(spec["hf_dir"], tp=spec["tp"], store_url=STORE_URL, name=spec["name"],
                                      max_model_len=MAX_MODEL_LEN)
@@ -66,7 +66,7 @@ def child(spec: dict) -> None:
     if spec["mode"] == "hf":
         llm = LLM(spec["hf_dir"], tensor_parallel_size=spec["tp"], max_model_len=MAX_MODEL_LEN)
     else:
-        from snapshots.vllm.start import start_engine
+        from snapshots.vllm_engine.start import start_engine
 
         llm = start_engine(spec["url"])
     t_up = time.perf_counter()
@@ -126,7 +126,7 @@ def _evict(paths: list[Path]) -> None:
 def ensure_snapshot(model_dir: Path, tp: int) -> str:
     from snapshots.store import SnapshotStore
 
-    from snapshots.vllm.start import read_engine_state
+    from snapshots.vllm_engine.start import read_engine_state
 
     name = f"bench-tp{tp}"
     store = SnapshotStore(STORE_URL)

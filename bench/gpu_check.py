@@ -36,7 +36,7 @@ def child(spec: dict) -> None:
     else:
         engine["enforce_eager"] = True
     if spec["mode"] == "create":
-        from snapshots.vllm.capture import create_engine_snapshot
+        from snapshots.vllm_engine.capture import create_engine_snapshot
 
         url = create_engine_snapshot(spec["hf_dir"], tp=spec["tp"], store_url=spec["store"], name=f"check-tp{spec['tp']}",
                                      **engine)
@@ -47,7 +47,7 @@ def child(spec: dict) -> None:
     if spec["mode"] == "hf":
         llm = LLM(spec["hf_dir"], tensor_parallel_size=spec["tp"], **engine)
     else:
-        from snapshots.vllm.start import start_engine
+        from snapshots.vllm_engine.start import start_engine
 
         llm = start_engine(spec["url"])
     t_up = time.perf_counter()
@@ -111,7 +111,7 @@ def check_tp(tp: int, work: Path, model: Path, *, dry_run: bool, device: str, ti
     hf, hf_log = run_child({**base, "mode": "hf"}, log_dir, timeout)
     snap, snap_log = run_child({**base, "mode": "snapshot", "url": url}, log_dir, timeout)
     from snapshots.store import SnapshotStore
-    from snapshots.vllm.start import read_engine_state
+    from snapshots.vllm_engine.start import read_engine_state
 
     store_obj, ref = SnapshotStore.for_snapshot(url)
     meta = store_obj.load(ref).meta

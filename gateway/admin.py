@@ -22,7 +22,7 @@ import orjson
 
 from gateway.asgi import auth_header, read_body, request_headers, send_json
 from gateway.errors import AuthError, BadRequest, GatewayError, NotFound
-from gateway.keys import KeyStore
+from gateway.key_auth import KeyAuth
 from gateway.routes import CompiledRoute
 
 
@@ -45,11 +45,11 @@ class AdminEndpoints:
     """`costs` is the CostTracker (None: an empty ledger), `metrics` the Prometheus registry
     wrapper (None: an empty scrape), `openapi` the rendered document."""
 
-    def __init__(self, *, keys: KeyStore, routes: dict[str, CompiledRoute], costs: Any, metrics: Any,
+    def __init__(self, *, keys: KeyAuth, routes: dict[str, CompiledRoute], costs: Any, metrics: Any,
                  openapi: bytes, control: Any = None):
         self.keys, self.routes, self.costs, self.metrics = keys, routes, costs, metrics
         self.openapi = openapi
-        self.control = control    # the Gateway: key_store (FsKeyStore | None), refresh_keys()
+        self.control = control    # the Gateway: key_store (KeyRecordStore | None), refresh_keys()
 
     def _require_admin(self, scope) -> None:
         if not self.keys.is_admin(auth_header(request_headers(scope))):
@@ -165,8 +165,8 @@ class AdminEndpoints:
     async def _list_keys(self, store) -> dict:
         import asyncio
 
-        from gateway.key_store import public_view
-        snap = await asyncio.to_thread(store.snapshot)
+        from gateway.key_records import public_view
+        snap = await asyncio.to_thread(store.read_all)
         cfg_keys = [public_view(k.model_dump(mode="json", exclude_none=True), "config")
                     for k in self.control.cfg.keys]
         dyn = [public_view(d, "store") for i, d in sorted(snap.keys.items()) if i not in self.keys.config_ids]
@@ -176,7 +176,7 @@ class AdminEndpoints:
         import asyncio
 
         from gateway.config import KeyConfig
-        from gateway.key_store import digest, key_record, new_key_id, new_secret, public_view, valid_id
+        from gateway.key_records import digest, key_record, new_key_id, new_secret, public_view, valid_id
         fields = self._fields(body, {"id", "routes", "limits", "budget"})
         key_id = body.get("id") or new_key_id()
         if not isinstance(key_id, str) or not valid_id(key_id):
@@ -203,7 +203,7 @@ class AdminEndpoints:
         import asyncio
         import time
 
-        from gateway.key_store import digest, new_secret, public_view
+        from gateway.key_records import digest, new_secret, public_view
         rec = await self._stored(store, key_id)
         secret = new_secret()
         rec = {**rec, "sha256": digest(secret), "rotated_at": time.time()}
@@ -213,7 +213,7 @@ class AdminEndpoints:
     async def _patch_key(self, store, key_id: str, body: dict) -> dict:
         import asyncio
 
-        from gateway.key_store import key_from_record, public_view
+        from gateway.key_records import key_from_record, public_view
         rec = await self._stored(store, key_id)
         fields = self._fields(body, {"routes", "limits", "budget"})
         for k in ("limits", "budget"):
@@ -233,7 +233,7 @@ class AdminEndpoints:
     async def _patch_route(self, store, alias: str, body: dict) -> dict:
         import asyncio
 
-        from gateway.key_store import RouteOverride
+        from gateway.key_records import RouteOverride
         if alias not in self.routes:
             raise NotFound(f"The model `{alias}` does not exist", param="model")
         fields = self._fields(body, {"limits", "budget"})

@@ -29,7 +29,7 @@ from gateway.config import GatewayConfig
 from gateway.dispatch import Dispatcher
 from gateway.errors import GatewayError, NotFound
 from gateway.inference import Inference
-from gateway.keys import KeyStore
+from gateway.key_auth import KeyAuth
 from gateway.openapi import openapi_document
 from gateway.providers import build_provider
 from gateway.providers.base import CHAT, COMPLETIONS, EMBEDDINGS, Provider
@@ -50,9 +50,9 @@ class Gateway:
                  metrics: Any = None, providers: dict[str, Provider] | None = None,
                  on_shutdown: list[Callable[[], Awaitable[None]]] | None = None, tracer: Any = None):
         self.cfg = cfg
-        self.keys = KeyStore(cfg)
-        self.key_store = None                 # FsKeyStore when `key_store` is configured
-        self._snapshot = None                 # the key store's content at the last poll
+        self.keys = KeyAuth(cfg)
+        self.key_store = None                 # KeyRecordStore when `key_store` is configured
+        self._stored_keys = None                 # the key store's content at the last poll
         self._poll_task: asyncio.Task | None = None
         self._open_key_store(cfg)
         self.routes: dict[str, CompiledRoute] = compile_routes(cfg)
@@ -101,13 +101,13 @@ class Gateway:
         if ks is None:
             self.key_store = None
             return
-        from gateway.key_store import FsKeyStore
-        self.key_store = FsKeyStore(ks.url, ks.storage_options)
+        from gateway.key_records import KeyRecordStore
+        self.key_store = KeyRecordStore(ks.url, ks.storage_options)
         self._poll_s = ks.poll_interval_s
 
     def _apply(self) -> None:
-        """Keys, limits and budgets from gateway.yaml overlaid with the key store's snapshot."""
-        snap = self._snapshot
+        """Keys, limits and budgets from gateway.yaml overlaid with the key store's records."""
+        snap = self._stored_keys
         dynamic = snap.key_configs() if snap is not None else []
         self.keys.configure(self.cfg, dynamic)
         overrides = snap.routes if snap is not None else {}
@@ -133,9 +133,9 @@ class Gateway:
         """Re-read the key store now (the poller calls this; the admin API after each write)."""
         if self.key_store is None:
             return
-        snap = await asyncio.to_thread(self.key_store.snapshot)
-        if snap != self._snapshot:
-            self._snapshot = snap
+        snap = await asyncio.to_thread(self.key_store.read_all)
+        if snap != self._stored_keys:
+            self._stored_keys = snap
             self._apply()
 
     async def _poll(self) -> None:
@@ -167,7 +167,7 @@ class Gateway:
         self.cfg = cfg
         if cfg.key_store != old.key_store:
             self._open_key_store(cfg)
-            self._snapshot = None
+            self._stored_keys = None
             if self._poll_task is not None:
                 self._poll_task.cancel()
                 self._poll_task = None

@@ -17,7 +17,7 @@ from gateway.asgi import ClientGone, SSESink, auth_header, hdr_list, read_body, 
 from gateway.costs.tokens import estimate_request_tokens
 from gateway.dispatch import Dispatcher, Trace
 from gateway.errors import BadRequest, GatewayError, NotFound
-from gateway.keys import KeyStore
+from gateway.key_auth import KeyAuth
 from gateway.limits.bounds import apply_route_bounds
 from gateway.providers.base import CHAT, EMBEDDINGS, Response, Usage
 from gateway.routes import CompiledRoute
@@ -28,7 +28,7 @@ class Inference:
     """The request path of the inference endpoints. `limits` / `costs` follow the LimitClient /
     CostTracker seam (docs/INTERFACES.md, "gateway internals"); either may be None."""
 
-    def __init__(self, *, keys: KeyStore, routes: dict[str, CompiledRoute], dispatcher: Dispatcher,
+    def __init__(self, *, keys: KeyAuth, routes: dict[str, CompiledRoute], dispatcher: Dispatcher,
                  limits: Any, costs: Any, accounting: Accounting, max_body: int, tracer: Any = None):
         self.keys, self.routes, self.dispatcher = keys, routes, dispatcher
         self.limits, self.costs, self.accounting = limits, costs, accounting

@@ -23,7 +23,7 @@ import re
 import time
 
 from . import fsutil
-from .claim import CLAIM, GC_MARK, HEARTBEAT, last_alive, mark_collecting, recognised_claim
+from .writer_claim import CLAIM, GC_MARK, HEARTBEAT, last_alive, mark_collecting, recognised_claim
 from .format import SNAPSHOT_JSON, check_name
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import tp_split
-from .vllm.engine_state import HF_SIDE_FILES
+from .vllm_engine.engine_state import HF_SIDE_FILES
 from .errors import SnapshotError
 from .format import DEFAULT_PART_BYTES
 from .store import SnapshotStore

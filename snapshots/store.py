@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import fsutil, manifest
-from .claim import CLAIM
+from .writer_claim import CLAIM
 from .errors import SnapshotCorrupt, SnapshotError, SnapshotNotFound
 from .format import (
     DEFAULT_PART_BYTES,

@@ -6,7 +6,7 @@ Commit protocol (why a killed writer leaves nothing visible):
      rank-<r>/manifest.parquet (possibly from another process: open_rank_writer);
   3. commit merges the fragments into manifest.parquet, then writes snapshot.json LAST.
 Readers only ever look at ids that have snapshot.json; `gc` removes claimed-but-uncommitted dirs
-whose heartbeat stopped. Claim, heartbeat and the commit/gc protocol: snapshots/claim.py.
+whose heartbeat stopped. Claim, heartbeat and the commit/gc protocol: snapshots/writer_claim.py.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from . import fsutil, manifest
 from .checksum import ALGORITHM, checksum
-from .claim import CLAIM, GC_MARK, HEARTBEAT, Heartbeat, claim, ensure_owned, lost_reason, read_claim  # noqa: F401 - claim/read_claim re-exported
+from .writer_claim import CLAIM, GC_MARK, HEARTBEAT, Heartbeat, claim, ensure_owned, lost_reason, read_claim  # noqa: F401 - claim/read_claim re-exported
 from .errors import ClaimLost, RankOutOfRange, SnapshotCorrupt, SnapshotError, SnapshotIOError
 from .format import (
     ALIGN,
@@ -216,7 +216,7 @@ class SnapshotWriter:
         """
         if self.committed:
             raise SnapshotError(f"snapshot {self.model}/{self.snapshot_id} is already committed")
-        # Fail before touching anything if gc took the id meanwhile (see snapshots/claim.py).
+        # Fail before touching anything if gc took the id meanwhile (see snapshots/writer_claim.py).
         ensure_owned(self._fs, self._snap, self._token, self.url)
         fields = dict(meta_fields or {})
         rows: list[manifest.ManifestRow] = []

@@ -28,7 +28,7 @@ _SUBAPPS = [
     ("cluster.cli.keys", "app", "keys"),
 ]
 # Modules that register top-level commands on `app` themselves.
-_COMMAND_MODULES = ["cluster.cli.ops"]
+_COMMAND_MODULES = ["cluster.cli.ops.commands"]
 
 def _version(value: bool) -> None:
     if value:

@@ -99,7 +99,7 @@ def create(
             raise ValueError("--id applies to --engine none only (engine snapshots get a generated id)")
         # Lazy: importing vLLM takes seconds and is only needed for this path.
         from cluster.cli.snapshot_progress import engine_create_progress
-        from snapshots.vllm.capture import create_engine_snapshot
+        from snapshots.vllm_engine.capture import create_engine_snapshot
 
         with engine_create_progress() as on_phase:
             url = create_engine_snapshot(hf_dir, tp=tp, store_url=store, name=name, dtype=dtype,

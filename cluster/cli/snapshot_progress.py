@@ -26,7 +26,7 @@ def rank_bytes(fs, snap_path: str, rank: int) -> int:
 
 
 class EngineCreateProgress:
-    """on_phase callback for snapshots.vllm.capture.create_engine_snapshot."""
+    """on_phase callback for snapshots.vllm_engine.capture.create_engine_snapshot."""
 
     def __init__(self, progress: Progress, interval_s: float = 0.5):
         self._p, self._interval = progress, interval_s

@@ -158,7 +158,7 @@ def first_boot_prefix(args: LLMAppArgs) -> tuple[str, str]:
 
 def first_boot_ref(args: LLMAppArgs, engine_id: str) -> tuple[str, str]:
     """(model name, snapshot id) of the first-boot snapshot: deterministic per source, TP degree and
-    engine identity (`engine_id`: snapshots.vllm.engine_state.identity_digest of the vLLM version,
+    engine identity (`engine_id`: snapshots.vllm_engine.engine_state.identity_digest of the vLLM version,
     engine overrides and accelerator). Every replica booting at once races for the SAME id and the
     store's exclusive claim lets exactly one of them write it; a replica under another vLLM
     version or on other GPUs gets another id, so it never restores (and crash-loops on) a

@@ -25,7 +25,7 @@ from typing import Any, AsyncIterator
 from serve_apps.llm.node_cache import pin_node_id, restore_downloads, restore_tag
 from serve_apps.llm.spec import EngineSpec
 from snapshots.errors import SnapshotExists
-from snapshots.vllm.load_errors import engine_start_errors
+from snapshots.vllm_engine.load_errors import engine_start_errors
 
 log = logging.getLogger("thawline.serve")
 
@@ -78,10 +78,10 @@ class EngineHost:
         from vllm.utils.argparse_utils import FlexibleArgumentParser
         from vllm.v1.engine.async_llm import AsyncLLM  # noqa: F401
 
-        import snapshots.vllm.capture  # noqa: F401
-        import snapshots.vllm.capture_loader  # noqa: F401
-        import snapshots.vllm.loader  # noqa: F401
-        import snapshots.vllm.start  # noqa: F401
+        import snapshots.vllm_engine.capture  # noqa: F401
+        import snapshots.vllm_engine.capture_loader  # noqa: F401
+        import snapshots.vllm_engine.loader  # noqa: F401
+        import snapshots.vllm_engine.start  # noqa: F401
 
         # vLLM's frontend defaults (chat template, tool parsers, logging...). Building this parser
         # walks every config dataclass: seconds on a busy 2-core node, so not on the cold path.
@@ -233,7 +233,7 @@ class _Boot:
 
     kwargs: dict
     errors: AbstractContextManager = field(default_factory=nullcontext)
-    capture: Any = None  # snapshots.vllm.capture.EngineCapture while this boot writes the snapshot
+    capture: Any = None  # snapshots.vllm_engine.capture.EngineCapture while this boot writes the snapshot
     first_boot: str | None = None  # "wrote_snapshot" | "served_from_source"
     fetch_tag: str | None = None  # snapshot start: the tag of its node-cache downloads (node_cache.py)
     prefetch: Any = None  # snapshot start: its weight prefetch thread
@@ -265,9 +265,9 @@ async def _prepare_boot(spec: dict) -> _Boot:
     if spec.get("capture"):
         return await _prepare_first_boot(spec["capture"], overrides, accelerator)
     if spec.get("snapshot_url"):
-        from snapshots.vllm.start import prepare_engine_start
+        from snapshots.vllm_engine.start import prepare_engine_start
 
-        # The same steps as snapshots.vllm.start.start_engine: resolves the snapshot once,
+        # The same steps as snapshots.vllm_engine.start.start_engine: resolves the snapshot once,
         # materialises engine/hf + compile cache from the node cache, starts the weight prefetch,
         # sets VLLM_CACHE_ROOT/NCCL_*; the recorded KV size (num_gpu_blocks_override /
         # kv_cache_memory_bytes) makes vLLM skip memory profiling.
@@ -283,7 +283,7 @@ async def _prepare_first_boot(c: dict, overrides: dict, accelerator: dict | None
     """Snapshot on first boot, one engine boot: this engine's workers write their ranks while
     loading from the source, the snapshot is committed once the engine is up, and the same engine
     then serves. Of two replicas racing for the id, the loser serves from the source."""
-    from snapshots.vllm.capture import begin_capture
+    from snapshots.vllm_engine.capture import begin_capture
 
     try:
         capture = await asyncio.to_thread(

@@ -27,18 +27,18 @@ class EngineIdentity:
 
     vllm_version: str
     overrides: dict[str, Any]
-    accelerator: Any  # snapshots.vllm.engine_state.AcceleratorInfo
+    accelerator: Any  # snapshots.vllm_engine.engine_state.AcceleratorInfo
 
     @property
     def digest(self) -> str:
-        from snapshots.vllm.engine_state import identity_digest
+        from snapshots.vllm_engine.engine_state import identity_digest
 
         return identity_digest(self.vllm_version, self.overrides, self.accelerator)
 
 
 def engine_identity(args: LLMAppArgs) -> EngineIdentity:
     """Probe this node (no vLLM import, no CUDA init): vLLM version, overrides, accelerator."""
-    from snapshots.vllm.identity import installed_vllm_version, probe_accelerator
+    from snapshots.vllm_engine.identity import installed_vllm_version, probe_accelerator
 
     return EngineIdentity(installed_vllm_version(), effective_engine_overrides(args),
                           probe_accelerator(args.tensor_parallel_size, gpu=args.accelerator == "gpu"))
@@ -50,7 +50,7 @@ class EngineMismatchRefused(RuntimeError):
 
 def _recorded(url: str):
     """(resolved url, vLLM version, AcceleratorInfo | None) a committed snapshot records."""
-    from snapshots.vllm.start import read_engine_state
+    from snapshots.vllm_engine.start import read_engine_state
 
     _, resolved, meta, state = read_engine_state(url)
     return resolved.url, meta.engine.version, state.accelerator
@@ -62,13 +62,13 @@ def committed_snapshot(args: LLMAppArgs, identity: EngineIdentity) -> str | None
     snapshot_url: restored as given, after the identity check: another vLLM version is refused
     (its parameter layouts may differ); another accelerator is refused under `refuse`, else the
     weights are restored and the engine host profiles KV cache/NCCL again (see
-    snapshots.vllm.start.prepare_engine_start). First boot: the id carries the identity, so a
+    snapshots.vllm_engine.start.prepare_engine_start). First boot: the id carries the identity, so a
     replica under another version/accelerator/overrides finds no snapshot and makes its own
     (`recapture`), leaving the other one to the replicas that match it; under `refuse` it fails
     with one line naming the snapshot's engine and its own."""
     from snapshots.errors import SnapshotNotFound
     from snapshots.store import SnapshotStore
-    from snapshots.vllm.engine_state import identity_mismatch
+    from snapshots.vllm_engine.engine_state import identity_mismatch
 
     if args.snapshot_url:
         url, version, accelerator = _recorded(args.snapshot_url)

@@ -32,8 +32,8 @@ PRELOAD = [
     "vllm.v1.worker.cpu_worker",
     "vllm.v1.worker.cpu_model_runner",
     "vllm.model_executor.models.llama",
-    "snapshots.vllm.loader",
-    "snapshots.vllm.capture_loader",
+    "snapshots.vllm_engine.loader",
+    "snapshots.vllm_engine.capture_loader",
     "serve_apps.llm.forkserver",
     "serve_apps.llm.model_info",
 ]

@@ -60,7 +60,7 @@ def prefetch_to_node(args: dict, by: str) -> dict:
         res = cache.fetch_resolved(store, snap)
         # The engine's own small files (config, tokenizer, compile cache) too: the replica then
         # reads nothing from the store but snapshot.json.
-        from snapshots.vllm.start import materialise_engine_dir
+        from snapshots.vllm_engine.start import materialise_engine_dir
 
         materialise_engine_dir(snap.url)
         out.update(snapshot_url=snap.url, bytes=res.bytes, seconds=round(res.seconds, 3))

@@ -8,7 +8,7 @@ requests to it; when the replica stops it kills the host. A replica that dies wi
 (crash, OOM kill, node agent kill) cannot: the pool remembers each claimed host's owner (the
 replica's actor id, checked against the GCS actor table) and stops hosts whose owner is gone,
 so a crashed replica's engine does not hold the node's memory forever. The bookkeeping is the
-pure `ClaimBook` (serve_apps/llm/claims.py); this actor only supplies the liveness check.
+pure `ClaimBook` (serve_apps/llm/host_claims.py); this actor only supplies the liveness check.
 
 A replica of any TP degree claims one host, and that host runs the whole TP group. On CPU
 vLLM's multiprocessing executor forks the rank workers under the host's EngineCore. On GPU the
@@ -41,7 +41,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from gateway.names import get_or_create_actor, warm_pool_name
-from serve_apps.llm.claims import ClaimBook
+from serve_apps.llm.host_claims import ClaimBook
 
 log = logging.getLogger("thawline.serve")
 

@@ -28,7 +28,7 @@ def _generate(llm, prompts: list[str], max_tokens: int) -> list[list[int]]:
 def main(spec: dict) -> dict:
     action = spec["action"]
     if action == "create":
-        from snapshots.vllm.capture import create_engine_snapshot
+        from snapshots.vllm_engine.capture import create_engine_snapshot
 
         url = create_engine_snapshot(spec["hf_dir"], tp=spec["tp"], store_url=spec["store_url"], name=spec["name"],
                                      dtype=DTYPE, max_model_len=MAX_MODEL_LEN, **spec.get("overrides", {}))
@@ -39,7 +39,7 @@ def main(spec: dict) -> dict:
         llm = LLM(spec["hf_dir"], tensor_parallel_size=spec["tp"], dtype=DTYPE, max_model_len=MAX_MODEL_LEN)
         return {"tokens": _generate(llm, spec["prompts"], spec["max_tokens"])}
     if action == "snapshot":
-        from snapshots.vllm.start import start_engine
+        from snapshots.vllm_engine.start import start_engine
 
         llm = start_engine(spec["url"], **spec.get("overrides", {}))
         return {"tokens": _generate(llm, spec["prompts"], spec["max_tokens"])}

@@ -151,8 +151,8 @@ def test_ranks_restored_from_different_snapshots_fail_agreement(tp2_snapshot_url
 
 def test_tp_size_different_from_the_snapshot_fails_clearly(tp2_snapshot_url):
     # Checked in the caller's process before vLLM is even imported: no engine is spawned.
-    from snapshots.vllm.engine_state import SnapshotMismatch
-    from snapshots.vllm.start import prepare_engine_start
+    from snapshots.vllm_engine.engine_state import SnapshotMismatch
+    from snapshots.vllm_engine.start import prepare_engine_start
 
     with pytest.raises(SnapshotMismatch) as exc:
         prepare_engine_start(tp2_snapshot_url, tensor_parallel_size=1)

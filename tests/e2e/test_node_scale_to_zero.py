@@ -6,7 +6,7 @@ fresh pool (the first one died with its node).
 
 One fake multi-node cluster (testkit/fake_cluster.py, cluster/fake-multinode.yaml's cpu-engine
 type) is shared by the tests of this module, in order. The snapshot is the session's tiny engine
-snapshot (made by snapshots.vllm.capture.create_engine_snapshot in a child process, conftest.py),
+snapshot (made by snapshots.vllm_engine.capture.create_engine_snapshot in a child process, conftest.py),
 copied to S3 on a loopback moto server. The Serve HTTP proxy runs on the head only; the app's
 replicas need `thawline_engine`, which only engine nodes offer. Every wait is a bounded poll;
 the seconds seen are printed, never asserted.

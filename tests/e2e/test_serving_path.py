@@ -18,7 +18,7 @@ import hashlib
 import openai
 import pytest
 
-from cluster.demo_stack import apps_running, demo_env, start_ray, stop_ray, wait_for, write_yaml
+from cluster.demo.stack import apps_running, demo_env, start_ray, stop_ray, wait_for, write_yaml
 from testkit.fake_providers import FakeServer
 from testkit.serve_deploy import llm_app_config, load_config
 from tests.conftest import free_port
@@ -53,7 +53,7 @@ def _gateway_config(fake: FakeServer) -> dict:
 
 @pytest.fixture(scope="module")
 def stack(tiny_snapshot_url, tmp_path_factory):
-    from cluster.cli.ops_deploy import deploy, validate_config
+    from cluster.cli.ops.deploy import deploy, validate_config
 
     demo_env()
     fake = FakeServer(free_port()).start()

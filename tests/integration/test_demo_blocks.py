@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from cluster.demo_snapshot import ensure_tiny_model, offline_snapshot, restore_ranks, restore_table
+from cluster.demo.snapshot import ensure_tiny_model, offline_snapshot, restore_ranks, restore_table
 
 
 def test_snapshot_restore_blocks_account_for_every_byte(tmp_path):
@@ -34,8 +34,8 @@ def test_snapshot_restore_blocks_account_for_every_byte(tmp_path):
 def test_demo_configs_pass_the_deploy_validation(tmp_path):
     """The demo's serve.yaml (built from the shipped gateway-serve.yaml + local-cpu.yaml) and its
     gateway.yaml pass exactly the checks `thawline deploy` runs before deploying."""
-    from cluster import demo_stack as st
-    from cluster.cli.ops_deploy import validate_config
+    from cluster.demo import stack as st
+    from cluster.cli.ops.deploy import validate_config
     from gateway.config import load_config
 
     gw = st.write_yaml(tmp_path / "gateway.yaml", st.gateway_config("http://127.0.0.1:9/v1", (tmp_path / "l").as_uri()))
@@ -53,7 +53,7 @@ def test_demo_configs_pass_the_deploy_validation(tmp_path):
 def test_cold_start_timeline_marks_each_state_change_once():
     import threading
 
-    from cluster.demo_session import StateWatcher, Timeline, phases_table
+    from cluster.demo.session import StateWatcher, Timeline, phases_table
 
     states = iter([({}, None), ({}, None), ({"STARTING": 1}, "warming"), ({"RUNNING": 1}, "warming"),
                    ({"RUNNING": 1}, "warm")])

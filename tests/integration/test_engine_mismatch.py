@@ -14,7 +14,7 @@ import pytest
 from serve_apps.llm.args import LLMAppArgs, first_boot_ref
 from serve_apps.llm.first_boot import EngineMismatchRefused, committed_snapshot, engine_identity
 from snapshots.store import SnapshotStore
-from snapshots.vllm.engine_state import (
+from snapshots.vllm_engine.engine_state import (
     ENGINE_STATE_PATH,
     AcceleratorInfo,
     EngineState,
@@ -118,7 +118,7 @@ def test_snapshot_url_on_another_gpu_restores_without_replaying_machine_state(st
     args = LLMAppArgs(served_model_id="m", snapshot_url=url, accelerator="gpu")
     ident = engine_identity(args)
     assert committed_snapshot(args, ident) == url  # recapture (default): weights still restored
-    from snapshots.vllm.start import read_engine_state
+    from snapshots.vllm_engine.start import read_engine_state
 
     state = read_engine_state(url)[3]
     assert not replay_machine_state(state, ident.accelerator)  # no recorded KV blocks / NCCL files

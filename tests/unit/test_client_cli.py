@@ -8,8 +8,8 @@ import pytest
 from rich.console import Console
 
 from cluster.cli.errors import CLIError
-from cluster.cli.ops import parse_since, status_tables, usage_table
-from cluster.cli.ops_status import CachedSnapshot, DeploymentRow, StatusReport, derive_state, scan_cache_dir
+from cluster.cli.ops.commands import parse_since, status_tables, usage_table
+from cluster.cli.ops.status import CachedSnapshot, DeploymentRow, StatusReport, derive_state, scan_cache_dir
 
 
 def _text(table) -> str:
@@ -95,7 +95,7 @@ def test_bench_passes_arguments_through_and_returns_the_exit_code(tmp_path, monk
 
 
 def test_token_auth_is_turned_on_only_when_a_token_exists_and_no_mode_was_chosen(tmp_path):
-    from cluster.cli.ops_ray import use_token_auth_if_available
+    from cluster.cli.ops.ray_connect import use_token_auth_if_available
 
     token = tmp_path / "tok"
     assert not use_token_auth_if_available(env := {"RAY_AUTH_TOKEN_PATH": str(token)})

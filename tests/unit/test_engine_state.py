@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from snapshots.vllm.engine_state import (
+from snapshots.vllm_engine.engine_state import (
     EngineState,
     SnapshotMismatch,
     agreement_failure,

@@ -13,7 +13,7 @@ import pytest
 from cluster.cli.keys import admin_url, limits_body
 from gateway.app import Gateway
 from gateway.config import parse_config
-from gateway.key_store import FsKeyStore, digest, key_from_record, key_record, new_secret, public_view
+from gateway.key_records import KeyRecordStore, digest, key_from_record, key_record, new_secret, public_view
 from gateway.config import KeyConfig
 
 ADMIN = "adm-key"
@@ -70,7 +70,7 @@ def test_keys_created_revoked_rotated_across_replicas():
             assert r.status_code == 201, r.text
             secret = r.json()["key"]
             # the store holds the digest only
-            assert secret not in str(FsKeyStore(url).snapshot().keys)
+            assert secret not in str(KeyRecordStore(url).read_all().keys)
             hdr = {"authorization": f"Bearer {secret}"}
             t0 = time.monotonic()
             while (await c2.get("/v1/models", headers=hdr)).status_code != 200:

@@ -1,4 +1,4 @@
-"""Bearer key checks (gateway/keys.py), with and without `require_auth`."""
+"""Bearer key checks (gateway/key_auth.py), with and without `require_auth`."""
 from __future__ import annotations
 
 import hashlib
@@ -7,13 +7,13 @@ import pytest
 
 from gateway.config import parse_config
 from gateway.errors import AuthError
-from gateway.keys import ANONYMOUS, KeyStore
+from gateway.key_auth import ANONYMOUS, KeyAuth
 
 KEY, ADMIN = "tl-unit-key", "tl-unit-admin"
 
 
-def _store(require_auth: bool) -> KeyStore:
-    return KeyStore(parse_config({
+def _store(require_auth: bool) -> KeyAuth:
+    return KeyAuth(parse_config({
         "providers": {"up": {"type": "openai"}},
         "routes": {"r": {"targets": [{"provider": "up", "model": "m"}]}},
         "keys": [{"id": "k1", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}],

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Callable
 
 from snapshots.store import SnapshotStore
-from snapshots.vllm.engine_dir import engine_dir
-from snapshots.vllm.identity import probe_accelerator
-from snapshots.vllm.engine_state import (
+from snapshots.vllm_engine.engine_dir import engine_dir
+from snapshots.vllm_engine.identity import probe_accelerator
+from snapshots.vllm_engine.engine_state import (
     COMPILE_CACHE_PATH,
     ENGINE_STATE_PATH,
     HF_DIR,
@@ -37,9 +37,9 @@ from snapshots.vllm.engine_state import (
     ParallelLayout,
     RankPlacement,
 )
-from snapshots.vllm.options import CaptureOptions
-from snapshots.vllm.plugin import CAPTURE_FORMAT
-from snapshots.vllm.worker_ext import WORKER_EXTENSION
+from snapshots.vllm_engine.options import CaptureOptions
+from snapshots.vllm_engine.plugin import CAPTURE_FORMAT
+from snapshots.vllm_engine.worker_ext import WORKER_EXTENSION
 
 
 def _device_type() -> str:

@@ -118,10 +118,10 @@ def deploy_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate only; deploy nothing."),
 ) -> None:
     """Validate CONFIG (Serve schema + each app's typed args), then deploy it as `serve deploy` does."""
-    from cluster.cli.ops_ray import use_token_auth_if_available
+    from cluster.cli.ops.ray_connect import use_token_auth_if_available
 
     use_token_auth_if_available()  # before anything imports ray (it reads its auth mode once)
-    from cluster.cli.ops_deploy import dashboard_address, deploy, validate_config
+    from cluster.cli.ops.deploy import dashboard_address, deploy, validate_config
 
     console = _console()
     cfg, checks = validate_config(config)
@@ -142,14 +142,14 @@ def status_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the report (or, with --timeline, the cold start) as JSON."),
 ) -> None:
     """Serve apps and deployments with replica counts (zero included), cold/warm state, and the snapshots cached on each node."""
-    from cluster.cli.ops_ray import use_token_auth_if_available
+    from cluster.cli.ops.ray_connect import use_token_auth_if_available
 
     use_token_auth_if_available()  # before anything imports ray (it reads its auth mode once)
-    from cluster.cli.ops_status import gather
+    from cluster.cli.ops.status import gather
 
     addr = address or os.environ.get("RAY_ADDRESS")
     if timeline is not None:
-        from cluster.cli.ops_timeline import fetch, waterfall
+        from cluster.cli.ops.timeline import fetch, waterfall
 
         try:
             app_name, cold = fetch(addr, timeline)

@@ -18,11 +18,11 @@ def register() -> None:
         return
     # Imported here, not at module top: the entry point is loaded in processes that may never
     # load a model, and the loaders pull in vLLM's model-loader stack. The format names above
-    # stay importable without vLLM (snapshots/vllm/start.py and capture.py use them).
+    # stay importable without vLLM (snapshots/vllm_engine/start.py and capture.py use them).
     from vllm.model_executor.model_loader import register_model_loader
 
-    from snapshots.vllm.capture_loader import ThawlineCaptureLoader
-    from snapshots.vllm.loader import ThawlineLoader
+    from snapshots.vllm_engine.capture_loader import ThawlineCaptureLoader
+    from snapshots.vllm_engine.loader import ThawlineLoader
 
     register_model_loader(LOAD_FORMAT)(ThawlineLoader)
     register_model_loader(CAPTURE_FORMAT)(ThawlineCaptureLoader)

@@ -29,8 +29,8 @@ from snapshots.cache import SnapshotCache
 from snapshots.pagecache import read_ahead
 from snapshots.paths import safe_relpath
 from snapshots.store import ResolvedSnapshot, SnapshotRef, SnapshotStore
-from snapshots.vllm.engine_dir import engine_dir
-from snapshots.vllm.engine_state import (
+from snapshots.vllm_engine.engine_dir import engine_dir
+from snapshots.vllm_engine.engine_state import (
     ENGINE_STATE_PATH,
     EngineState,
     AcceleratorInfo,
@@ -39,10 +39,10 @@ from snapshots.vllm.engine_state import (
     check_tp_size,
     replay_machine_state,
 )
-from snapshots.vllm.identity import probe_accelerator
-from snapshots.vllm.load_errors import EngineStartError, engine_start_errors  # noqa: F401 - EngineStartError re-exported
-from snapshots.vllm.options import LoaderOptions
-from snapshots.vllm.plugin import LOAD_FORMAT
+from snapshots.vllm_engine.identity import probe_accelerator
+from snapshots.vllm_engine.load_errors import EngineStartError, engine_start_errors  # noqa: F401 - EngineStartError re-exported
+from snapshots.vllm_engine.options import LoaderOptions
+from snapshots.vllm_engine.plugin import LOAD_FORMAT
 
 log = logging.getLogger("thawline.engine")
 

@@ -7,7 +7,7 @@ The secret itself is never stored: it is shown once by the create/rotate answer;
 digest lands here. Revoking deletes the key's file. Every replica polls the directory
 (`poll_interval_s`), so all replicas and restarts see the same keys.
 
-Pure apart from the fsspec calls of `FsKeyStore` (blocking: callers run them in a thread); the
+Pure apart from the fsspec calls of `KeyRecordStore` (blocking: callers run them in a thread); the
 record logic has unit tests without Ray or a network.
 """
 from __future__ import annotations
@@ -80,7 +80,7 @@ def public_view(d: dict, source: str) -> dict:
 
 
 @dataclass(frozen=True, slots=True)
-class Snapshot:
+class StoredKeys:
     """What the store held at one read: key records by id and route overrides by alias."""
     keys: dict[str, dict]
     routes: dict[str, RouteOverride]
@@ -95,7 +95,7 @@ class Snapshot:
         return out
 
 
-class FsKeyStore:
+class KeyRecordStore:
     """Blocking fsspec access to the store (run in a thread from async code)."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
@@ -149,7 +149,7 @@ class FsKeyStore:
     def put_route(self, alias: str, ov: RouteOverride) -> None:
         self._write(self._path("routes", alias.replace("/", "%2F")), ov.to_json())
 
-    def snapshot(self) -> Snapshot:
+    def read_all(self) -> StoredKeys:
         if hasattr(self.fs, "invalidate_cache"):
             self.fs.invalidate_cache()
         keys = {d.get("id", k): d for k, d in self._read_dir("keys").items()}
@@ -159,4 +159,4 @@ class FsKeyStore:
                 routes[k.replace("%2F", "/")] = RouteOverride.from_json(d)
             except ValueError:
                 continue
-        return Snapshot(keys, routes)
+        return StoredKeys(keys, routes)

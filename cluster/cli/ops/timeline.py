@@ -44,7 +44,7 @@ def fetch(address: str | None, model: str, timeout_s: float = 30.0) -> tuple[str
     """(app name, last cold start) of MODEL: an app name, else the app whose name starts with it
     (the route `tiny` is served by the app `tiny-llm` in the shipped configs)."""
     from cluster.cli.errors import CLIError
-    from cluster.cli.ops_ray import use_token_auth_if_available
+    from cluster.cli.ops.ray_connect import use_token_auth_if_available
 
     use_token_auth_if_available()
     import ray

@@ -46,7 +46,7 @@ def serving_engine_args() -> dict:
     snapshot must be made with the same ones, or the restored weights do not fit the model."""
     import yaml
 
-    from cluster.demo_stack import CONFIGS
+    from cluster.demo.stack import CONFIGS
 
     local = yaml.safe_load((CONFIGS / "local-cpu.yaml").read_text())["applications"][0]["args"]
     o = local.get("engine_overrides", {})
@@ -101,8 +101,8 @@ def reusable_engine_snapshot(store_url: str, tp: int, dtype: str | None) -> str 
 
 
 def snapshot_half(args, steps, work: Path):
-    from cluster.demo_snapshot import ensure_tiny_model, offline_snapshot, restore_ranks, restore_table
-    from cluster.demo_ui import console, note
+    from cluster.demo.snapshot import ensure_tiny_model, offline_snapshot, restore_ranks, restore_table
+    from cluster.demo.ui import console, note
 
     store_url = (work / "snapshots").as_uri()
     with steps.step("Generate the tiny Llama (deterministic, nothing downloaded)"):
@@ -119,7 +119,7 @@ def snapshot_half(args, steps, work: Path):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
-    from cluster.demo_ui import Steps, console
+    from cluster.demo.ui import Steps, console
 
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -162,7 +162,7 @@ def run_demo(args, steps, work: Path, console) -> int:
 def print_next_steps(console, *, kept: bool, started_keep: bool = False) -> None:
     """Every run ends with this: with --keep, what to try on the stack left running (the README's
     commands, same keys) and how to stop it; without, how to get such a stack."""
-    from cluster import demo_stack as st
+    from cluster.demo import stack as st
 
     if not kept and started_keep:
         console.print("The --keep run did not finish; the Ray cluster it started may still be up: ray stop",
@@ -186,14 +186,14 @@ def print_next_steps(console, *, kept: bool, started_keep: bool = False) -> None
 
 
 def serving_half(args, steps, work: Path, hf_dir: Path, store_url: str) -> None:
-    from cluster import demo_session as s
-    from cluster import demo_stack as st
-    from cluster.cli.ops import status_tables
-    from cluster.cli.ops_deploy import deploy, validate_config
-    from cluster.cli.ops_status import gather
+    from cluster.demo import session as s
+    from cluster.demo import stack as st
+    from cluster.cli.ops.commands import status_tables
+    from cluster.cli.ops.deploy import deploy, validate_config
+    from cluster.cli.ops.status import gather
     from rich.markup import escape
 
-    from cluster.demo_ui import console, note
+    from cluster.demo.ui import console, note
     from gateway.client import Client
     from testkit.fake_providers import FakeServer
 
@@ -229,7 +229,7 @@ def serving_half(args, steps, work: Path, hf_dir: Path, store_url: str) -> None:
             except RuntimeError as exc:
                 # Degrade, visibly: serve the offline split instead (same format, no engine state,
                 # so the cold start profiles memory itself) and say why.
-                from cluster.demo_snapshot import offline_snapshot
+                from cluster.demo.snapshot import offline_snapshot
 
                 console.print(f"  [yellow]engine snapshot unavailable[/]: {escape(str(exc))}")
                 snap_url = offline_snapshot(hf_dir, store_url, name="tiny", tp=args.serve_tp)

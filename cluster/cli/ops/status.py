@@ -102,7 +102,7 @@ def _node_cache_listing() -> tuple[str, str, list[tuple[str, int]]]:
 
 
 def gather(ray_address: str | None, *, timeout_s: float = 30.0) -> StatusReport:
-    from cluster.cli.ops_ray import use_token_auth_if_available
+    from cluster.cli.ops.ray_connect import use_token_auth_if_available
 
     use_token_auth_if_available()  # before Ray reads its auth config
     import ray

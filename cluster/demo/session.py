@@ -3,7 +3,7 @@ request, streaming, fallback from a failing (fake) hosted provider, a rate-limit
 cost ledger, and the same gateway through the openai SDK and the in-cluster handle.
 
 Each function does one thing, prints it, and returns what it measured, so the demo's flow
-(cluster/demo.py) reads as a list of steps.
+(cluster/demo/__main__.py) reads as a list of steps.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from typing import Any, Callable
 from rich.markup import escape
 from rich.table import Table
 
-from cluster.demo_stack import BURST_RPM, LLM_APP, MODEL
-from cluster.demo_ui import console, note
+from cluster.demo.stack import BURST_RPM, LLM_APP, MODEL
+from cluster.demo.ui import console, note
 from gateway.client import AsyncClient, Client, RateLimited
 from gateway.names import NAMESPACE, READINESS_ACTOR
 
@@ -79,7 +79,7 @@ class StateWatcher:
 def read_llm_state() -> tuple[dict[str, int], str | None]:
     import ray
 
-    from cluster.demo_stack import replica_counts
+    from cluster.demo.stack import replica_counts
 
     board = None
     try:
@@ -196,7 +196,7 @@ def ledger(client: Client, admin_key: str, expect_routes: tuple[str, ...] = (MOD
            wait_s: float = 15.0) -> float:
     """The ledger by route and by target. Replicas hand their rows to the shared ledger actor
     periodically, so wait (bounded) until every route the session used shows up."""
-    from cluster.cli.ops import usage_table
+    from cluster.cli.ops.commands import usage_table
 
     deadline = time.monotonic() + wait_s
     while True:

@@ -146,7 +146,7 @@ def validate_config(path: Path, *, check_args: bool = True) -> tuple[Any, list[A
 
 def deploy(config: Any, address: str) -> None:
     """PUT the config to the dashboard's Serve REST API, exactly as `serve deploy` does."""
-    from cluster.cli.ops_ray import use_token_auth_if_available
+    from cluster.cli.ops.ray_connect import use_token_auth_if_available
 
     use_token_auth_if_available()  # before Ray reads its auth config
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient

@@ -1,6 +1,6 @@
 """Engine state stored in a snapshot (engine/engine_state.json) and the pure checks made at restore.
 
-Pure logic: no vLLM, no torch, no Ray. The vLLM side (snapshots/vllm/loader.py, start.py) calls
+Pure logic: no vLLM, no torch, no Ray. The vLLM side (snapshots/vllm_engine/loader.py, start.py) calls
 these functions so every failure message is decided, and unit-tested, in one place.
 """
 from __future__ import annotations

@@ -25,7 +25,7 @@ def _bearer(authorization: str | None) -> str | None:
     return token.strip()
 
 
-class KeyStore:
+class KeyAuth:
     def __init__(self, cfg: GatewayConfig, dynamic: list[KeyConfig] | None = None):
         self.configure(cfg, dynamic)
 

@@ -1,7 +1,7 @@
 """load_format="thawline_capture": HF loading, then each TP worker writes its rank (ThawlineCaptureLoader).
 
-Registered by snapshots/vllm/plugin.py; used by an engine that makes a snapshot
-(snapshots/vllm/capture.py). It loads the HF checkpoint with vLLM's default loader, then each
+Registered by snapshots/vllm_engine/plugin.py; used by an engine that makes a snapshot
+(snapshots/vllm_engine/capture.py). It loads the HF checkpoint with vLLM's default loader, then each
 worker streams its parameters (fused and sharded exactly as vLLM holds them) straight into the
 store. The capture happens between `load_weights` and `process_weights_after_loading` on
 purpose: on CPU the latter repacks every linear weight into oneDNN handles and leaves empty
@@ -22,8 +22,8 @@ from vllm.config.load import LoadConfig
 from vllm.logger import init_logger
 from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
 
-from snapshots.vllm.options import CaptureOptions
-from snapshots.vllm.parallel import parallel_position
+from snapshots.vllm_engine.options import CaptureOptions
+from snapshots.vllm_engine.parallel import parallel_position
 
 # Under the "vllm." namespace so the lines go through vLLM's own log handler and format.
 logger = init_logger("vllm.thawline.loader")

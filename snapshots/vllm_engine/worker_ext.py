@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 
-WORKER_EXTENSION = "snapshots.vllm.worker_ext.ThawlineWorkerExtension"
+WORKER_EXTENSION = "snapshots.vllm_engine.worker_ext.ThawlineWorkerExtension"
 
 
 class ThawlineWorkerExtension:

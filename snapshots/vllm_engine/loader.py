@@ -1,6 +1,6 @@
 """load_format="thawline": a vLLM TP worker restores its own rank of a snapshot (ThawlineLoader).
 
-Registered by snapshots/vllm/plugin.py. Each TP worker restores exactly its own rank of the
+Registered by snapshots/vllm_engine/plugin.py. Each TP worker restores exactly its own rank of the
 snapshot (through the node-local cache tier) into the model vLLM just built, checks that the
 snapshot fits (TP size, vLLM version, parameter names/shapes/dtypes), then all ranks agree over
 the engine's own TP process group before the engine may serve. The worker resolves the snapshot
@@ -23,7 +23,7 @@ from vllm.logger import init_logger
 from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 
 from snapshots.errors import SnapshotCorrupt
-from snapshots.vllm.engine_state import (
+from snapshots.vllm_engine.engine_state import (
     SnapshotMismatch,
     agreement_failure,
     check_engine_version,
@@ -32,9 +32,9 @@ from snapshots.vllm.engine_state import (
     rank_digests,
     shard_digest,
 )
-from snapshots.vllm.load_errors import report_load_error
-from snapshots.vllm.options import LoaderOptions
-from snapshots.vllm.parallel import all_gather_tp, parallel_position
+from snapshots.vllm_engine.load_errors import report_load_error
+from snapshots.vllm_engine.options import LoaderOptions
+from snapshots.vllm_engine.parallel import all_gather_tp, parallel_position
 
 if TYPE_CHECKING:
     from snapshots.store import ResolvedSnapshot, SnapshotStore

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_apps.llm.claims import ClaimBook
+from serve_apps.llm.host_claims import ClaimBook
 
 
 def test_live_owner_keeps_its_host_over_many_rounds():

@@ -1,7 +1,7 @@
 """ClaimBook: which warm-pool engine hosts are claimed, by which replica, and which are orphaned.
 
 Pure bookkeeping (no Ray): the pool actor (warm_pool.WarmPool) supplies the liveness check,
-so the ownership rules are unit-tested with a fake one (tests/unit/test_llm_claims.py).
+so the ownership rules are unit-tested with a fake one (tests/unit/test_llm_host_claims.py).
 
 A claim is (host handle, owner actor id). A round of `orphans(is_alive)` returns the claims whose
 owner is dead; the pool then either finds the host already stopped (`forget`: the replica shut it

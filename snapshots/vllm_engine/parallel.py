@@ -12,7 +12,7 @@ from vllm.distributed import (
     get_tp_group,
 )
 
-from snapshots.vllm.engine_state import SnapshotMismatch
+from snapshots.vllm_engine.engine_state import SnapshotMismatch
 
 
 def parallel_position() -> tuple[int, int]:

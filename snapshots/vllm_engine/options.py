@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class LoaderOptions(BaseModel):
-    """load_format="thawline" (snapshots/vllm/loader.py)."""
+    """load_format="thawline" (snapshots/vllm_engine/loader.py)."""
 
     model_config = ConfigDict(extra="forbid")
     snapshot_url: str = Field(description="Full snapshot URL <store>/<model>/<id|latest>.")
@@ -23,7 +23,7 @@ class LoaderOptions(BaseModel):
 
 
 class CaptureOptions(BaseModel):
-    """load_format="thawline_capture" (snapshots/vllm/capture_loader.py)."""
+    """load_format="thawline_capture" (snapshots/vllm_engine/capture_loader.py)."""
 
     model_config = ConfigDict(extra="forbid")
     store_url: str = Field(description="Store URL the snapshot is written to.")
