@@ -40,6 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: the repository's packages, not bench/'s modules
     sys.path.insert(0, str(REPO))
+from snapshots.vllm_engine.load_timing import TIMING_FILE_ENV, read_rank_loads  # noqa: E402
 from testkit.proc import run_in_own_session  # noqa: E402
 BENCH_DIR = Path("/tmp/thawline-bench")
 MODELS_DIR = BENCH_DIR / "models"
@@ -84,8 +85,9 @@ def child(spec: dict) -> None:
 # parent
 
 
+# vLLM's own timings exist only as its log lines; thawline's loader reports its timing as an
+# event (snapshots/vllm_engine/load_timing.py), read below, never from the log.
 _WEIGHTS_HF = re.compile(r"Loading weights took ([0-9.]+) seconds")
-_WEIGHTS_TL = re.compile(r"thawline: rank (\d+) loaded weights in ([0-9.]+) s")
 _PROFILE = re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([0-9.]+) s")
 
 
@@ -95,6 +97,11 @@ def _run(spec: dict, env_extra: dict, timeout: float = 1200) -> tuple[dict, str]
                 "PYTHONPATH": str(REPO)}, **env_extra)
     if spec.get("tp", 1) > 1:
         env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(i % (os.cpu_count() or 1)) for i in range(spec["tp"]))
+    logs = BENCH_DIR / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    loads = logs / f"engine_start-{spec['mode']}-tp{spec.get('tp', 1)}.loads.jsonl"
+    loads.unlink(missing_ok=True)
+    env[TIMING_FILE_ENV] = str(loads)  # the snapshot loader's per-rank timing events land here
     t0 = time.perf_counter()
     # Own session, so a timeout (or the child's os._exit) never leaves EngineCore/workers behind.
     rc, stdout, stderr = run_in_own_session([sys.executable, __file__, "--child", json.dumps(spec)],
@@ -102,14 +109,13 @@ def _run(spec: dict, env_extra: dict, timeout: float = 1200) -> tuple[dict, str]
     wall = time.perf_counter() - t0
     log = stdout + stderr
     # Keep each child's log for the analysis in RESULTS.md (where the seconds went).
-    logs = BENCH_DIR / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     (logs / f"engine_start-{spec['mode']}-tp{spec.get('tp', 1)}.log").write_text(log)
     lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
     if rc != 0 or not lines:
         raise RuntimeError(f"child {spec['mode']} tp={spec.get('tp')} failed (exit {rc}):\n{log[-3000:]}")
     result = json.loads(lines[-1][7:])
     result["wall_s"] = wall
+    result["rank_loads"] = read_rank_loads(loads)
     return result, log
 
 
@@ -150,7 +156,7 @@ def _phases(result: dict, log: str, mode: str) -> dict:
     if mode == "hf":
         weights = max((float(x) for x in _WEIGHTS_HF.findall(log)), default=float("nan"))
     else:
-        weights = max((float(s) for _, s in _WEIGHTS_TL.findall(log)), default=float("nan"))
+        weights = max((load.weights_s for load in result["rank_loads"]), default=float("nan"))
     profile = max((float(x) for x in _PROFILE.findall(log)), default=float("nan"))
     return {
         "process_workers_s": result["up_s"] - weights - profile,

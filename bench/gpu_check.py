@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: the repository's packages, not bench/'s modules
     sys.path.insert(0, str(REPO))
+from snapshots.vllm_engine.load_timing import TIMING_FILE_ENV, read_rank_loads  # noqa: E402
 from testkit.proc import run_in_own_session  # noqa: E402
 MAX_MODEL_LEN = 256
 PROMPTS = ["Hello world!", "Once upon a time"]
@@ -61,7 +62,10 @@ def child(spec: dict) -> None:
 
 
 def run_child(spec: dict, log_dir: Path, timeout: float) -> tuple[dict, str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    loads = log_dir / f"{spec['mode']}-tp{spec['tp']}.loads.jsonl"
+    loads.unlink(missing_ok=True)
+    # the snapshot loader's per-rank timing events land here (snapshots/vllm_engine/load_timing.py)
+    env = dict(os.environ, PYTHONPATH=str(REPO), **{TIMING_FILE_ENV: str(loads)})
     if spec["dry_run"] and spec.get("tp", 1) > 1:
         env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(i % (os.cpu_count() or 1)) for i in range(spec["tp"]))
     # no EngineCore/worker outlives its child
@@ -72,12 +76,15 @@ def run_child(spec: dict, log_dir: Path, timeout: float) -> tuple[dict, str]:
     lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
     if rc != 0 or not lines:
         raise SystemExit(f"gpu_check: {spec['mode']} at tp={spec['tp']} failed (exit {rc}):\n{log[-3000:]}")
-    return json.loads(lines[-1][7:]), log
+    result = json.loads(lines[-1][7:])
+    result["rank_loads"] = read_rank_loads(loads)
+    return result, log
 
 
+# vLLM's own phases exist only as its log lines; the snapshot start's weight phase and peak device
+# memory come from the loader's events (result["rank_loads"]), never from the log.
 _PATTERNS = {
     "weights_hf": r"Loading weights took ([0-9.]+) s",
-    "weights_snapshot": r"thawline: rank \d+ loaded weights in ([0-9.]+) s",
     "nccl_init": r"(?:NCCL|nccl|communicator)[^\n]*?(?:took|in) ([0-9.]+) ?s",
     "compile": r"torch\.compile takes ([0-9.]+) s in total",
     "cuda_graphs": r"Graph capturing finished in ([0-9.]+) sec",
@@ -90,9 +97,16 @@ def _max(pattern: str, log: str) -> float | None:
     return round(max(found), 3) if found else None
 
 
+def _weights_s(result: dict, log: str, mode: str) -> float | None:
+    if mode == "hf":
+        return _max(_PATTERNS["weights_hf"], log)
+    loads = result.get("rank_loads") or []
+    return round(max(load.weights_s for load in loads), 3) if loads else None
+
+
 def phases(result: dict, log: str, mode: str) -> dict:
     return {
-        "weights_s": _max(_PATTERNS[f"weights_{mode}"], log),
+        "weights_s": _weights_s(result, log, mode),
         "nccl_init_s": _max(_PATTERNS["nccl_init"], log),
         "compile_s": _max(_PATTERNS["compile"], log),
         "cuda_graphs_s": _max(_PATTERNS["cuda_graphs"], log),
@@ -117,7 +131,7 @@ def check_tp(tp: int, work: Path, model: Path, *, dry_run: bool, device: str, ti
     meta = store_obj.load(ref).meta
     state = read_engine_state(url)[3]
     weights_mib = round(meta.total_bytes / tp / 2**20, 1)
-    peaks = [float(x) for x in re.findall(r"peak_device_mib=([0-9.]+)", snap_log)]
+    peaks = [load.peak_device_mib for load in snap["rank_loads"]]
     peak = max(peaks) if peaks else None
     return {
         "bench": "gpu_check", "tp": tp, "device": device, "dry_run": dry_run, "snapshot": url,

@@ -33,6 +33,7 @@ from snapshots.vllm_engine.engine_state import (
     shard_digest,
 )
 from snapshots.vllm_engine.load_errors import report_load_error
+from snapshots.vllm_engine.load_timing import RankLoad, record_rank_load
 from snapshots.vllm_engine.options import LoaderOptions
 from snapshots.vllm_engine.parallel import all_gather_tp, parallel_position
 
@@ -62,8 +63,9 @@ class ThawlineLoader(BaseModelLoader):
         url = self.options.rank_urls.get(rank, self.options.snapshot_url)
         local_error: BaseException | None = None
         contribution: dict = {"snapshot": None, "digest": "", "expected": [], "error": None}
+        stats: dict = {}
         try:
-            contribution = self._restore_into(model, url, rank, tp)
+            contribution, stats = self._restore_into(model, url, rank, tp)
         except Exception as exc:  # reported to every rank below, then re-raised as is
             local_error = exc
             contribution["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -83,11 +85,16 @@ class ThawlineLoader(BaseModelLoader):
         if verdict:
             report_load_error(verdict)
             raise SnapshotMismatch(verdict)
-        # bench/engine_start.py parses this line: the whole weight phase (restore, copy, agreement).
+        # the whole weight phase (restore, copy, agreement), as an event the starter reads
+        # (load_timing.py); the log line is for people
+        load = RankLoad(rank=rank, snapshot=gathered[0]["snapshot"], weights_s=round(time.perf_counter() - t0, 4),
+                        **stats)
+        record_rank_load(load)
         logger.info("thawline: rank %d loaded weights in %.3f s; TP ranks agree on snapshot %s",
-                    rank, time.perf_counter() - t0, gathered[0]["snapshot"])
+                    rank, load.weights_s, load.snapshot)
 
-    def _restore_into(self, model: nn.Module, url: str, rank: int, tp: int) -> dict:
+    def _restore_into(self, model: nn.Module, url: str, rank: int, tp: int) -> tuple[dict, dict]:
+        """(this rank's contribution to the TP agreement, its RankLoad timing fields)."""
         # The restore stack (pyarrow, fsspec) is imported here, not at module top: the plugin
         # imports this module in every process vLLM starts, and only TP workers restore.
         from snapshots.cache import SnapshotCache
@@ -149,15 +156,16 @@ class ThawlineLoader(BaseModelLoader):
         # peak_device_mib: the device's allocation high-water mark so far (weights + any staging);
         # bench/gpu_check.py compares it with the rank's weight bytes.
         peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+        restore_s = time.perf_counter() - t0
         logger.info("thawline: rank %d restored %.1f MB from %s in %.3f s (%s, verify=%s, peak_device_mib=%.1f)",
-                    rank, nbytes / 1e6, where, time.perf_counter() - t0, how, self.options.verify, peak)
+                    rank, nbytes / 1e6, where, restore_s, how, self.options.verify, peak)
         mine = [(r.name, r.checksum) for r in rows if r.rank == rank]
         return {
             "snapshot": f"{snap.ref.model}/{snap.ref.snapshot_id}",
             "digest": shard_digest(mine),
             "expected": rank_digests(rows, meta.tp_size),
             "error": None,
-        }
+        }, {"restore_s": round(restore_s, 4), "nbytes": int(nbytes), "how": how, "peak_device_mib": round(peak, 1)}
 
     def _local_snapshot(self, store: SnapshotStore, snap: ResolvedSnapshot, rank: int) -> str | None:
         """Local directory holding this rank's part files: the snapshot itself on file://, else the

@@ -39,10 +39,17 @@ def main(spec: dict) -> dict:
         llm = LLM(spec["hf_dir"], tensor_parallel_size=spec["tp"], dtype=DTYPE, max_model_len=MAX_MODEL_LEN)
         return {"tokens": _generate(llm, spec["prompts"], spec["max_tokens"])}
     if action == "snapshot":
+        import os
+        import tempfile
+
+        from snapshots.vllm_engine.load_timing import TIMING_FILE_ENV, read_rank_loads
         from snapshots.vllm_engine.start import start_engine
 
+        # the loader's per-rank timing events (the engine's processes inherit the variable)
+        loads = os.environ[TIMING_FILE_ENV] = os.path.join(tempfile.mkdtemp(prefix="thawline-loads-"), "loads.jsonl")
         llm = start_engine(spec["url"], **spec.get("overrides", {}))
-        return {"tokens": _generate(llm, spec["prompts"], spec["max_tokens"])}
+        return {"tokens": _generate(llm, spec["prompts"], spec["max_tokens"]),
+                "rank_loads": [load.model_dump() for load in read_rank_loads(loads)]}
     raise ValueError(f"unknown action {action!r}")
 
 

@@ -68,7 +68,14 @@ def test_tp1_snapshot_matches_hf_dir_token_for_token(tiny_snapshot_url, hf_token
     # The tiny model's greedy output is varied, so equality below is a real check.
     assert len({tok for seq in hf_tokens for tok in seq}) > MAX_TOKENS
     assert len({tuple(seq) for seq in hf_tokens}) == len(PROMPTS)
-    assert _tokens({"action": "snapshot", "url": tiny_snapshot_url}) == hf_tokens
+    result, output = run_engine({"action": "snapshot", "url": tiny_snapshot_url, "prompts": PROMPTS,
+                                 "max_tokens": MAX_TOKENS})
+    assert result.get("tokens") == hf_tokens, f"{result}\n{output[-3000:]}"
+    # the loader reported its weight phase as an event the starter reads (load_timing.py)
+    (load,) = result["rank_loads"]
+    assert load["event"] == "thawline.rank_loaded" and load["rank"] == 0
+    assert load["snapshot"].startswith("tiny/")
+    assert load["nbytes"] > 0 and 0 < load["restore_s"] <= load["weights_s"]
 
 
 def test_tp2_snapshot_matches_tp1_token_for_token(tp2_snapshot_url, hf_tokens):
