@@ -68,13 +68,18 @@ def _chunk_output(chunk: dict, endpoint: str) -> tuple[str, bool]:
     return text, bool(text or c.get("finish_reason"))
 
 
-def continuation_body(endpoint: str, body: dict, partial: str, emitted_tokens: int) -> dict:
-    """The request for the next target after a break: the partial output becomes context.
+def continuation_body(endpoint: str, body: dict, partial_chunks: list[str]) -> dict:
+    """The request for the next target after a break: the partial output (the text of each chunk
+    sent so far) becomes context.
 
     Chat: the partial answer is appended as an assistant turn (Anthropic and vLLM continue such
     a trailing assistant message; others treat it as context). Completions: it is appended to
-    the prompt. max_tokens shrinks by what was already emitted.
+    the prompt. max_tokens shrinks by the tokens already emitted, counted as the number of text
+    chunks: each carries at least one token, so this never shrinks it by more than was sent
+    (a provider that packs several tokens into a chunk leaves the next target some extra room).
     """
+    partial = "".join(partial_chunks)
+    min_emitted_tokens = len(partial_chunks)
     out = dict(body)
     if endpoint == CHAT:
         out["messages"] = [*body.get("messages", []), {"role": "assistant", "content": partial}]
@@ -82,7 +87,7 @@ def continuation_body(endpoint: str, body: dict, partial: str, emitted_tokens: i
         out["prompt"] = body["prompt"] + partial
     for k in ("max_tokens", "max_completion_tokens"):
         if isinstance(out.get(k), int):
-            out[k] = max(1, out[k] - emitted_tokens)
+            out[k] = max(1, out[k] - min_emitted_tokens)
     return out
 
 
@@ -225,7 +230,7 @@ class Dispatcher:
             # After a break mid-answer the next target continues it, the partial output as
             # context. The plan never retries a target once output started, so the partial
             # here is the one the break left.
-            cur_body = (continuation_body(endpoint, body, "".join(st.partial), len(st.partial))
+            cur_body = (continuation_body(endpoint, body, st.partial)
                         if st.started else body)
             rec = AttemptRecord(target, None, "error")
             trace.records.append(rec)
