@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench.cold_start_apps import baseline_app, make_snapshot, thawline_app  # noqa: E402
 from bench.cold_start_cluster import last_cold_start, settle_pools, ttft, wait_zero  # noqa: E402
+from gateway.cold_start_phases import ENGINE_START_WITH_WEIGHTS  # noqa: E402
 
 APP = "thawline"
 # Controller/replica log lines ("INFO 2026-11-29 23:45:02,584 controller 6948 -- ...") and
@@ -230,7 +231,7 @@ def one_session(snap: str, runs: int, settle_s: float, sampler: CpuSampler,
             rec = {"session_run": i + 1, "since_deploy_s": round(t_req - t_deploy, 1), "cold_ttft_s": round(cold, 3),
                    "warm_ttft_s": round(warm, 3), "phases_s": cs.get("phases_s", {}), "host": cs.get("host"),
                    "marks_s": {k: round(v - t_req, 3) for k, v in (cs.get("marks") or {}).items()},
-                   "engine_init_detail_s": cs.get("engine_init_detail_s"), "failed_starts": cs.get("failed_starts"),
+                   "engine_start_detail_s": cs.get("engine_start_detail_s"), "failed_starts": cs.get("failed_starts"),
                    "modelinfo_written_s": _modelinfo_writes(cache, t_req, t_tok),
                    "pool_before": pool, "cpu_s_top": sampler.top(t_req, t_tok),
                    "loadavg": [round(x, 2) for x in os.getloadavg()], **evidence(logs, t_req, t_tok)}
@@ -264,7 +265,7 @@ def _print_run(rec: dict) -> None:
     print("marks (s after the request was sent): " + ", ".join(f"{k}={v}" for k, v in rec["marks_s"].items()))
     print(f"replica pid {rec['replica_pid']}, worker forked in window: {rec['worker_forked_in_window']} "
           f"(at {rec['worker_forked_at']} s); pool before: {rec['pool_before']}")
-    print(f"engine_init detail: {rec['engine_init_detail_s']}; failed replica starts: {rec['failed_starts']}; "
+    print(f"engine_start_with_weights detail: {rec['engine_start_detail_s']}; failed replica starts: {rec['failed_starts']}; "
           f"vLLM model-info cache written at: {rec['modelinfo_written_s']} s")
     print(f"CPU s by process during the cold start: {rec['cpu_s_top']}")
     for line in rec["lines"]:
@@ -304,7 +305,7 @@ def main() -> int:
         a.out.write_text(json.dumps(sessions, indent=1))
     summary = [[r["cold_ttft_s"] for r in runs] for runs in sessions]
     sched = [[r["phases_s"].get("serve_scheduling") for r in runs] for runs in sessions]
-    init = [[r["phases_s"].get("engine_init") for r in runs] for runs in sessions]
+    init = [[r["phases_s"].get(ENGINE_START_WITH_WEIGHTS) for r in runs] for runs in sessions]
     print(json.dumps({"bench": "first_cold_start", "cold_ttft_s": summary, "serve_scheduling_s": sched,
                       "engine_init_s": init}))
     return 0

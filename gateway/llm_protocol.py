@@ -1,13 +1,17 @@
 """The contract between a local LLM app (serve_apps/llm/router.py) and the gateway's ServeProvider.
 
 Both sides import this module (serve_apps may import gateway, never the other way), so the
-request shape, the error type and the status mapping have one owner.
+request shape, the error body, the error type and the status mapping have one owner.
 
-Handle request:  {"endpoint": "chat" | "completions", "body": <OpenAI body>, "max_wait_s": float?}
-                 max_wait_s bounds the wait for a replica when the app is at zero (the caller's
-                 cold-path budget); the app never waits longer than its cold_start_max_wait_s.
+Handle request:  HandleRequest; on the wire (a plain dict, what `to_wire` builds and `from_wire`
+                 reads): {"endpoint": "chat" | "completions", "body": <OpenAI body>,
+                 "max_wait_s": float?}. max_wait_s bounds the wait for a replica when the app is
+                 at zero (the caller's cold-path budget); the app never waits longer than its
+                 cold_start_max_wait_s. New fields are added to HandleRequest, nowhere else.
 Handle answers:  generate -> OpenAI response dict; generate_stream -> OpenAI chunk dicts, the
-                 last one carrying `usage`. A finished generator is the terminal marker.
+                 last one carrying `usage`. A finished generator is the terminal marker. Inside
+                 the app the engine answers an error as an error body instead (`error_body`);
+                 `app_error_in` is the one check for it.
 Errors:          LLMAppError(status, body), body in OpenAI's error shape. It crosses Ray's
                  process boundary pickled, so it rebuilds itself from (status, body) (see
                  __reduce__); Ray hands it to the caller wrapped (RayTaskError dual class, with
@@ -15,9 +19,13 @@ Errors:          LLMAppError(status, body), body in OpenAI's error shape. It cro
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.providers.base import CHAT, COMPLETIONS
+
 COLD_START_TIMEOUT = "cold_start_timeout"
+ENDPOINTS = (CHAT, COMPLETIONS)  # the gateway's own endpoint names, passed through as they are
 
 
 def error_body(message: str, status: int = 400, type_: str = "invalid_request_error",
@@ -37,6 +45,52 @@ def status_of(body: dict) -> int:
     if isinstance(err, dict) and err.get("type") in ("invalid_request_error", "BadRequestError"):
         return 400
     return 500
+
+
+def app_error_in(answer: Any) -> "LLMAppError | None":
+    """The LLMAppError an engine answer (a response or a chunk) stands for, or None when it is
+    no error body."""
+    if isinstance(answer, dict) and "error" in answer:
+        return LLMAppError(status_of(answer), answer)
+    return None
+
+
+def max_wait_from(value: Any) -> float | None:
+    """A caller's max_wait_s as sent (a number, or the header's string): None when absent or
+    unreadable (the app then waits its own bound), never below 0."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class HandleRequest:
+    """One call of the LLM app's handle (generate / generate_stream): the one builder and reader."""
+
+    endpoint: str
+    body: dict = field(default_factory=dict)
+    max_wait_s: float | None = None  # the caller's cold-path budget; None: the app's own bound
+
+    def to_wire(self) -> dict:
+        wire: dict[str, Any] = {"endpoint": self.endpoint, "body": self.body}
+        if self.max_wait_s is not None:
+            wire["max_wait_s"] = self.max_wait_s
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: Any) -> "HandleRequest":
+        """Raises LLMAppError(400) for a request that is no handle request."""
+        if not isinstance(wire, dict):
+            raise LLMAppError(400, error_body(f"a handle request is a dict, got {type(wire).__name__}"))
+        endpoint, body = wire.get("endpoint"), wire.get("body")
+        if endpoint not in ENDPOINTS:
+            raise LLMAppError(400, error_body(f"endpoint must be one of {ENDPOINTS}, got {endpoint!r}"))
+        if body is not None and not isinstance(body, dict):
+            raise LLMAppError(400, error_body("request body must be a JSON object"))
+        return cls(endpoint, dict(body or {}), max_wait_from(wire.get("max_wait_s")))
 
 
 class LLMAppError(Exception):

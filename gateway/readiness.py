@@ -1,7 +1,8 @@
 """ReadinessBoard: the cold/warm state of each LLM app, readable without waking the model.
 
-LLM replicas report `report(app, replica_id, state)` with state in starting | warm | stopped;
-the gateway reads `get(app) -> {"state": "cold"|"warming"|"warm", "warm_replicas": int,
+LLM replicas report `report(app, replica_id, state)` with state in REPLICA_STATES (starting |
+warm | stopped); the gateway reads `get(app) -> {"state": <one of APP_STATES: cold | warming |
+warm>, "warm_replicas": int,
 "replica_seconds": float}` (docs/INTERFACES.md). `replica_seconds` is the replica time the app
 has used so far (starting + warm, all replicas, running ones counted up to now): what a
 scaled-to-zero app costs, in replica units.
@@ -16,12 +17,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal, get_args
+from typing import Callable
 
 from gateway.names import READINESS_ACTOR, get_or_create_actor
 
-ReplicaState = Literal["starting", "warm", "stopped"]
-_VALID = get_args(ReplicaState)
+# The state names, defined here only: the replica (serve_apps/llm/server.py) reports them, the
+# gateway's serve provider, the CLI and the demo read them.
+STARTING = "starting"  # a replica's constructor runs: its cold start is in progress
+WARM = "warm"          # a replica serves; an app with one such replica is warm
+STOPPED = "stopped"    # a replica is gone (scaled down, redeployed, or its start failed)
+REPLICA_STATES = (STARTING, WARM, STOPPED)
+ReplicaState = str  # one of REPLICA_STATES
+
+COLD = "cold"          # an app with no live replica
+WARMING = "warming"    # an app whose replicas are all still starting
+APP_STATES = (COLD, WARMING, WARM)
 
 
 @dataclass
@@ -51,16 +61,16 @@ class Board:
         self._apps: dict[str, _App] = {}
 
     def report(self, app: str, replica_id: str, state: ReplicaState) -> None:
-        if state not in _VALID:
-            raise ValueError(f"state must be one of {_VALID}, got {state!r}")
+        if state not in REPLICA_STATES:
+            raise ValueError(f"state must be one of {REPLICA_STATES}, got {state!r}")
         now = self._clock()
         a = self._apps.setdefault(app, _App())
         r = a.replicas.get(replica_id)
-        if state == "stopped":
+        if state == STOPPED:
             if r is not None:
                 a.spent_s += now - r.born
                 del a.replicas[replica_id]
-                if r.state == "starting":  # its constructor failed (or it was stopped) before serving
+                if r.state == STARTING:  # its constructor failed (or it was stopped) before serving
                     a.failed_starts = [*a.failed_starts[-(FAILED_STARTS_KEPT - 1):], now]
             return
         a.replicas[replica_id] = _Replica(state, r.born if r is not None else now)
@@ -91,12 +101,12 @@ class Board:
     def get(self, app: str) -> dict:
         a = self._apps.get(app)
         if a is None:
-            return {"state": "cold", "warm_replicas": 0, "replica_seconds": 0.0}
+            return {"state": COLD, "warm_replicas": 0, "replica_seconds": 0.0}
         now = self._clock()
-        warm = sum(1 for r in a.replicas.values() if r.state == "warm")
-        starting = sum(1 for r in a.replicas.values() if r.state == "starting")
+        warm = sum(1 for r in a.replicas.values() if r.state == WARM)
+        starting = sum(1 for r in a.replicas.values() if r.state == STARTING)
         live = sum(now - r.born for r in a.replicas.values())
-        state = "warm" if warm else ("warming" if starting else "cold")
+        state = WARM if warm else (WARMING if starting else COLD)
         return {"state": state, "warm_replicas": warm, "replica_seconds": round(a.spent_s + live, 3)}
 
     def last_cold_start(self, app: str) -> dict | None:

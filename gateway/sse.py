@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import GatewayError
+
 DONE = b"data: [DONE]\n\n"
 
 
@@ -94,7 +96,7 @@ _END = object()  # what `decode_event` returns for `data: [DONE]`
 
 
 def _failure(message: str, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+    return GatewayError(message, code=code).to_dict()
 
 
 def decode_event(ev: Event) -> Any:

@@ -11,9 +11,9 @@ the marks, with their real start and end times, so nothing OTel-related runs whi
     attempt        (CLIENT)  one per attempt: target, provider, model, outcome, status, ttft_ms
       cold_start             local (serve) targets that were cold when the attempt began: the
         <phase>              last cold start's phases from the readiness board
-                             (ReadinessBoard.last_cold_start: serve_scheduling, worker_start,
-                             imports, restore, engine_init, first_token), laid end to end from
-                             the attempt's start
+                             (ReadinessBoard.last_cold_start; names and order:
+                             gateway/cold_start_phases.py), laid end to end from the
+                             attempt's start
 
 The cold-start lookup is injected (`cold_start_lookup(app) -> awaitable dict | None`); the
 default one reads the readiness board actor through Ray, imported lazily.
@@ -25,9 +25,10 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
+from gateway import cold_start_phases as cs
+
 log = logging.getLogger("thawline.gateway")
 
-COLD_PHASES = ("serve_scheduling", "worker_start", "imports", "restore", "engine_init", "first_token")
 ColdLookup = Callable[[str], Awaitable[dict | None]]
 
 
@@ -131,16 +132,15 @@ class RequestTracer:
     def _cold_spans(self, ctx, m, info: dict) -> None:
         phases = info.get("phases_s") or {}
         t = m.start_ns
-        total = phases.get("total") or sum(phases.get(p, 0.0) for p in COLD_PHASES)
+        steps = cs.ordered(phases)
+        total = phases.get(cs.TOTAL) or sum(secs for _, secs in steps)
         parent = self.tracer.start_span("cold_start", context=ctx, start_time=t, attributes={
             "thawline.app": m.app, "thawline.replica": str(info.get("replica", "")), "thawline.total_s": float(total)})
         from opentelemetry import trace as ot
         pctx = ot.set_span_in_context(parent)
-        for p in COLD_PHASES:
-            if p not in phases:
-                continue
-            d = int(float(phases[p]) * 1e9)
-            self.tracer.start_span(p, context=pctx, start_time=t, attributes={"thawline.seconds": float(phases[p])}
+        for p, secs in steps:
+            d = int(secs * 1e9)
+            self.tracer.start_span(p, context=pctx, start_time=t, attributes={"thawline.seconds": secs}
                                    ).end(end_time=t + d)
             t += d
         parent.end(end_time=max(t, m.start_ns + int(float(total) * 1e9)))

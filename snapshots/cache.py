@@ -60,10 +60,12 @@ def expand_node_id(template: str, node_id: str | None = None) -> str:
     return template.replace(NODE_ID_FIELD, node_id)
 
 
-def default_cache_dir() -> Path:
+def default_cache_dir(node_id: str | None = None) -> Path:
+    """This node's cache dir (module doc); `node_id` fills a `{node_id}` in $THAWLINE_CACHE_DIR
+    (default: $THAWLINE_NODE_ID). The one resolver: the CLI's per-node listing calls it too."""
     env = os.environ.get("THAWLINE_CACHE_DIR")
     if env:
-        return Path(expand_node_id(env))
+        return Path(expand_node_id(env, node_id))
     xdg = os.environ.get("XDG_CACHE_HOME")
     return Path(xdg) / "thawline" if xdg else Path.home() / ".cache" / "thawline"
 

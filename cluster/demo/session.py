@@ -19,6 +19,7 @@ from rich.table import Table
 from cluster.demo.stack import BURST_RPM, LLM_APP, MODEL
 from cluster.demo.ui import console, note
 from gateway.client import AsyncClient, Client, RateLimited
+from gateway.cold_start_phases import TOTAL, ordered
 from gateway.names import NAMESPACE, READINESS_ACTOR
 
 PROMPT = "The quick brown fox"
@@ -101,15 +102,18 @@ def last_cold_start() -> dict | None:
 
 
 def phases_table(cold: dict) -> Table | None:
-    """The replica's own cold-start phases (serve_apps/llm/timeline.py), if it recorded them."""
+    """The replica's own cold-start phases (gateway/cold_start_phases.py), in the order they ran,
+    if it recorded them."""
     phases = cold.get("phases_s") or cold.get("phases")
     if not isinstance(phases, dict) or not phases:
         return None
     t = Table(title="Cold start, as the replica measured it")
     t.add_column("phase")
     t.add_column("seconds", justify="right")
-    for name, secs in phases.items():
-        t.add_row(name, f"{float(secs):.2f}")
+    for name, secs in ordered(phases):
+        t.add_row(name, f"{secs:.2f}")
+    if TOTAL in phases:
+        t.add_row(TOTAL, f"{float(phases[TOTAL]):.2f}")
     return t
 
 

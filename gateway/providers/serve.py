@@ -14,8 +14,9 @@ import time
 from typing import AsyncIterator
 
 from gateway.fallback import Failure, Kind
-from gateway.llm_protocol import as_app_error
+from gateway.llm_protocol import HandleRequest, as_app_error
 from gateway.names import NAMESPACE, READINESS_ACTOR
+from gateway.readiness import WARM
 from gateway.providers.base import CHAT, COMPLETIONS, Provider, ProviderError, Response, Usage, unsupported
 
 log = logging.getLogger("thawline.gateway")
@@ -91,14 +92,16 @@ class ServeProvider(Provider):
     async def _wake(self, model: str) -> None:
         h, _ = self._handles()
         try:
-            await h.generate.remote({"endpoint": "completions",
-                                     "body": {"model": model, "prompt": " ", "max_tokens": 1, "stream": False}})
+            # no max_wait_s: a wake-up may wait the app's whole cold-start bound, it only has to
+            # make the autoscaler start a replica
+            await h.generate.remote(HandleRequest(COMPLETIONS, {"model": model, "prompt": " ", "max_tokens": 1,
+                                                                "stream": False}).to_wire())
         except Exception as e:  # the wake-up answer is irrelevant; log for diagnosis only
             log.warning("wake-up request to %r failed: %s: %s", self.cfg.app, type(e).__name__, str(e)[:200])
 
     def is_cold(self) -> bool:
         st = self._state
-        return st is not None and st.get("state") != "warm"
+        return st is not None and st.get("state") != WARM
 
     def _failure(self, e: Exception, *, started: bool) -> ProviderError:
         """An LLM app's own error keeps its status: a 4xx is the request's fault (no fallback,
@@ -120,8 +123,8 @@ class ServeProvider(Provider):
     def _request(endpoint: str, body: dict, target, *, stream: bool) -> dict:
         # The target's cold-path budget: its first_token_timeout_s bounds the wait for a replica
         # in the app itself (a clean 503 cold_start_timeout, which falls back), streamed or not.
-        return {"endpoint": endpoint, "body": {**body, "model": target.model, "stream": stream},
-                "max_wait_s": target.cfg.first_token_timeout_s}
+        return HandleRequest(endpoint, {**body, "model": target.model, "stream": stream},
+                             max_wait_s=target.cfg.first_token_timeout_s).to_wire()
 
     async def call(self, endpoint: str, body: dict, target) -> Response:
         if endpoint not in self.endpoints:

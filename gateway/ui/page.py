@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from html import escape
 
+from gateway.cold_start_phases import PHASE_ORDER
 from gateway.ui.svg import meter, stacked_bars, waterfall
 
-COLD_PHASES = ("serve_scheduling", "worker_start", "imports", "restore", "engine_init", "first_token")
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fafafa}
 h1{font-size:20px}h2{font-size:16px;margin-top:28px}
@@ -85,7 +85,7 @@ def _local(local: list[dict]) -> str:
                    f'<small>{int(m.get("warm_replicas") or 0)} warm replica(s)</small></h3>')
         if lcs.get("replica"):
             out.append(f'<p><small>last cold start: replica {escape(str(lcs["replica"]))}</small></p>')
-        out.append(waterfall(lcs.get("phases_s") or {}, COLD_PHASES))
+        out.append(waterfall(lcs.get("phases_s") or {}, PHASE_ORDER))
     return "".join(out)
 
 

@@ -76,7 +76,7 @@ def waterfall(phases: dict[str, float], order: tuple[str, ...], *, width: int = 
     if not steps:
         return '<p class="empty">no cold start recorded</p>'
     total = float(phases.get("total") or sum(s for _, s in steps)) or 1.0
-    left, row = 130, 20
+    left, row = 180, 20  # room for the longest phase name (engine_start_with_weights)
     plot = width - left - 70
     out = [f'<svg class="waterfall" width="{width}" height="{row * len(steps) + 24}" role="img" '
            f'aria-label="cold start waterfall" xmlns="http://www.w3.org/2000/svg">']

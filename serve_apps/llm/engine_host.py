@@ -5,10 +5,11 @@ A plain class, so it runs either inside an LLM replica or inside a pre-imported 
 starts the preloaded forkserver, see forkserver.py): that is the part a warm pool pays
 before any request arrives. `start(spec)` then restores the snapshot and starts the engine.
 
-Requests are OpenAI bodies; vLLM's OpenAIServingChat / OpenAIServingCompletion do the work (chat
-templates, sampling params, streaming chunks, usage). Errors come back in OpenAI's error shape
-(`{"error": {...}}`, `code` = HTTP status), never as exceptions, so both the HTTP route and the
-gateway's handle call can pass them on.
+Requests are handle requests (gateway/llm_protocol.HandleRequest) carrying OpenAI bodies; vLLM's
+OpenAIServingChat / OpenAIServingCompletion do the work (chat templates, sampling params,
+streaming chunks, usage). Errors come back as error bodies (llm_protocol.error_body: OpenAI's
+shape, `code` = HTTP status), never as exceptions, so both the HTTP route and the gateway's
+handle call can pass them on.
 """
 from __future__ import annotations
 
@@ -22,19 +23,14 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+from gateway import cold_start_phases as cs
+from gateway.llm_protocol import CHAT, HandleRequest, LLMAppError, error_body
 from serve_apps.llm.node_cache import pin_node_id, restore_downloads, restore_tag
-from serve_apps.llm.spec import EngineSpec
+from serve_apps.llm.spec import CaptureSpec, EngineSpec
 from snapshots.errors import SnapshotExists
 from snapshots.vllm_engine.load_errors import engine_start_errors
 
 log = logging.getLogger("thawline.serve")
-
-ENDPOINTS = ("chat", "completions")
-
-
-def _error(message: str, code: int = 400, type_: str = "invalid_request_error") -> dict:
-    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
-
 
 def _vllm_error(e: Exception) -> dict:
     """An exception from vLLM's serving classes as the error body vLLM's own HTTP server would
@@ -101,39 +97,38 @@ class EngineHost:
 
     # -- start ---------------------------------------------------------------------------------
 
-    async def start(self, spec: dict) -> dict:
-        """Start the engine. spec: served_model_id, and snapshot_url or capture (snapshot on first
-        boot: source_dir, tp, store_url, name, snapshot_id); overrides
-        (vLLM engine args), verify, gpu_ids (GPU replicas: the devices of the replica's bundles),
-        placement_group (GPU TP: the replica's group, so vLLM's Ray workers use its bundles),
-        runtime_env (the replica's: its env_vars apply to the engine's processes).
-        Returns the marks restore_done / engine_ready (time.time()) and engine facts."""
-        spec = EngineSpec.model_validate(spec).model_dump()  # checked here; a dict on the wire (spec.py)
+    async def start(self, spec: EngineSpec) -> dict:
+        """Start the engine as `spec` says (serve_apps/llm/spec.py: snapshot_url or capture,
+        overrides, verify, gpu_ids, placement_group, runtime_env).
+        Returns the marks engine_prepared / engine_ready (time.time(), gateway/cold_start_phases.py)
+        and engine facts."""
+        if not isinstance(spec, EngineSpec):
+            raise TypeError(f"EngineHost.start takes an EngineSpec, got {type(spec).__name__}")
         if self._engine is not None:
             raise RuntimeError("engine already started in this host")
-        _use_env(spec.get("runtime_env"))
-        _use_gpus(spec.get("gpu_ids"))
+        _use_env(spec.runtime_env)
+        _use_gpus(spec.gpu_ids)
         boot = await _prepare_boot(spec)
-        restore_done = time.time()
+        prepared = time.time()  # no weight loaded yet: they load inside the engine's start below
         try:
-            args, vllm_config = self._engine_config(spec["served_model_id"], boot.kwargs)
+            args, vllm_config = self._engine_config(spec.served_model_id, boot.kwargs)
         except Exception:
             if boot.capture is not None:
                 boot.capture.abort()  # a first boot whose config fails gives its claimed id back
             raise
         config_done = time.time()
-        engine = _build_engine(boot, vllm_config, spec.get("placement_group"), spec.get("runtime_env"))
+        engine = _build_engine(boot, vllm_config, spec.placement_group, spec.runtime_env)
         snapshot_url = await _commit_capture(boot, engine, vllm_config)
         engine_done = time.time()
         await self._serve(engine, args)
         serving_done = time.time()
         self.info = _engine_facts(boot, vllm_config, snapshot_url,
-                                  config_s=config_done - restore_done, engine_s=engine_done - config_done,
+                                  config_s=config_done - prepared, engine_s=engine_done - config_done,
                                   serving_state_s=serving_done - engine_done)
         if boot.fetch_tag is not None:
             # what this start downloaded into the node cache itself (0: a node prefetch had it)
             self.info["node_cache"] = await asyncio.to_thread(restore_downloads, boot.fetch_tag, boot.prefetch)
-        return {"restore_done": restore_done, "engine_ready": serving_done, **self.info}
+        return {cs.ENGINE_PREPARED: prepared, cs.ENGINE_READY: serving_done, **self.info}
 
     def _engine_config(self, served: str, kwargs: dict):
         """(frontend args, VllmConfig) for the engine args; names the served model in both."""
@@ -161,18 +156,19 @@ class EngineHost:
     # -- requests ------------------------------------------------------------------------------
 
     def _request(self, request: dict, *, stream: bool):
-        endpoint = request.get("endpoint")
-        body = dict(request.get("body") or {})
-        if endpoint not in ENDPOINTS:
-            return None, _error(f"endpoint must be one of {ENDPOINTS}, got {endpoint!r}")
+        try:
+            req = HandleRequest.from_wire(request)
+        except LLMAppError as e:
+            return None, e.body
+        endpoint, body = req.endpoint, dict(req.body)
         if self._engine is None:
-            return None, _error("engine not started", 503, "service_unavailable")
+            return None, error_body("engine not started", 503, "service_unavailable")
         body["stream"] = stream
         if stream:
             # The handle protocol: the last chunk always carries usage (callers strip it).
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         try:
-            if endpoint == "chat":
+            if endpoint == CHAT:
                 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
                 return (self._chat.create_chat_completion, ChatCompletionRequest(**body)), None
@@ -180,7 +176,7 @@ class EngineHost:
 
             return (self._completion.create_completion, CompletionRequest(**body)), None
         except Exception as e:  # pydantic validation of the body: the client's mistake
-            return None, _error(f"invalid {endpoint} request: {e}".replace("\n", " ")[:2000])
+            return None, error_body(f"invalid {endpoint} request: {e}".replace("\n", " ")[:2000])
 
     async def generate(self, request: dict) -> dict:
         call, err = self._request(request, stream=False)
@@ -259,27 +255,27 @@ def _use_gpus(gpu_ids) -> None:
             cached()
 
 
-async def _prepare_boot(spec: dict) -> _Boot:
-    overrides = dict(spec.get("overrides") or {})
-    accelerator = spec.get("accelerator")
-    if spec.get("capture"):
-        return await _prepare_first_boot(spec["capture"], overrides, accelerator)
-    if spec.get("snapshot_url"):
+async def _prepare_boot(spec: EngineSpec) -> _Boot:
+    overrides = dict(spec.overrides)
+    accelerator = spec.accelerator
+    if spec.capture is not None:
+        return await _prepare_first_boot(spec.capture, overrides, accelerator)
+    if spec.snapshot_url:
         from snapshots.vllm_engine.start import prepare_engine_start
 
         # The same steps as snapshots.vllm_engine.start.start_engine: resolves the snapshot once,
         # materialises engine/hf + compile cache from the node cache, starts the weight prefetch,
         # sets VLLM_CACHE_ROOT/NCCL_*; the recorded KV size (num_gpu_blocks_override /
         # kv_cache_memory_bytes) makes vLLM skip memory profiling.
-        url = spec["snapshot_url"]
+        url = spec.snapshot_url
         tag = restore_tag()
-        prepared = prepare_engine_start(url, verify=bool(spec.get("verify", False)), accelerator=accelerator,
+        prepared = prepare_engine_start(url, verify=spec.verify, accelerator=accelerator,
                                         **overrides)
         return _Boot(prepared.kwargs, errors=engine_start_errors(url), fetch_tag=tag, prefetch=prepared.prefetch)
     raise ValueError("engine spec needs snapshot_url or capture")
 
 
-async def _prepare_first_boot(c: dict, overrides: dict, accelerator: dict | None = None) -> _Boot:
+async def _prepare_first_boot(c: CaptureSpec, overrides: dict, accelerator: dict | None = None) -> _Boot:
     """Snapshot on first boot, one engine boot: this engine's workers write their ranks while
     loading from the source, the snapshot is committed once the engine is up, and the same engine
     then serves. Of two replicas racing for the id, the loser serves from the source."""
@@ -287,14 +283,14 @@ async def _prepare_first_boot(c: dict, overrides: dict, accelerator: dict | None
 
     try:
         capture = await asyncio.to_thread(
-            begin_capture, c["source_dir"], tp=int(c["tp"]), store_url=c["store_url"], name=c["name"],
-            snapshot_id=c["snapshot_id"], accelerator=accelerator, **overrides)
+            begin_capture, c.source_dir, tp=c.tp, store_url=c.store_url, name=c.name,
+            snapshot_id=c.snapshot_id, accelerator=accelerator, **overrides)
         return _Boot(capture.engine_kwargs(), capture=capture, first_boot="wrote_snapshot")
     except SnapshotExists:
         # Another replica claimed the id and writes it; this one serves from the source.
         log.info("thawline: %s/%s is being written by another replica; serving from %s",
-                 c["name"], c["snapshot_id"], c["source_dir"])
-        return _Boot({"model": c["source_dir"], "tensor_parallel_size": int(c["tp"]), **overrides},
+                 c.name, c.snapshot_id, c.source_dir)
+        return _Boot({"model": c.source_dir, "tensor_parallel_size": c.tp, **overrides},
                      first_boot="served_from_source")
 
 
@@ -350,9 +346,9 @@ def _engine_facts(boot: _Boot, vllm_config, snapshot_url: str | None, *, config_
     cache = vllm_config.cache_config
     info = {"num_gpu_blocks": cache.num_gpu_blocks, "block_size": cache.block_size,
             "model": str(boot.kwargs["model"]), "load_format": str(boot.kwargs.get("load_format", "auto")),
-            # engine_init split: vLLM config, AsyncLLM (EngineCore + workers + weights +
-            # KV cache), OpenAI serving state
-            "engine_init_detail_s": {"config": round(config_s, 3), "engine": round(engine_s, 3),
+            # engine_start_with_weights split: vLLM config, AsyncLLM (EngineCore + workers +
+            # weight load + KV cache), OpenAI serving state
+            "engine_start_detail_s": {"config": round(config_s, 3), "engine": round(engine_s, 3),
                                      "serving_state": round(serving_state_s, 3)}}
     if boot.first_boot:
         info["first_boot"] = boot.first_boot

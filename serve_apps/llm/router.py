@@ -3,7 +3,7 @@
 It holds no engine (num_cpus=0, imports neither torch nor vLLM), so it stays up while the
 LLMServer deployment is at zero. For each request it:
 - waits, bounded by `cold_start_max_wait_s` (a request may lower it: header
-  x-thawline-max-wait-s, or "max_wait_s" in a handle request), for an LLMServer replica (a `ready()` call that
+  x-thawline-max-wait-s, or max_wait_s in a handle request, gateway/llm_protocol.py), for an LLMServer replica (a `ready()` call that
   queues at zero and so makes Serve's autoscaler start one); past the bound: HTTP 503
   `cold_start_timeout` in OpenAI's error shape (handle calls raise ColdStartTimeout);
 - forwards the OpenAI body through the server's handle, streaming chunk by chunk;
@@ -26,12 +26,21 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
-from gateway.llm_protocol import ColdStartTimeout, LLMAppError, cold_start_timeout, error_body, status_of
+from gateway import cold_start_phases as cs
+from gateway.llm_protocol import (
+    ColdStartTimeout,
+    HandleRequest,
+    LLMAppError,
+    app_error_in,
+    cold_start_timeout,
+    error_body,
+    max_wait_from,
+)
 from gateway.readiness import get_or_create_board
 from serve_apps.llm.args import LLMAppArgs
 from serve_apps.llm.prewarm import Prewarmer
 from serve_apps.llm.sse import sse_frames
-from serve_apps.llm.timeline import log_line, phases
+from serve_apps.llm.timeline import log_line
 
 log = logging.getLogger("thawline.serve")
 
@@ -69,13 +78,10 @@ class LLMRouter:
 
     # -- cold start ----------------------------------------------------------------------------
 
-    def _max_wait(self, asked) -> float:
+    def _max_wait(self, asked: float | None) -> float:
         """A caller may lower the bound (e.g. the gateway, to spill over sooner), never raise it."""
         bound = self.args.cold_start_max_wait_s
-        try:
-            return min(bound, max(0.0, float(asked))) if asked is not None else bound
-        except (TypeError, ValueError):
-            return bound
+        return bound if asked is None else min(bound, asked)
 
     async def _wait_ready(self, max_wait_s: float) -> tuple[float, dict]:
         t_req = time.time()
@@ -89,19 +95,19 @@ class LLMRouter:
         """Log the cold start this request waited for (once per replica)."""
         marks = info["marks"]
         rid = info["replica_id"]
-        if rid in self._logged or marks.get("engine_ready", 0) <= t_req:
+        if rid in self._logged or marks.get(cs.ENGINE_READY, 0) <= t_req:
             return  # warm request, or this cold start was already logged
         self._logged.add(rid)
-        full = {**marks, "request": t_req, "first_token": time.time()}
-        if full["process_start"] < t_req:
+        full = {**marks, cs.REQUEST: t_req, cs.FIRST_TOKEN: time.time()}
+        if full[cs.PROCESS_START] < t_req:
             # Ray reused a worker process it had started earlier: no process start in this cold
             # start; request -> constructor is all Serve's scheduling.
-            full["process_start"] = full["init_start"]
+            full[cs.PROCESS_START] = full[cs.INIT_START]
         line = log_line(self.app_name, rid, full, host=info["info"].get("host"),
                         first_boot=info["info"].get("first_boot"))
         log.info(line)
         print(line, flush=True)  # the replica's stdout reaches the driver and Ray's log files
-        ph = phases(full)
+        ph = cs.phases(full)
         for name, secs in ph.items():
             self._hist.observe(secs, tags={"app": self.app_name, "phase": name})
         self._board.record_cold_start.remote(self.app_name, {"replica": rid, "phases_s": ph, "marks": full,
@@ -110,32 +116,36 @@ class LLMRouter:
     # -- handle API (gateway) ------------------------------------------------------------------
 
     async def generate(self, request: dict) -> dict:
-        """request = {"endpoint", "body"[, "max_wait_s"]}; raises LLMAppError (503 on cold-start timeout)."""
-        t_req, info = await self._wait_ready(self._max_wait(request.get("max_wait_s")))
-        out = await self._server.generate.remote(self._normalise(request))
-        if "error" in out:
-            raise LLMAppError(status_of(out), out)
+        """request: a HandleRequest on the wire; raises LLMAppError (503 on cold-start timeout)."""
+        req = HandleRequest.from_wire(request)
+        t_req, info = await self._wait_ready(self._max_wait(req.max_wait_s))
+        out = await self._server.generate.remote(self._normalise(req))
+        err = app_error_in(out)
+        if err is not None:
+            raise err
         self._first_token(t_req, info)
         return out
 
     async def generate_stream(self, request: dict) -> AsyncIterator[dict]:
-        t_req, info = await self._wait_ready(self._max_wait(request.get("max_wait_s")))
+        req = HandleRequest.from_wire(request)
+        t_req, info = await self._wait_ready(self._max_wait(req.max_wait_s))
         first = True
-        async for chunk in self._server_stream.generate_stream.remote(self._normalise(request)):
-            if "error" in chunk:
+        async for chunk in self._server_stream.generate_stream.remote(self._normalise(req)):
+            err = app_error_in(chunk)
+            if err is not None:
                 # before the first chunk: a rejected request (its 4xx); later: the engine failed
                 # mid-answer, which the caller must see as a broken stream, not as a chunk
-                raise LLMAppError(status_of(chunk), chunk)
+                raise err
             if first:
                 first = False
                 self._first_token(t_req, info)
             yield chunk
 
-    def _normalise(self, request: dict) -> dict:
-        body = dict(request.get("body") or {})
-        if not body.get("model"):
-            body["model"] = self.args.served_model_id  # one model per app: an empty id means it
-        return {"endpoint": request.get("endpoint"), "body": body}
+    def _normalise(self, req: HandleRequest) -> dict:
+        """The request for the engine: the body names the served model (one model per app: an
+        empty id means it); the wait bound stays here."""
+        body = req.body if req.body.get("model") else {**req.body, "model": self.args.served_model_id}
+        return HandleRequest(req.endpoint, body).to_wire()
 
     # -- HTTP ----------------------------------------------------------------------------------
 
@@ -166,7 +176,7 @@ class LLMRouter:
             return JSONResponse(error_body("request body is not JSON"), status_code=400)
         if not isinstance(body, dict):
             return JSONResponse(error_body("request body must be a JSON object"), status_code=400)
-        req = {"endpoint": endpoint, "body": body, "max_wait_s": request.headers.get(MAX_WAIT_HEADER)}
+        req = HandleRequest(endpoint, body, max_wait_from(request.headers.get(MAX_WAIT_HEADER))).to_wire()
         if not body.get("stream"):
             try:
                 return JSONResponse(await self.generate(req))

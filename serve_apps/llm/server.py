@@ -21,7 +21,8 @@ from typing import AsyncIterator
 import ray
 from ray import serve
 
-from gateway.readiness import get_or_create_board
+from gateway import cold_start_phases as cs
+from gateway.readiness import REPLICA_STATES, STARTING, STOPPED, WARM, get_or_create_board
 from serve_apps.llm.args import LLMAppArgs, effective_engine_overrides, first_boot_ref
 from serve_apps.llm.first_boot import committed_snapshot, engine_identity, local_source
 from serve_apps.llm.node_cache import pin_node_id
@@ -46,7 +47,7 @@ class _LocalHost:
 
         self.host = EngineHost()
 
-    async def start(self, spec: dict) -> dict:
+    async def start(self, spec: EngineSpec) -> dict:
         return await self.host.start(spec)
 
     async def generate(self, request: dict) -> dict:
@@ -66,8 +67,8 @@ class _PooledHost:
     def __init__(self, actor) -> None:
         self.actor = actor
 
-    async def start(self, spec: dict) -> dict:
-        return await self.actor.start.remote(spec)
+    async def start(self, spec: EngineSpec) -> dict:
+        return await self.actor.start.remote(spec)  # pickled as it is: the host gets the EngineSpec
 
     async def generate(self, request: dict) -> dict:
         return await self.actor.generate.remote(request)
@@ -107,9 +108,6 @@ async def bundle_gpu_ids(args: LLMAppArgs) -> list[str] | None:
     return visible_devices(await asyncio.wait_for(asyncio.gather(*refs), GPU_PROBE_TIMEOUT_S))
 
 
-REPLICA_STATES = ("starting", "warm", "stopped")
-
-
 def _replica_state_gauge():
     from ray.util import metrics
 
@@ -126,7 +124,7 @@ class LLMServer:
             self._state.set(1.0 if s == state else 0.0, tags={"app": self.app_name, "replica": self.replica_id, "state": s})
 
     async def __init__(self, args: dict) -> None:
-        marks = {"init_start": time.time(), "process_start": process_start_time()}
+        marks = {cs.INIT_START: time.time(), cs.PROCESS_START: process_start_time()}
         pin_node_id()  # THAWLINE_CACHE_DIR may say {node_id} (first boot fetches its source there)
         self.args = LLMAppArgs.model_validate(args)
         ctx = serve.get_replica_context()
@@ -134,22 +132,23 @@ class LLMServer:
         self.replica_id = ctx.replica_id.unique_id
         self._board = get_or_create_board()
         self._state = _replica_state_gauge()
-        self._report("starting")
+        self._report(STARTING)
         self._host = None
         try:
             self._host, how = await self._get_host()
-            marks["imports_done"] = time.time()
+            marks[cs.IMPORTS_DONE] = time.time()
             started = await self._start_engine()
         except BaseException:
-            self._report("stopped")
+            self._report(STOPPED)
             if self._host is not None:
                 await self._host.close()
             raise
-        marks["restore_done"] = started.pop("restore_done")
-        marks["engine_ready"] = started.pop("engine_ready")
+        # EngineHost.start returns its two marks among the engine facts
+        marks[cs.ENGINE_PREPARED] = started.pop(cs.ENGINE_PREPARED)
+        marks[cs.ENGINE_READY] = started.pop(cs.ENGINE_READY)
         self.marks = marks
         self.info = {"host": how, **started}
-        self._report("warm")
+        self._report(WARM)
         log.info("thawline: replica %s of %s warm (%s)", self.replica_id, self.app_name, self.info)
 
     async def _get_host(self):
@@ -172,17 +171,17 @@ class LLMServer:
         return await asyncio.to_thread(_LocalHost), "replica"
 
     def _spec(self, *, snapshot_url: str | None = None, capture: CaptureSpec | None = None,
-              accelerator: dict | None = None, gpu_ids: list[str] | None = None) -> dict:
-        """The EngineSpec for the host, as a dict (see spec.py: placement group and runtime env
-        ride as is). The replica's runtime env goes along because a pooled host runs under the
-        env of whichever app created the pool, not this app's."""
+              accelerator: dict | None = None, gpu_ids: list[str] | None = None) -> EngineSpec:
+        """The EngineSpec for the host (see spec.py: placement group and runtime env ride as the
+        very objects Ray handed the replica). The replica's runtime env goes along because a
+        pooled host runs under the env of whichever app created the pool, not this app's."""
         a = self.args
         gpu = a.accelerator == "gpu"
         return EngineSpec(served_model_id=a.served_model_id, overrides=effective_engine_overrides(a),
                           verify=a.verify_checksums, snapshot_url=snapshot_url, capture=capture,
                           accelerator=accelerator, gpu_ids=gpu_ids,
                           runtime_env=ray.get_runtime_context().runtime_env,
-                          placement_group=ray.util.get_current_placement_group() if gpu else None).model_dump()
+                          placement_group=ray.util.get_current_placement_group() if gpu else None)
 
     async def _start_engine(self) -> dict:
         a = self.args
@@ -223,7 +222,7 @@ class LLMServer:
         # Serve awaits an async __del__ when it stops the replica (scale down, redeploy).
         board, host = getattr(self, "_board", None), getattr(self, "_host", None)
         if board is not None:
-            self._report("stopped")
+            self._report(STOPPED)
         if host is not None:
             self._host = None
             await host.close()

@@ -1,9 +1,9 @@
 """EngineSpec: what an LLM replica (server.LLMServer) asks its engine host to start.
 
 Internal to the LLM app (the gateway <-> LLM app contract is gateway/llm_protocol.py). The
-replica builds an EngineSpec and sends `spec.model_dump()`: a dict on the wire, because the host
-may be a warm-pool actor, and a dict keeps the placement group and runtime env the very objects
-Ray hands the replica (an `Any` field is dumped as is). `EngineHost.start` validates what it receives.
+replica builds an EngineSpec and hands the object itself to its host, typed end to end: to a
+warm-pool actor it goes pickled (a pydantic model pickles with its fields, so the placement group
+and runtime env stay the very objects Ray hands the replica: `Any` fields are kept as they are).
 Pure (pydantic only): unit-tested in tests/unit/test_llm_spec.py.
 """
 from __future__ import annotations

@@ -1,15 +1,7 @@
-"""The cold-start timeline: wall-clock marks taken along the cold path, turned into phases.
+"""The cold-start timeline on the replica's side: the structured log line and the process clock.
 
-Marks (time.time(), seconds; all on one node's clock except `request`, taken in the router):
-  request        the router got a request while no replica was warm
-  process_start  the replica's worker process was created (process_start_time: Ray forks a
-                 new worker for each replica; one started before the request was reused)
-  init_start     the replica's constructor began (Serve imported the deployment module)
-  imports_done   vLLM is imported (in a claimed warm-pool host: already done, ~0 s)
-  restore_done   snapshot resolved, engine files materialised from the node cache, weight
-                 prefetch started (the weight bytes themselves stream inside engine init)
-  engine_ready   vLLM engine up, OpenAI serving state built
-  first_token    the router saw the first token / the full answer of that request
+The marks and phases themselves (names, order, marks -> seconds) are a contract the gateway, the
+CLI and the demo read too: gateway/cold_start_phases.py owns them.
 
 Pure logic: no Ray, no vLLM.
 """
@@ -18,28 +10,7 @@ from __future__ import annotations
 import json
 import time
 
-MARKS = ("request", "process_start", "init_start", "imports_done", "restore_done", "engine_ready", "first_token")
-# phase name -> (from mark, to mark)
-PHASES = {
-    "serve_scheduling": ("request", "process_start"),
-    "worker_start": ("process_start", "init_start"),
-    "imports": ("init_start", "imports_done"),
-    "restore": ("imports_done", "restore_done"),
-    "engine_init": ("restore_done", "engine_ready"),
-    "first_token": ("engine_ready", "first_token"),
-}
-
-
-def phases(marks: dict[str, float]) -> dict[str, float]:
-    """Seconds per phase, plus `total`. A phase whose marks are missing is left out. A replica that
-    was already starting before the request arrived gives negative early phases: clamp to 0."""
-    out: dict[str, float] = {}
-    for name, (a, b) in PHASES.items():
-        if a in marks and b in marks:
-            out[name] = round(max(0.0, marks[b] - marks[a]), 4)
-    if "request" in marks and "first_token" in marks:
-        out["total"] = round(marks["first_token"] - marks["request"], 4)
-    return out
+from gateway.cold_start_phases import phases
 
 
 def log_line(app: str, replica_id: str, marks: dict[str, float], **extra) -> str:

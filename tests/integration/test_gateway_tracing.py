@@ -105,7 +105,8 @@ def make_gateway(receiver: Receiver, *, tracing: bool = True) -> Gateway:
         "tracing": {"otlp_endpoint": f"http://127.0.0.1:{receiver.port}/v1/traces", "service_name": "tl-test"}
         if tracing else {},
     })
-    phases = {"serve_scheduling": 0.5, "worker_start": 0.25, "imports": 0.1, "restore": 1.0, "engine_init": 2.0,
+    phases = {"serve_scheduling": 0.5, "worker_start": 0.25, "imports": 0.1, "engine_prepare": 1.0,
+              "engine_start_with_weights": 2.0,
               "first_token": 0.15, "total": 4.0}
 
     async def lookup(app):
@@ -158,10 +159,10 @@ async def test_cold_local_attempt_carries_the_cold_start_phases(receiver):
     assert attrs(att)["thawline.cold"] is True
     assert cold.parent_span_id == att.span_id and attrs(cold)["thawline.replica"] == "r-1"
     phase_spans = sorted([s for s in spans if s.parent_span_id == cold.span_id], key=lambda s: s.start_time_unix_nano)
-    assert [s.name for s in phase_spans] == ["serve_scheduling", "worker_start", "imports", "restore",
-                                             "engine_init", "first_token"]
-    restore = by_name["restore"]
-    assert restore.end_time_unix_nano - restore.start_time_unix_nano == 1_000_000_000
+    assert [s.name for s in phase_spans] == ["serve_scheduling", "worker_start", "imports", "engine_prepare",
+                                             "engine_start_with_weights", "first_token"]
+    prepare = by_name["engine_prepare"]
+    assert prepare.end_time_unix_nano - prepare.start_time_unix_nano == 1_000_000_000
     for a, b in zip(phase_spans, phase_spans[1:]):      # laid end to end
         assert a.end_time_unix_nano == b.start_time_unix_nano
 

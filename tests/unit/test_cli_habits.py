@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from cluster.cli.cluster_status import parse_ray_status, summary
 from cluster.cli.errors import CLIError
 from cluster.cli.main import app
-from cluster.cli.ops.timeline import PHASE_ORDER, waterfall
+from cluster.cli.ops.timeline import waterfall
+from gateway.cold_start_phases import PHASE_ORDER
 from cluster.cli.snapshot_helpers import parse_engine_args
 
 
@@ -27,23 +28,25 @@ def test_engine_args_parse_json_else_string():
         parse_engine_args(["quantization"])
 
 
-def test_timeline_phases_match_the_replica_side():
-    from serve_apps.llm.timeline import PHASES  # pure module (no Ray, no vLLM)
-
-    assert tuple(PHASES) == PHASE_ORDER
+def test_timeline_phases_are_named_by_what_they_time():
+    # the wire names every reader shows (board, traces, /ui, this CLI): the weights load inside
+    # the engine's start, so no phase before it may claim the weights
+    assert PHASE_ORDER == ("serve_scheduling", "worker_start", "imports", "engine_prepare",
+                           "engine_start_with_weights", "first_token")
 
 
 def test_waterfall_draws_phases_back_to_back():
     cold = {"replica": "r1", "phases_s": {"serve_scheduling": 1.0, "worker_start": 0.5, "imports": 0.0,
-                                          "restore": 0.5, "engine_init": 2.0, "first_token": 0.0, "total": 4.0}}
+                                          "engine_prepare": 0.5, "engine_start_with_weights": 2.0, "first_token": 0.0,
+                                          "total": 4.0}}
     console = Console(width=120, record=True, color_system=None)
     console.print(waterfall("tiny-llm", cold, width=40))
     text = console.export_text()
     assert "Last cold start of tiny-llm (replica r1)" in text
     rows = {line.split()[1]: line for line in text.splitlines() if line.startswith("│ ") and line.split()[1] in PHASE_ORDER}
     assert list(rows) == list(PHASE_ORDER)
-    # engine_init starts at 2.00 s (1.0 + 0.5 + 0 + 0.5) and takes half of the 40-column span
-    assert "2.00" in rows["engine_init"] and rows["engine_init"].count("█") == 20
+    # engine_start_with_weights starts at 2.00 s (1.0 + 0.5 + 0 + 0.5) and takes half of the 40-column span
+    assert "2.00" in rows["engine_start_with_weights"] and rows["engine_start_with_weights"].count("█") == 20
     assert rows["serve_scheduling"].count("█") == 10
     assert "4.00" in text.splitlines()[-2]  # footer: total
 

@@ -22,7 +22,7 @@ from gateway.ui.svg import stacked_bars, waterfall
 
 ADMIN, CLIENT = "tl-admin-ui", "tl-client-ui"
 NOW = datetime.now(timezone.utc)
-PHASES = {"serve_scheduling": 0.4, "worker_start": 0.3, "imports": 0.2, "restore": 1.5, "engine_init": 2.5,
+PHASES = {"serve_scheduling": 0.4, "worker_start": 0.3, "imports": 0.2, "engine_prepare": 1.5, "engine_start_with_weights": 2.5,
           "first_token": 0.1, "total": 5.0}
 
 
@@ -113,7 +113,7 @@ async def test_ui_shows_the_ledger_numbers(gw):
     # breakers of every target, the local model's state and its cold-start waterfall
     assert "chat/0:oa/gpt-x" in html and 'class="state-closed"' in html
     assert "tiny-app" in html and 'class="state-cold"' in html and "replica-7" in html
-    assert "engine_init" in html and "total 5.00 s" in html
+    assert "engine_start_with_weights" in html and "total 5.00 s" in html
     # nothing loaded from elsewhere
     assert not re.search(r"(src|href)=\"(https?:)?//", html) and "<script" not in html
     svgs = re.findall(r"<svg.*?</svg>", html, flags=re.S)
@@ -129,7 +129,7 @@ def test_svg_charts_are_well_formed():
     root = ElementTree.fromstring(svg)
     assert root.tag.endswith("svg") and len([e for e in root.iter() if e.tag.endswith("rect")]) >= 2
     assert "a&lt;b" in svg
-    w = ElementTree.fromstring(waterfall(PHASES, ("serve_scheduling", "restore")))
+    w = ElementTree.fromstring(waterfall(PHASES, ("serve_scheduling", "engine_prepare")))
     assert len([e for e in w.iter() if e.tag.endswith("rect")]) == 2
-    assert "no spend" in stacked_bars([], title="t") and "no cold start" in waterfall({}, ("restore",))
+    assert "no spend" in stacked_bars([], title="t") and "no cold start" in waterfall({}, ("engine_prepare",))
     assert "<html" in render({})

@@ -107,10 +107,10 @@ def test_on_engine_mismatch_defaults_to_recapture():
 
 def test_timeline_phases_and_log_line():
     marks = {"request": 100.0, "process_start": 100.5, "init_start": 101.0, "imports_done": 101.25,
-             "restore_done": 101.5, "engine_ready": 103.0, "first_token": 103.5}
+             "engine_prepared": 101.5, "engine_ready": 103.0, "first_token": 103.5}
     ph = phases(marks)
-    assert ph == {"serve_scheduling": 0.5, "worker_start": 0.5, "imports": 0.25, "restore": 0.25,
-                  "engine_init": 1.5, "first_token": 0.5, "total": 3.5}
+    assert ph == {"serve_scheduling": 0.5, "worker_start": 0.5, "imports": 0.25, "engine_prepare": 0.25,
+                  "engine_start_with_weights": 1.5, "first_token": 0.5, "total": 3.5}
     line = json.loads(log_line("tiny", "r1", marks, host="warm_pool"))
     assert line["event"] == "thawline.cold_start" and line["phases_s"]["total"] == 3.5
     # a replica already starting before the request: early phases clamp to 0, total stays true

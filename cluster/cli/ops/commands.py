@@ -91,7 +91,9 @@ def status_tables(report: Any) -> list[Table]:
     apps = Table(title="Serve applications")
     for c in ("app", "app status", "deployment", "status", "replicas", "starting", "state"):
         apps.add_column(c, justify="right" if c in ("replicas", "starting") else "left")
-    colors = {"warm": "green", "warming": "yellow", "cold": "cyan"}
+    from gateway.readiness import COLD, WARM, WARMING
+
+    colors = {WARM: "green", WARMING: "yellow", COLD: "cyan"}
     for r in report.rows:
         apps.add_row(r.app, r.app_status, r.deployment, r.status, str(r.running), str(r.starting),
                      f"[{colors.get(r.state, 'white')}]{r.state}[/]")

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.names import NAMESPACE, READINESS_ACTOR
+from gateway.readiness import COLD, WARM, WARMING
+from snapshots.format import SNAPSHOT_JSON
 
 
 @dataclass
@@ -48,27 +50,13 @@ def derive_state(replica_states: dict[str, int], board: dict[str, Any] | None) -
     Serve calls RUNNING while its engine still restores shows as warming) wins when it knows of
     live replicas; the board answers "cold" for apps it has never heard of (the gateway, the LLM
     router), so "cold" from it falls back to Serve's replica states."""
-    if board and board.get("state") in ("warming", "warm"):
+    if board and board.get("state") in (WARMING, WARM):
         return str(board["state"])
     if replica_states.get("RUNNING", 0) > 0:
-        return "warm"
+        return WARM
     if any(replica_states.get(s, 0) > 0 for s in ("STARTING", "UPDATING", "RECOVERING", "PENDING_MIGRATION")):
-        return "warming"
-    return "cold"
-
-
-def default_cache_dir() -> str:
-    """The node-local snapshot cache dir, resolved as snapshots/cache.py does (see INTERFACES.md)."""
-    try:
-        from snapshots.cache import default_cache_dir as resolve  # type: ignore[attr-defined]
-
-        return str(resolve())
-    except (ImportError, AttributeError):
-        pass
-    if os.environ.get("THAWLINE_CACHE_DIR"):
-        return os.environ["THAWLINE_CACHE_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "thawline")
+        return WARMING
+    return COLD
 
 
 def scan_cache_dir(cache_dir: str, max_depth: int = 6) -> list[tuple[str, int]]:
@@ -81,7 +69,7 @@ def scan_cache_dir(cache_dir: str, max_depth: int = 6) -> list[tuple[str, int]]:
         depth = len(Path(dirpath).relative_to(root).parts)
         if depth >= max_depth:
             dirnames[:] = []
-        if "snapshot.json" in filenames:
+        if SNAPSHOT_JSON in filenames:
             total = 0
             for d, _, files in os.walk(dirpath):
                 for f in files:
@@ -97,7 +85,10 @@ def scan_cache_dir(cache_dir: str, max_depth: int = 6) -> list[tuple[str, int]]:
 def _node_cache_listing() -> tuple[str, str, list[tuple[str, int]]]:
     import ray
 
-    cache_dir = default_cache_dir()
+    from snapshots.cache import default_cache_dir  # the one resolver (its store imports stay off the CLI's start)
+
+    # this node's id fills a `{node_id}` in THAWLINE_CACHE_DIR, as in the replicas on this node
+    cache_dir = str(default_cache_dir(node_id=ray.get_runtime_context().get_node_id()))
     return ray.util.get_node_ip_address(), cache_dir, scan_cache_dir(cache_dir)
 
 

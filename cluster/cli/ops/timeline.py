@@ -3,7 +3,7 @@
 The data is the readiness board's `last_cold_start` (recorded by the LLM router at the first
 token of a request that waited for a cold start: serve_apps/llm/router.py `_first_token`), the
 same per-phase seconds the `thawline_cold_start_phase_seconds` histogram observes. Phases run
-back to back in serve_apps/llm/timeline.py's PHASES order, so each bar starts where the previous
+back to back in gateway/cold_start_phases.py's PHASE_ORDER, so each bar starts where the previous
 one ended. Drawing is pure (testable without Ray); `fetch` talks to the cluster.
 """
 from __future__ import annotations
@@ -13,15 +13,15 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-# serve_apps/llm/timeline.py PHASES, in order (not imported: that module is the replica's side).
-PHASE_ORDER = ("serve_scheduling", "worker_start", "imports", "restore", "engine_init", "first_token")
+from gateway.cold_start_phases import TOTAL, ordered
+
 _COLORS = ("cyan", "blue", "magenta", "yellow", "green", "red")
 
 
 def waterfall(app: str, cold_start: dict[str, Any], width: int = 48) -> Table:
     phases = cold_start.get("phases_s") or {}
-    steps = [(name, float(phases[name])) for name in PHASE_ORDER if name in phases]
-    total = float(phases.get("total") or sum(s for _, s in steps) or 0.0)
+    steps = ordered(phases)
+    total = float(phases.get(TOTAL) or sum(s for _, s in steps) or 0.0)
     span = max(total, sum(s for _, s in steps), 1e-9)
     title = f"Last cold start of {app}" + (f" (replica {cold_start['replica']})" if cold_start.get("replica") else "")
     table = Table(title=title, show_footer=True)
