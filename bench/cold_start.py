@@ -49,6 +49,7 @@ from bench.cold_start_cluster import (  # noqa: E402
     NodeWatch, downloads_since, last_cold_start, settle_pools, ttft, wait_no_engine_nodes, wait_zero,
 )
 from gateway import cold_start_phases as cs  # noqa: E402
+from snapshots.cache import CACHE_DIR_ENV, NODE_ID_FIELD  # noqa: E402
 
 APPS = ("baseline", "thawline")
 
@@ -150,7 +151,7 @@ def _cluster(sc: Scenario, cache: Path):
     with contextlib.ExitStack() as stack:  # unwinds in reverse: Serve, Ray, then the cluster
         if sc.multinode:
             fake = stack.enter_context(start_fake_cluster(node_types=BASELINE_NODE_TYPES, extra_env={
-                **sc.env, "THAWLINE_CACHE_DIR": str(cache / "{node_id}"),
+                **sc.env, CACHE_DIR_ENV: str(cache / NODE_ID_FIELD),
                 # An idle engine node's warm pool retires after this, so the node can go away
                 # between runs (default 60 s).
                 "THAWLINE_WARM_POOL_RETIRE_S": "10"}))
@@ -162,7 +163,7 @@ def _cluster(sc: Scenario, cache: Path):
             # are stopped too, and only ours.
             token = os.environ[MARKER_ENV] = f"cold-start-{uuid.uuid4().hex[:12]}"
             stack.callback(stop_sandbox, token)
-            os.environ["THAWLINE_CACHE_DIR"] = str(cache)
+            os.environ[CACHE_DIR_ENV] = str(cache)
             ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
             stack.callback(ray.shutdown)
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})

@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench.cold_start_apps import baseline_app, make_snapshot, thawline_app  # noqa: E402
 from bench.cold_start_cluster import last_cold_start, settle_pools, ttft, wait_zero  # noqa: E402
-from gateway.cold_start_phases import ENGINE_START_WITH_WEIGHTS  # noqa: E402
+from gateway.cold_start_phases import ENGINE_START_WITH_WEIGHTS, SERVE_SCHEDULING  # noqa: E402
+from snapshots.cache import CACHE_DIR_ENV  # noqa: E402
 
 APP = "thawline"
 # Controller/replica log lines ("INFO 2026-11-29 23:45:02,584 controller 6948 -- ...") and
@@ -286,7 +287,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, help="write every run's record here as JSON")
     a = p.parse_args()
     a.workdir.mkdir(parents=True, exist_ok=True)
-    cache = Path(os.environ.setdefault("THAWLINE_CACHE_DIR", str(a.workdir / "cache")))
+    cache = Path(os.environ.setdefault(CACHE_DIR_ENV, str(a.workdir / "cache")))
     print("making the tiny model's engine snapshot ...", flush=True)
     hf, snap = make_snapshot(a.workdir)
     import logging
@@ -304,7 +305,7 @@ def main() -> int:
     if a.out:
         a.out.write_text(json.dumps(sessions, indent=1))
     summary = [[r["cold_ttft_s"] for r in runs] for runs in sessions]
-    sched = [[r["phases_s"].get("serve_scheduling") for r in runs] for runs in sessions]
+    sched = [[r["phases_s"].get(SERVE_SCHEDULING) for r in runs] for runs in sessions]
     init = [[r["phases_s"].get(ENGINE_START_WITH_WEIGHTS) for r in runs] for runs in sessions]
     print(json.dumps({"bench": "first_cold_start", "cold_ttft_s": summary, "serve_scheduling_s": sched,
                       "engine_init_s": init}))

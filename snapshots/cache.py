@@ -43,6 +43,7 @@ FETCH_LOG = "fetches.jsonl"
 NODE_ID_ENV = "THAWLINE_NODE_ID"
 FETCH_BY_ENV = "THAWLINE_FETCH_BY"
 NODE_ID_FIELD = "{node_id}"
+CACHE_DIR_ENV = "THAWLINE_CACHE_DIR"  # may hold NODE_ID_FIELD
 
 
 def expand_node_id(template: str, node_id: str | None = None) -> str:
@@ -63,7 +64,7 @@ def expand_node_id(template: str, node_id: str | None = None) -> str:
 def default_cache_dir(node_id: str | None = None) -> Path:
     """This node's cache dir (module doc); `node_id` fills a `{node_id}` in $THAWLINE_CACHE_DIR
     (default: $THAWLINE_NODE_ID). The one resolver: the CLI's per-node listing calls it too."""
-    env = os.environ.get("THAWLINE_CACHE_DIR")
+    env = os.environ.get(CACHE_DIR_ENV)
     if env:
         return Path(expand_node_id(env, node_id))
     xdg = os.environ.get("XDG_CACHE_HOME")

@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     # The node-local snapshot cache of this demo lives in the workdir, never in $HOME.
-    os.environ.setdefault("THAWLINE_CACHE_DIR", str(work / "cache"))
+    from snapshots.cache import CACHE_DIR_ENV
+
+    os.environ.setdefault(CACHE_DIR_ENV, str(work / "cache"))
     steps = Steps()
     steps.serving_up = False  # set once the gateway answers: what --keep leaves behind
     console.print(f"[bold]Thawline demo[/] [dim](workdir {work})[/]")

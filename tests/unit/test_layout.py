@@ -156,3 +156,96 @@ def test_the_import_reader_sees_every_form(tmp_path, monkeypatch):
     assert {"snapshots.errors", "snapshots.errors.X", "snapshots.sub.sibling", "gateway.app"} <= top
     assert "serve_apps.llm.server" not in top
     assert "serve_apps.llm.server" in _imports(f, top_level_only=False)
+
+
+# -- one owner per cross-process contract ---------------------------------------------------------
+# Each contract's names are written as literals in its owner only; every other side imports them.
+# A second literal definition (a phase name, a state compared or listed, a handle request or an
+# LLM-app error body built by hand, the cache dir resolved again, the loader's log line parsed)
+# fails here. Docstrings and comments may name them: only exact literals count. (testkit's fake
+# providers answer in other vendors' error shapes: not the LLM app's.)
+
+PHASES_OWNER, STATES_OWNER, PROTOCOL_OWNER = "gateway/cold_start_phases.py", "gateway/readiness.py", "gateway/llm_protocol.py"
+CACHE_OWNER, LOADER = "snapshots/cache.py", "snapshots/vllm_engine/loader.py"
+# distinctive phase and mark names (the generic ones, imports/first_token/request/total, count in
+# collections only)
+PHASE_NAMES = {"serve_scheduling", "worker_start", "engine_prepare", "engine_start_with_weights",
+               "process_start", "init_start", "imports_done", "engine_prepared", "engine_ready"}
+PHASE_ALL = PHASE_NAMES | {"imports", "first_token", "request"}
+STATES = {"starting", "warm", "stopped", "cold", "warming"}
+
+
+def _strs(nodes) -> list[str]:
+    return [n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+def _keys(node: ast.Dict) -> set[str]:
+    return set(_strs(k for k in node.keys if k is not None))
+
+
+def contract_violations(source: str, rel: str) -> list[str]:
+    """What in `source` (the file `rel`) re-defines a contract its owner holds."""
+    out = []
+    tree = ast.parse(source)
+    docs = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            v = node.value
+            if v in PHASE_NAMES and rel != PHASES_OWNER:
+                out.append(f"{rel}:{node.lineno}: cold-start phase/mark {v!r} (import it from {PHASES_OWNER})")
+            if v == "max_wait_s" and rel != PROTOCOL_OWNER:
+                out.append(f"{rel}:{node.lineno}: handle request key {v!r} (build/read it with HandleRequest)")
+            if v in ("THAWLINE_CACHE_DIR", "XDG_CACHE_HOME") and rel != CACHE_OWNER:
+                out.append(f"{rel}:{node.lineno}: cache dir resolved again ({v}; use {CACHE_OWNER} default_cache_dir)")
+            if ("loaded weights" in v or "peak_device_mib=" in v) and rel != LOADER:
+                out.append(f"{rel}:{node.lineno}: the loader's log line read back (read_rank_loads reads its event)")
+        elts = (list(node.elts) if isinstance(node, (ast.Tuple, ast.List, ast.Set))
+                else list(node.keys) if isinstance(node, ast.Dict) else [])
+        named = set(_strs(elts))
+        if len(named & PHASE_ALL) >= 2 and rel != PHASES_OWNER:
+            out.append(f"{rel}:{node.lineno}: cold-start phases listed again {sorted(named & PHASE_ALL)}")
+        if len(named & STATES) >= 2 and rel != STATES_OWNER:
+            out.append(f"{rel}:{node.lineno}: readiness states listed again {sorted(named & STATES)}")
+        if isinstance(node, ast.Compare) and rel != STATES_OWNER:
+            for v in _strs([node.left, *node.comparators]):
+                if v in STATES:
+                    out.append(f"{rel}:{node.lineno}: readiness state {v!r} compared as a literal")
+        if isinstance(node, ast.Dict):
+            keys = _keys(node)
+            if {"endpoint", "body"} <= keys and rel != PROTOCOL_OWNER:
+                out.append(f"{rel}:{node.lineno}: handle request built by hand (use HandleRequest.to_wire)")
+            inner = [v for k, v in zip(node.keys, node.values) if isinstance(k, ast.Constant) and k.value == "error"]
+            if (any(isinstance(v, ast.Dict) and {"message", "type", "code"} <= _keys(v) for v in inner)
+                    and rel not in (PROTOCOL_OWNER, "gateway/errors.py") and not rel.startswith("testkit/")):
+                out.append(f"{rel}:{node.lineno}: error body built by hand (llm_protocol.error_body / gateway.errors)")
+    return out
+
+
+def test_each_contract_is_written_out_in_its_owner_only():
+    bad = []
+    for path in _py_files(*PRODUCT, "bench", "testkit"):
+        rel = str(path.relative_to(ROOT))
+        bad += contract_violations(path.read_text(), rel)
+    assert not bad, "contract defined outside its owner:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("source, found", [
+    ('PHASES = ("serve_scheduling", "worker_start")', "phase/mark 'serve_scheduling'"),
+    ('order = ["imports", "first_token"]', "phases listed again"),
+    ('marks["engine_ready"] = 1.0', "phase/mark 'engine_ready'"),
+    ('if st.get("state") != "warm": pass', "state 'warm' compared"),
+    ('colors = {"warm": 1, "cold": 2}', "states listed again"),
+    ('req = {"endpoint": "chat", "body": {}}', "handle request built by hand"),
+    ('wait = request.get("max_wait_s")', "handle request key"),
+    ('e = {"error": {"message": m, "type": "x", "param": None, "code": 400}}', "error body built by hand"),
+    ('d = os.environ.get("XDG_CACHE_HOME")', "cache dir resolved again"),
+    ('R = re.compile(r"rank (\\d+) loaded weights in ([0-9.]+) s")', "log line read back"),
+])
+def test_the_contract_check_can_fail(source, found):
+    """Each rule above really fires on a second definition (a rule that cannot fail checks
+    nothing), and stays quiet in the owner and on a docstring that merely names the contract."""
+    assert any(found in v for v in contract_violations(source, "serve_apps/llm/elsewhere.py")), source
+    owner = {"phase": PHASES_OWNER, "phases": PHASES_OWNER, "state": STATES_OWNER, "states": STATES_OWNER,
+             "handle": PROTOCOL_OWNER, "error": PROTOCOL_OWNER, "cache": CACHE_OWNER, "log": LOADER}
+    assert not contract_violations(source, owner[found.split()[0].split("/")[0]]), source
+    assert not contract_violations(f'"""{source.replace(chr(92), "")}"""', "serve_apps/llm/elsewhere.py")
