@@ -9,7 +9,7 @@
     warm_pool.py    per-node pool of pre-imported engine hosts; claims.py its pure bookkeeping
     forkserver.py   preloaded forkserver for vLLM's EngineCore
     first_boot.py   snapshot on first boot: which snapshot to restore, or the source to boot
-    timeline.py     the cold-start timeline (pure)
+    timeline.py     the cold-start log line and process clock (phases: gateway/cold_start_phases.py)
     sse.py          the app's SSE framing (pure)
 
 `app` and `build_app` are loaded on first use, so the pure modules (args, claims, spec,

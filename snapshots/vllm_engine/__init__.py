@@ -6,6 +6,7 @@
     options.py         the loaders' `model_loader_extra_config` schemas
     parallel.py        the worker's TP position and the TP-group all-gather
     load_errors.py     the loader's failure reason, worker -> starter (EngineStartError)
+    load_timing.py     the loader's per-rank timing, worker -> starter (RankLoad events)
     worker_ext.py      worker_extension_cls: thawline_engine_info over collective_rpc
     engine_state.py    engine/engine_state.json schema and the pure restore checks
     engine_dir.py      where a snapshot's engine dir lives on a node
