@@ -11,6 +11,8 @@ import time
 import uuid
 from typing import AsyncIterator
 
+from gateway.llm_protocol import CHAT, HandleRequest
+
 PIECES = ["Hello", " from", " local", "!"]
 
 
@@ -20,16 +22,17 @@ class FakeLLM:
 
     def _answer(self, request: dict) -> tuple[str, list[str], dict, bool]:
         self.calls.append(request)
-        body = request["body"]
+        req = HandleRequest.from_wire(request)  # the app's own reader: a malformed request fails here
+        body = req.body
         mt = body.get("max_tokens") or len(PIECES)
         pieces = PIECES[:mt]
-        if request["endpoint"] == "chat":
+        if req.endpoint == CHAT:
             words = " ".join(str(m.get("content") or "") for m in body.get("messages", []))
         else:
             words = str(body.get("prompt", ""))
         usage = {"prompt_tokens": 3 + len(words.split()), "completion_tokens": len(pieces),
                  "total_tokens": 3 + len(words.split()) + len(pieces)}
-        return body.get("model", ""), pieces, usage, request["endpoint"] == "chat"
+        return body.get("model", ""), pieces, usage, req.endpoint == CHAT
 
     async def generate(self, request: dict) -> dict:
         model, pieces, usage, chat = self._answer(request)
