@@ -349,7 +349,7 @@ def _engine_facts(boot: _Boot, vllm_config, snapshot_url: str | None, *, config_
             # engine_start_with_weights split: vLLM config, AsyncLLM (EngineCore + workers +
             # weight load + KV cache), OpenAI serving state
             "engine_start_detail_s": {"config": round(config_s, 3), "engine": round(engine_s, 3),
-                                     "serving_state": round(serving_state_s, 3)}}
+                                      "serving_state": round(serving_state_s, 3)}}
     if boot.first_boot:
         info["first_boot"] = boot.first_boot
     if snapshot_url:
