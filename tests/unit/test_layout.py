@@ -165,7 +165,8 @@ def test_the_import_reader_sees_every_form(tmp_path, monkeypatch):
 # fails here. Docstrings and comments may name them: only exact literals count. (testkit's fake
 # providers answer in other vendors' error shapes: not the LLM app's.)
 
-PHASES_OWNER, STATES_OWNER, PROTOCOL_OWNER = "gateway/cold_start_phases.py", "gateway/readiness.py", "gateway/llm_protocol.py"
+PHASES_OWNER, STATES_OWNER = "gateway/cold_start_phases.py", "gateway/readiness.py"
+PROTOCOL_OWNER = "gateway/llm_protocol.py"
 CACHE_OWNER, LOADER = "snapshots/cache.py", "snapshots/vllm_engine/loader.py"
 # distinctive phase and mark names (the generic ones, imports/first_token/request/total, count in
 # collections only)
