@@ -4,8 +4,9 @@ It holds no engine (num_cpus=0, imports neither torch nor vLLM), so it stays up 
 LLMServer deployment is at zero. For each request it:
 - waits, bounded by `cold_start_max_wait_s` (a request may lower it: header
   x-thawline-max-wait-s, or max_wait_s in a handle request, gateway/llm_protocol.py), for an
-  LLMServer replica (a `ready()` call that queues at zero and so makes Serve's autoscaler start one); past the bound: HTTP 503
-  `cold_start_timeout` in OpenAI's error shape (handle calls raise ColdStartTimeout);
+  LLMServer replica (a `ready()` call that queues at zero and so makes Serve's autoscaler start
+  one); past the bound: HTTP 503 `cold_start_timeout` in OpenAI's error shape (handle calls raise
+  ColdStartTimeout);
 - forwards the OpenAI body through the server's handle, streaming chunk by chunk;
 - after the first token of a request that waited for a cold start, logs that cold start's
   timeline as one structured line and records it in a Prometheus histogram.
