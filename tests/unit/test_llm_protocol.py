@@ -88,3 +88,38 @@ def test_sse_error_event_is_never_followed_by_done():
     frames = asyncio.run(_collect({"choices": [{"text": "a"}]}, [{"choices": [{"text": "b"}]}, {}], fail_after=1))
     assert '"error"' in frames[-1] and "engine died mid-answer" in frames[-1]
     assert all("[DONE]" not in f for f in frames)
+
+
+# -- the handle request: one builder (to_wire), one reader (from_wire) ------------------------------
+
+def test_handle_request_round_trips_and_leaves_out_an_unset_wait():
+    from gateway.llm_protocol import HandleRequest
+
+    req = HandleRequest("chat", {"model": "m", "messages": []}, max_wait_s=2.5)
+    assert req.to_wire() == {"endpoint": "chat", "body": {"model": "m", "messages": []}, "max_wait_s": 2.5}
+    assert HandleRequest.from_wire(req.to_wire()) == req
+    assert HandleRequest("completions", {"prompt": "x"}).to_wire() == {"endpoint": "completions",
+                                                                        "body": {"prompt": "x"}}
+    # the HTTP header arrives as a string; an unreadable one means "the app's own bound"
+    assert HandleRequest.from_wire({"endpoint": "chat", "body": {}, "max_wait_s": "1.5"}).max_wait_s == 1.5
+    assert HandleRequest.from_wire({"endpoint": "chat", "body": {}, "max_wait_s": "soon"}).max_wait_s is None
+    assert HandleRequest.from_wire({"endpoint": "chat", "body": {}, "max_wait_s": -3}).max_wait_s == 0.0
+
+
+def test_a_malformed_handle_request_is_a_400_in_the_apps_error_shape():
+    import pytest
+
+    from gateway.llm_protocol import HandleRequest
+
+    for bad in ({"endpoint": "embeddings", "body": {}}, {"endpoint": "chat", "body": "text"}, ["chat"]):
+        with pytest.raises(LLMAppError) as e:
+            HandleRequest.from_wire(bad)
+        assert e.value.status == 400 and e.value.body["error"]["code"] == 400
+
+
+def test_an_engine_answer_is_an_error_only_when_it_carries_the_error_body():
+    from gateway.llm_protocol import app_error_in
+
+    err = app_error_in(error_body("prompt too long", 400))
+    assert isinstance(err, LLMAppError) and err.status == 400
+    assert app_error_in({"id": "x", "choices": []}) is None

@@ -35,6 +35,9 @@ def test_node_id_placeholder_gives_each_node_its_own_cache(monkeypatch, tmp_path
     assert default_cache_dir() == tmp_path / "nodes" / "cd34" / "cache"
     assert expand_node_id("/c/{node_id}", "ef56") == "/c/ef56"
     assert expand_node_id("/plain/dir") == "/plain/dir"
+    # `thawline status` lists each node's cache from a task on that node: it names the node itself
+    monkeypatch.delenv("THAWLINE_NODE_ID")
+    assert default_cache_dir(node_id="ff01") == tmp_path / "nodes" / "ff01" / "cache"
 
 
 def test_node_id_placeholder_without_a_node_id_is_refused(monkeypatch, tmp_path):
