@@ -180,15 +180,21 @@ def _median(xs) -> float:
 _FIELD_OF_PHASE = {cs.ENGINE_PREPARE: "restore", cs.ENGINE_START_WITH_WEIGHTS: "engine_init"}
 
 
+def phase_breakdown(cold_starts: list[dict]) -> dict[str, float]:
+    """Median seconds per phase over the runs' recorded cold starts, under this bench's JSON field
+    names; plus the engine start's split (vLLM config / AsyncLLM start, weights loading inside /
+    OpenAI serving state) as engine_init.<part>."""
+    breakdown = {_FIELD_OF_PHASE.get(k, k): _median(b["phases_s"].get(k, 0.0) for b in cold_starts)
+                 for k in {k for b in cold_starts for k in b.get("phases_s", {})}}
+    breakdown = dict(sorted(breakdown.items()))
+    for k in sorted({k for b in cold_starts for k in b.get("engine_start_detail_s", {})}):
+        breakdown[f"engine_init.{k}"] = _median(b.get("engine_start_detail_s", {}).get(k, 0.0) for b in cold_starts)
+    return breakdown
+
+
 def _report(sc: Scenario, runs: int, cold: dict, nodes: dict, warm: list, breakdowns: list, pool, wall_s: float):
     base, thaw = statistics.median(cold["baseline"]), statistics.median(cold["thawline"])
-    breakdown = {_FIELD_OF_PHASE.get(k, k): _median(b["phases_s"].get(k, 0.0) for b in breakdowns)
-                 for k in sorted({k for b in breakdowns for k in b.get("phases_s", {})})}
-    breakdown = dict(sorted(breakdown.items()))
-    for k in sorted({k for b in breakdowns for k in b.get("engine_start_detail_s", {})}):
-        # engine_start_with_weights split: vLLM config / AsyncLLM start (weights load inside) /
-        # OpenAI serving state
-        breakdown[f"engine_init.{k}"] = _median(b.get("engine_start_detail_s", {}).get(k, 0.0) for b in breakdowns)
+    breakdown = phase_breakdown(breakdowns)
     if sc.multinode:
         thaw_nodes = [n for n in nodes["thawline"] if n is not None]
         base_nodes = [n for n in nodes["baseline"] if n is not None]
