@@ -82,6 +82,7 @@ class GatewayIngress:
         from gateway.limits.client import LimitClient
         from gateway.metrics import METRICS
         from gateway.names import breakers_actor_name
+        from gateway.response_headers import replica_header
 
         config = parse_config(cfg)
         ctx = serve.get_replica_context()
@@ -92,7 +93,7 @@ class GatewayIngress:
         self._gateway = Gateway(config, limits=LimitClient.from_config(config, tuning=config.limiter),
                                 costs=CostTracker.from_config(config), breakers=self._breakers.local,
                                 metrics=METRICS, on_shutdown=[self._breakers.close])
-        self._gateway.replica_header = (b"x-thawline-replica", ctx.replica_id.unique_id.encode())
+        self._gateway.replica_header = replica_header(ctx.replica_id.unique_id)
 
     async def reconfigure(self, user_config: dict) -> None:
         """Serve calls this after __init__ and whenever the deployment's user_config changes."""
