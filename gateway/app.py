@@ -216,6 +216,8 @@ class Gateway:
             await self.costs.close()
         if self.tracer is not None:
             await self.tracer.close()
+        if self.metrics is not None and hasattr(self.metrics, "flush"):
+            self.metrics.flush()            # counts summed for Ray's export since its last hand-over
         await close_session()
 
     # ---- ASGI ------------------------------------------------------------------------------
