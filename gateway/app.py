@@ -70,9 +70,7 @@ class Gateway:
                  if any(self.providers[t.provider_name].supports(ep) for tier in r.tiers for t in tier)]
             for ep in (CHAT, COMPLETIONS, EMBEDDINGS)}))
         self._started = False
-        # (b"x-thawline-replica", id) on every answer when set (the Serve deployment sets it):
-        # which replica answered, for operators and for the multi-replica tests
-        self.replica_header: tuple[bytes, bytes] | None = None
+        self._replica: tuple[bytes, bytes] | None = None
         self.tracer = tracer if tracer is not None else build_tracer(cfg.tracing)   # None: tracing off
         inference = Inference(keys=self.keys, routes=self.routes, dispatcher=self.dispatcher, limits=limits,
                               costs=costs, accounting=Accounting(costs), max_body=self.max_body,
@@ -94,6 +92,20 @@ class Gateway:
             ("GET", "/ui"): self.dashboard.handle,
         }
         self._paths = {p for _, p in self._handlers}
+        # these assemble their answers' headers themselves, the replica's id included
+        # (gateway/response_headers.py): no per-request `send` wrapper for them
+        self._self_headed = frozenset(self._handlers[("POST", p)] for p in
+                                      ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"))
+
+    @property
+    def replica_header(self) -> tuple[bytes, bytes] | None:
+        """x-thawline-replica on every answer when set (the Serve deployment sets it, see
+        response_headers.replica_header): which replica answered, for operators and tests."""
+        return self._replica
+
+    @replica_header.setter
+    def replica_header(self, header: tuple[bytes, bytes] | None) -> None:
+        self._replica = self._inference.replica = header
 
     # ---- live configuration ----------------------------------------------------------------
     def _open_key_store(self, cfg: GatewayConfig) -> None:
@@ -204,6 +216,8 @@ class Gateway:
             await self.costs.close()
         if self.tracer is not None:
             await self.tracer.close()
+        if self.metrics is not None and hasattr(self.metrics, "flush"):
+            self.metrics.flush()            # counts summed for Ray's export since its last hand-over
         await close_session()
 
     # ---- ASGI ------------------------------------------------------------------------------
@@ -219,8 +233,8 @@ class Gateway:
             if handler is None and path.startswith("/v1/admin/"):
                 handler = self.admin.manage
             if handler is None:
-                if self.replica_header is not None:
-                    send = with_header(send, self.replica_header)
+                if self._replica is not None:
+                    send = with_header(send, self._replica)
                 if path in self._paths:
                     e = GatewayError(f"method {scope['method']} not allowed on {path}", status=405,
                                      type="invalid_request_error", code="method_not_allowed")
@@ -230,12 +244,14 @@ class Gateway:
                 return
             if not self._started:
                 await self.startup()
-            if self.replica_header is not None:
-                send = with_header(send, self.replica_header)
+            replica = self._replica
+            if replica is not None and handler not in self._self_headed:
+                send = with_header(send, replica)
+                replica = None                  # the wrapper adds it to an error answer too
             try:
                 await handler(scope, receive, send)
             except GatewayError as e:
-                await send_error(send, e)
+                await send_error(send, e, replica)
             except ClientGone:
                 return
         elif typ == "lifespan":

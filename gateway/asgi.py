@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gateway import sse
 from gateway.errors import GatewayError, PayloadTooLarge
+from gateway.response_headers import answer_headers
 
 JSON_HDR = (b"content-type", b"application/json")
 SSE_HDRS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
@@ -27,7 +28,8 @@ async def send_json(send, status: int, payload: bytes, extra: list[tuple[bytes, 
 
 
 def with_header(send, header: tuple[bytes, bytes]):
-    """`send` that adds `header` to the response start (the replica id header, x-thawline-replica)."""
+    """`send` that adds `header` to the response start (the replica's id on answers that do not
+    assemble their headers with gateway/response_headers.py: admin, UI, unknown paths)."""
     async def wrapped(msg) -> None:
         if msg["type"] == "http.response.start":
             msg = {**msg, "headers": [*msg.get("headers", ()), header]}
@@ -35,8 +37,11 @@ def with_header(send, header: tuple[bytes, bytes]):
     return wrapped
 
 
-async def send_error(send, e: GatewayError) -> None:
-    await send_json(send, e.status, e.to_json(), hdr_list(e.headers))
+async def send_error(send, e: GatewayError, replica: tuple[bytes, bytes] | None = None) -> None:
+    extra = hdr_list(e.headers)
+    if replica is not None:
+        extra.append(replica)
+    await send_json(send, e.status, e.to_json(), extra)
 
 
 async def read_body(receive, max_body: int, content_length: bytes | None = None) -> bytes:
@@ -76,19 +81,17 @@ def auth_header(headers: dict[bytes, bytes]) -> str | None:
 
 
 class SSESink:
-    """StreamSink (gateway/dispatch.py) over ASGI `send`: headers go out with the first real token."""
+    """StreamSink (gateway/dispatch.py) over ASGI `send`: headers go out with the first real token.
+    `rate`: the limiter's x-ratelimit-* headers; `replica`: the x-thawline-replica header."""
 
-    __slots__ = ("_send", "extra", "started")
+    __slots__ = ("_send", "rate", "replica", "started")
 
-    def __init__(self, send, extra: list[tuple[bytes, bytes]]):
-        self._send, self.extra, self.started = send, extra, False
+    def __init__(self, send, rate: dict[str, str] | None, replica: tuple[bytes, bytes] | None):
+        self._send, self.rate, self.replica, self.started = send, rate, replica, False
 
     async def start(self, target, attempts: int, failures: list[str] | None = None) -> None:
         self.started = True
-        headers = [*SSE_HDRS, *self.extra, (b"x-thawline-target", target.id.encode()),
-                   (b"x-thawline-attempts", str(attempts).encode())]
-        if failures:
-            headers.append((b"x-thawline-fallbacks", ",".join(failures).encode()))
+        headers = answer_headers([*SSE_HDRS], self.rate, target, attempts, failures, self.replica)
         await self._send({"type": "http.response.start", "status": 200, "headers": headers})
 
     async def send(self, chunk: dict) -> None:

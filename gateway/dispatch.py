@@ -1,7 +1,7 @@
 """Runs one request down its route's chain: skips, retries, fallbacks, streams that break.
 
 Decisions come from the pure policy in fallback.py; this module does the I/O and keeps a
-`Trace` of what happened (for the x-thawline-* headers and the ledger).
+`Trace` of what happened (for the outcome headers, gateway/response_headers.py, and the ledger).
 
 Streams: chunks that carry no output yet (the role chunk) are held back until the first real
 token, so a target that dies before its first token is replaced invisibly. After the first
@@ -20,6 +20,7 @@ from gateway.config import RetryConfig
 from gateway.errors import BadRequest, GatewayError, RateLimited, Unavailable, UpstreamError
 from gateway.fallback import NEXT, RETRY, Failure, FallbackPlan, Kind
 from gateway.providers.base import CHAT, Provider, ProviderError, Response, Usage
+from gateway.response_headers import error_headers
 from gateway.routes import CompiledRoute, Target
 from gateway.trace_marks import attempt_mark
 
@@ -92,11 +93,7 @@ def continuation_body(endpoint: str, body: dict, partial_chunks: list[str]) -> d
 
 
 def error_for(f: Failure | None, trace: Trace) -> GatewayError:
-    hdrs = {"x-thawline-attempts": str(trace.attempts)}
-    if trace.failures:
-        hdrs["x-thawline-fallbacks"] = ",".join(trace.failures)
-    if trace.target is not None:
-        hdrs["x-thawline-target"] = trace.target.id
+    hdrs = error_headers(trace.target, trace.attempts, trace.failures)
     if f is None:
         return Unavailable("no target of this route is available", headers=hdrs)
     if f.kind is Kind.UNSUPPORTED and f.param and trace.attempts == 0:

@@ -13,13 +13,14 @@ import orjson
 
 from gateway import sse
 from gateway.accounting import Accounting
-from gateway.asgi import ClientGone, SSESink, auth_header, hdr_list, read_body, request_headers, send_json
+from gateway.asgi import JSON_HDR, ClientGone, SSESink, auth_header, read_body, request_headers
 from gateway.costs.tokens import estimate_request_tokens
 from gateway.dispatch import Dispatcher, Trace
 from gateway.errors import BadRequest, GatewayError, NotFound
 from gateway.key_auth import KeyAuth
 from gateway.limits.bounds import apply_route_bounds
 from gateway.providers.base import CHAT, EMBEDDINGS, Response, Usage
+from gateway.response_headers import answer_headers
 from gateway.routes import CompiledRoute
 from gateway.validate import CHECKS
 
@@ -34,6 +35,7 @@ class Inference:
         self.limits, self.costs, self.accounting = limits, costs, accounting
         self.max_body = max_body
         self.tracer = tracer      # gateway.tracing.RequestTracer, or None: no tracer calls at all
+        self.replica: tuple[bytes, bytes] | None = None     # x-thawline-replica, set by the Gateway
 
     def handler(self, endpoint: str) -> Callable:
         """The ASGI handler of one endpoint (CHAT, COMPLETIONS or EMBEDDINGS)."""
@@ -70,7 +72,7 @@ class Inference:
                     max_output_tokens=max_out * (n or 1))
             adm = (await self.limits.admit(key_id=key.id, route=alias, est_tokens=est, est_cost_usd=worst)
                    if self.limits else None)
-            extra = hdr_list(adm.headers) if adm is not None and adm.headers else []
+            rate = adm.headers if adm is not None else None
             trace = Trace()
             actual = 0
             tracer = self.tracer
@@ -80,9 +82,9 @@ class Inference:
             stream = bool(body.get("stream")) and endpoint != EMBEDDINGS
             try:
                 if stream:
-                    actual = await self._stream(send, endpoint, body, key.id, route, trace, extra)
+                    actual = await self._stream(send, endpoint, body, key.id, route, trace, rate)
                 else:
-                    actual = await self._call(send, endpoint, body, key.id, route, trace, extra)
+                    actual = await self._call(send, endpoint, body, key.id, route, trace, rate)
             except BaseException as e:
                 if tracer is not None:
                     http_status = e.status if isinstance(e, GatewayError) else 499
@@ -99,7 +101,7 @@ class Inference:
         return handle
 
     async def _call(self, send, endpoint: str, body: dict, key_id: str, route: CompiledRoute, trace: Trace,
-                    extra: list) -> int:
+                    rate: dict[str, str] | None) -> int:
         status = "error"
         resp: Response | None = None
         try:
@@ -110,17 +112,16 @@ class Inference:
             actual = self.accounting.record(key_id=key_id, route=route, trace=trace, stream=False,
                                             status=status if resp is not None else "error", recs=recs)
         payload = resp.raw if resp.raw is not None else orjson.dumps(resp.body)
-        hdrs = [*extra, (b"x-thawline-target", trace.target.id.encode()),
-                (b"x-thawline-attempts", str(trace.attempts).encode())]
-        if trace.failures:
-            hdrs.append((b"x-thawline-fallbacks", ",".join(trace.failures).encode()))
-        await send_json(send, 200, payload, hdrs)
+        hdrs = answer_headers([JSON_HDR, (b"content-length", str(len(payload)).encode())], rate, trace.target,
+                              trace.attempts, trace.failures, self.replica)
+        await send({"type": "http.response.start", "status": 200, "headers": hdrs})
+        await send({"type": "http.response.body", "body": payload})
         return actual
 
     async def _stream(self, send, endpoint: str, body: dict, key_id: str, route: CompiledRoute,
-                      trace: Trace, extra: list) -> int:
+                      trace: Trace, rate: dict[str, str] | None) -> int:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        sink = SSESink(send, extra)
+        sink = SSESink(send, rate, self.replica)
         status = "error"
         try:
             await self.dispatcher.stream(route, endpoint, body, sink, trace)

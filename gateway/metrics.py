@@ -14,7 +14,9 @@ colliding, and keeps Ray's own metrics out of the gateway's scrape.
 """
 from __future__ import annotations
 
+import asyncio
 import sys
+from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -39,8 +41,43 @@ RAY_HISTOGRAMS = {"ttft": ("thawline_gateway_ttft_seconds", "Time to first token
                            ("route", "target"))}
 
 
+class CounterBatch:
+    """Counter increments summed per series, handed to `sink(what, total, tags)` at most every
+    `flush_s` (pure: the Ray export below is its sink).
+
+    Why: each ray.util.metrics call validates and copies its tags and crosses into Ray's
+    recorder; several of them per request were a measurable share of a replica's CPU, while
+    Ray's metrics agents export only every few seconds anyway."""
+
+    def __init__(self, sink: Callable[[str, float, dict[str, str]], None],
+                 tag_keys: dict[str, tuple[str, ...]], flush_s: float = 1.0) -> None:
+        self.sink, self.tag_keys, self.flush_s = sink, tag_keys, flush_s
+        self.pending: dict[tuple, float] = {}      # (what, *tag values in tag-key order) -> sum
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, key: tuple, value: float) -> None:
+        """Count `value` on the series `key` = (what, *tag values); handed over within flush_s."""
+        p = self.pending
+        p[key] = p.get(key, 0) + value
+        if self._timer is None:
+            try:
+                self._timer = asyncio.get_running_loop().call_later(self.flush_s, self.flush)
+            except RuntimeError:        # no event loop (a synchronous caller): hand it over now
+                self.flush()
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self.pending = self.pending, {}
+        for (what, *values), total in pending.items():
+            self.sink(what, total, dict(zip(self.tag_keys[what], values)))
+
+
 class _RayExport:
-    """The same counts through ray.util.metrics (aggregated over replicas by Ray's metrics agents)."""
+    """The same counts through ray.util.metrics (aggregated over replicas by Ray's metrics agents):
+    counters through a CounterBatch; gauges and histogram observations at once (gauges change
+    rarely; an observation cannot be summed)."""
 
     def __init__(self) -> None:
         from ray.util import metrics as rm
@@ -49,8 +86,10 @@ class _RayExport:
         self.m.update({k: rm.Gauge(n, description=d, tag_keys=t) for k, (n, d, t) in RAY_GAUGES.items()})
         self.m.update({k: rm.Histogram(n, description=d, boundaries=list(_TTFT_BUCKETS), tag_keys=t)
                        for k, (n, d, t) in RAY_HISTOGRAMS.items()})
+        self.counts = CounterBatch(self.inc, {k: t for k, (_, _, t) in RAY_COUNTERS.items()})
+        self.add, self.flush = self.counts.add, self.counts.flush
 
-    def inc(self, what: str, value: float, **tags: str) -> None:
+    def inc(self, what: str, value: float, tags: dict[str, str]) -> None:
         self.m[what].inc(value, tags=tags)
 
     def set(self, what: str, value: float, **tags: str) -> None:
@@ -116,12 +155,16 @@ class GatewayMetrics:
                        key: str = "-") -> None:
         ray = self._export()
         if ray is not None:
-            ray.inc("requests", 1, route=route, target=target, status=status, key=key)
-            for kind, n in (("input", tokens_in), ("output", tokens_out), ("cached", tokens_cached)):
-                if n:
-                    ray.inc("tokens", n, route=route, target=target, model=model, kind=kind)
+            # tag values in RAY_COUNTERS' tag-key order
+            ray.add(("requests", route, target, status, key), 1)
+            if tokens_in:
+                ray.add(("tokens", route, target, model, "input"), tokens_in)
+            if tokens_out:
+                ray.add(("tokens", route, target, model, "output"), tokens_out)
+            if tokens_cached:
+                ray.add(("tokens", route, target, model, "cached"), tokens_cached)
             if cost_usd:
-                ray.inc("cost", cost_usd, route=route, target=target, model=model, key=key)
+                ray.add(("cost", route, target, model, key), cost_usd)
             if ttft_s is not None:
                 ray.observe("ttft", ttft_s, route=route, target=target)
         req, tin, tout, tcached, cost, ttft = self._children(route, target, model, status)
@@ -140,7 +183,7 @@ class GatewayMetrics:
     def fallback(self, route: str, from_target: str, reason: str) -> None:
         self.fallbacks.labels(route, from_target, reason).inc()
         if (ray := self._export()) is not None:
-            ray.inc("fallbacks", 1, route=route, from_target=from_target, reason=reason)
+            ray.add(("fallbacks", route, from_target, reason), 1)
 
     def breaker_state(self, target: str, state: str) -> None:
         # Called after every attempt; only a change touches the gauges.
@@ -156,12 +199,17 @@ class GatewayMetrics:
     def limiter_rejection(self, scope: str, dim: str) -> None:
         self.rejections.labels(scope, dim).inc()
         if (ray := self._export()) is not None:
-            ray.inc("rejections", 1, scope=scope, dim=dim)
+            ray.add(("rejections", scope, dim), 1)
 
     def budget_rejection(self, scope: str) -> None:
         self.budget_rejections.labels(scope).inc()
         if (ray := self._export()) is not None:
-            ray.inc("budget_rejections", 1, scope=scope)
+            ray.add(("budget_rejections", scope), 1)
+
+    def flush(self) -> None:
+        """Hand the locally summed counts to Ray now (graceful shutdown)."""
+        if self._ray is not None:
+            self._ray.flush()
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

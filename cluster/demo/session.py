@@ -21,6 +21,7 @@ from cluster.demo.ui import console, note
 from gateway.client import AsyncClient, Client, RateLimited
 from gateway.cold_start_phases import TOTAL, ordered
 from gateway.names import NAMESPACE, READINESS_ACTOR
+from gateway.response_headers import PREFIX
 
 PROMPT = "The quick brown fox"
 
@@ -134,7 +135,7 @@ def cold_request(client: Client) -> float:
             console.print(pt)
     hdrs = r.meta.thawline()
     if hdrs:
-        note(escape("gateway headers: " + ", ".join(f"x-thawline-{k}={v}" for k, v in sorted(hdrs.items()))))
+        note(escape("gateway headers: " + ", ".join(f"{PREFIX}{k}={v}" for k, v in sorted(hdrs.items()))))
     return r.meta.elapsed_s or 0.0
 
 
@@ -166,7 +167,7 @@ def fallback(client: Client, fake_state: Any) -> dict[str, str]:
                   f"answered 500 x{tried}; served by: [green]{escape(hdrs.get('target', r.model or '?'))}[/]")
     console.print(f"  answer {escape(repr(r.text))}")
     if hdrs:
-        note(escape("gateway headers: " + ", ".join(f"x-thawline-{k}={v}" for k, v in sorted(hdrs.items()))))
+        note(escape("gateway headers: " + ", ".join(f"{PREFIX}{k}={v}" for k, v in sorted(hdrs.items()))))
     return hdrs
 
 

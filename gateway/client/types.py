@@ -3,13 +3,16 @@
 These mirror the OpenAI objects the gateway returns. They are *responses*, not YAML a person
 writes, so unknown fields are kept (`extra="allow"`): a newer gateway or provider adding a field
 must not break an older client. Each response also carries `meta`: the gateway's response
-headers (route, target, cold start, rate-limit state) and client-side timings.
+headers (the `x-thawline-*` outcome: target, attempts, fallbacks, replica; the `x-ratelimit-*`
+state) and client-side timings.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+from gateway.response_headers import thawline_headers
 
 
 class _Open(BaseModel):
@@ -22,8 +25,9 @@ class ResponseMeta(_Open):
     first_chunk_s: float | None = Field(None, description="Streams: seconds from send to the first chunk.")
 
     def thawline(self) -> dict[str, str]:
-        """The gateway's own `x-thawline-*` headers, prefix stripped (e.g. `target`, `cold-start`)."""
-        return {k[len("x-thawline-"):]: v for k, v in self.headers.items() if k.startswith("x-thawline-")}
+        """The gateway's own `x-thawline-*` headers, prefix stripped: `target`, `attempts`, and
+        `fallbacks` / `replica` where the answer carries them (gateway/response_headers.py)."""
+        return thawline_headers(self.headers)
 
 
 class _WithMeta(_Open):

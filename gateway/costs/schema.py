@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from operator import attrgetter
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,6 +41,9 @@ LEDGER_COLUMNS = (
 )
 
 
+_ROW_VALUES = attrgetter(*LEDGER_COLUMNS)
+
+
 @dataclass(slots=True)
 class LedgerRow:
     """One finished request (a plain dataclass: it is built on the hot path of every request).
@@ -69,5 +73,6 @@ class LedgerRow:
     ts: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
     def to_dict(self) -> dict[str, Any]:
-        # Not dataclasses.asdict: that deep-copies every field and cost ~150 us per request.
-        return {c: getattr(self, c) for c in LEDGER_COLUMNS}
+        # Not dataclasses.asdict (it deep-copies every field, ~150 us per request), nor a getattr
+        # per column: one C-level attrgetter call reads all of them.
+        return dict(zip(LEDGER_COLUMNS, _ROW_VALUES(self)))

@@ -62,6 +62,8 @@ class LimitClient:
         self.leases = LocalLeases(horizon_s=self.tuning.lease_horizon_s)
         self._broker = broker
         self._plans: dict[tuple[str, str], list[tuple[Cell, int]]] = {}
+        # (key, route, reserves budget) -> (cells admitted, their limits): built once, not per request
+        self._admit_plans: dict[tuple[str, str, bool], tuple[list[tuple[Cell, int]], dict[Cell, int]]] = {}
         self._free: dict[Cell, int] = {}        # broker's free quota at the last call (headers only)
         self._watch: asyncio.Task | None = None
         self._inflight: asyncio.Future | None = None
@@ -90,6 +92,7 @@ class LimitClient:
         self.key_limits = {k: v for k, v in key_limits.items() if v is not None and not v.is_empty()}
         self.budgets = {k: v for k, v in budgets.items() if v is not None}
         self._plans = {}
+        self._admit_plans = {}
         if self._broker is None and (self.route_limits or self.key_limits or self.budgets):
             from gateway.limits.broker import get_broker    # Ray only where limits exist
             self._broker = get_broker(self.tuning)
@@ -116,21 +119,24 @@ class LimitClient:
             self._plans[(key_id, route)] = plan
         return plan
 
+    def _admit_plan(self, key_id: str, route: str, costs: bool) -> tuple[list[tuple[Cell, int]], dict[Cell, int]]:
+        got = self._admit_plans.get((key_id, route, costs))
+        if got is None:
+            # A request that can cost nothing (local or unpriced target) reserves no budget; the
+            # CostTracker's own check still refuses it once the budget is spent.
+            plan = [(c, lim) for c, lim in self._plan(key_id, route) if c[1] not in BUDGET_DIMS or costs]
+            got = self._admit_plans[(key_id, route, costs)] = (plan, dict(plan))
+        return got
+
     async def admit(self, *, key_id: str, route: str, est_tokens: int, est_cost_usd: float = 0.0) -> Admission:
         """Admit one request: its quota of every rate/concurrency cell, and `est_cost_usd` (its
         worst-case cost) reserved out of every budget of its key and route. Raises RateLimited
         or BudgetExceeded."""
-        plan = self._plan(key_id, route)
         est_nano = usd_to_nano(est_cost_usd)
         adm = Admission(key_id=key_id, route=route, est_tokens=est_tokens, est_cost_nano=est_nano)
+        plan, limits = self._admit_plan(key_id, route, est_nano > 0)
         if not plan:
             return adm
-        # A request that can cost nothing (local or unpriced target) reserves no budget; the
-        # CostTracker's own check still refuses it once the budget is spent.
-        plan = [(c, lim) for c, lim in plan if c[1] not in BUDGET_DIMS or est_nano > 0]
-        if not plan:
-            return adm
-        limits = dict(plan)
         needs = {c: (est_tokens if c[1] == "tokens" else est_nano if c[1] in BUDGET_DIMS else 1)
                  for c, _ in plan}
         if self._watch is None:

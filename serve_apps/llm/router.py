@@ -38,6 +38,7 @@ from gateway.llm_protocol import (
     max_wait_from,
 )
 from gateway.readiness import get_or_create_board
+from gateway.response_headers import MAX_WAIT_S
 from serve_apps.llm.args import LLMAppArgs
 from serve_apps.llm.prewarm import Prewarmer
 from serve_apps.llm.sse import sse_frames
@@ -47,7 +48,7 @@ log = logging.getLogger("thawline.serve")
 
 api = FastAPI(title="thawline LLM app")
 # Lowers cold_start_max_wait_s for one request (seconds).
-MAX_WAIT_HEADER = "x-thawline-max-wait-s"
+MAX_WAIT_HEADER = MAX_WAIT_S
 
 # Histogram boundaries (s): from a warm-pool cold start (~1 s) to a big-model first boot.
 _BOUNDARIES = [0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 90, 120, 180, 300]

@@ -250,3 +250,45 @@ def test_the_contract_check_can_fail(source, found):
              "handle": PROTOCOL_OWNER, "error": PROTOCOL_OWNER, "cache": CACHE_OWNER, "log": LOADER}
     assert not contract_violations(source, owner[found.split()[0].split("/")[0]]), source
     assert not contract_violations(f'"""{source.replace(chr(92), "")}"""', "serve_apps/llm/elsewhere.py")
+
+
+# ---- one owner for the x-thawline-* header names --------------------------------------------
+HEADER_PREFIX = "x-thawline-"
+HEADER_OWNER = "gateway/response_headers.py"
+
+
+def _header_literals(path: Path) -> list[str]:
+    """`x-thawline-` in a str/bytes literal of the file (f-string parts too), docstrings aside:
+    prose may name a header, code must take the name from the owner module."""
+    tree = ast.parse(path.read_text(), str(path))
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Constant) and id(n) not in docs and isinstance(n.value, (str, bytes)):
+            text = n.value.decode("latin-1") if isinstance(n.value, bytes) else n.value
+            if HEADER_PREFIX in text.lower():
+                out.append(f"{path.relative_to(ROOT)}:{n.lineno}: {text!r}")
+    return out
+
+
+def test_thawline_header_names_have_one_owner():
+    """Every x-thawline-* header name (and the prefix) is written in gateway/response_headers.py
+    only; writers and the client import it, so a second spelling cannot drift."""
+    bad = [hit for p in _py_files(*PRODUCT) if str(p.relative_to(ROOT)) != HEADER_OWNER
+           for hit in _header_literals(p)]
+    assert not bad, f"x-thawline-* header literal outside {HEADER_OWNER}:\n" + "\n".join(bad)
+    assert _header_literals(ROOT / HEADER_OWNER), "the owner module defines no header name"
+
+
+def test_the_header_literal_check_can_fail(tmp_path, monkeypatch):
+    """The check sees str, bytes and f-string literals, and not docstrings."""
+    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    f = tmp_path / "gateway" / "writer.py"
+    f.parent.mkdir()
+    f.write_text('"""Writes x-thawline-target (prose)."""\n'
+                 'A = "X-Thawline-Target"\nB = (b"x-thawline-replica", b"r")\n'
+                 'def h(k):\n    """x-thawline-* docs."""\n    return f"x-thawline-{k}"\n')
+    hits = _header_literals(f)
+    assert [h.split(":")[1] for h in hits] == ["2", "3", "6"], hits
