@@ -6,10 +6,12 @@ Shared, session-scoped fixtures (also used by tests/e2e/test_serve_*.py):
   tiny_snapshot_url  TP=1 engine snapshot of the tiny model in tiny_store_url
                      (float32, max_model_len=256, compile cache included)
   tiny_tp2_snapshot_url  TP=2 engine snapshot of the tiny model in tiny_store_url (float32,
-                     max_model_len=256, eager: the serve apps run eager, so no compile cache)
+                     max_model_len=256, compile cache included: made like tiny_snapshot_url, so
+                     its parity with the HF dir compares like with like; apps that run eager
+                     override that and leave the cache unused)
+and the helper `run_engine(spec)` that runs tests/e2e/engine_runner.py in a fresh process.
 Each snapshot is made once per session (one vLLM boot each) and only read afterwards: a test
 that needs a changed snapshot copies it first.
-and the helper `run_engine(spec)` that runs tests/e2e/engine_runner.py in a fresh process.
 """
 from __future__ import annotations
 
@@ -130,8 +132,7 @@ def tiny_tp2_snapshot_url(tiny_model_dir, tiny_store_url) -> str:
     if "error" not in _tp2 and "url" not in _tp2:
         try:
             result, output = run_engine({"action": "create", "hf_dir": str(tiny_model_dir), "tp": 2,
-                                         "store_url": tiny_store_url, "name": "tiny",
-                                         "overrides": {"enforce_eager": True}}, tp=2)
+                                         "store_url": tiny_store_url, "name": "tiny"}, tp=2)
             if "url" in result:
                 _tp2["url"] = result["url"]
             else:

@@ -45,8 +45,9 @@ TOKENS = 2  # TP=2 decode on 2 cores is ~1.4 s a token
 def served(moto_server, tiny_tp2_snapshot_url, e2e_tmp):
     from snapshots.store import SnapshotStore
 
-    # Before Ray starts: the session's TP=2 snapshot (made by vLLM, eager like the app) copied to
-    # S3, its commit marker last, and the config.
+    # Before Ray starts: the session's TP=2 snapshot (made by vLLM) copied to S3, its commit
+    # marker last, and the config. The app runs eager (local-cpu.yaml's engine_overrides win over
+    # the snapshot's engine args), so the snapshot's compile cache goes unused.
     src = Path(tiny_tp2_snapshot_url.removeprefix("file://"))
     store_url = f"{make_bucket(moto_server, 'thawline-tp2-s3')}/snapshots"
     copy_tree(moto_server, src, f"{store_url}/tiny/{src.name}", last=("snapshot.json",))
