@@ -5,7 +5,13 @@ Shared, session-scoped fixtures (also used by tests/e2e/test_serve_*.py):
   tiny_store_url     file:// store URL private to this session
   tiny_snapshot_url  TP=1 engine snapshot of the tiny model in tiny_store_url
                      (float32, max_model_len=256, compile cache included)
+  tiny_tp2_snapshot_url  TP=2 engine snapshot of the tiny model in tiny_store_url (float32,
+                     max_model_len=256, compile cache included: made like tiny_snapshot_url, so
+                     its parity with the HF dir compares like with like; apps that run eager
+                     override that and leave the cache unused)
 and the helper `run_engine(spec)` that runs tests/e2e/engine_runner.py in a fresh process.
+Each snapshot is made once per session (one vLLM boot each) and only read afterwards: a test
+that needs a changed snapshot copies it first.
 """
 from __future__ import annotations
 
@@ -114,3 +120,25 @@ def tiny_snapshot_url(tiny_model_dir, tiny_store_url) -> str:
     )
     assert "url" in result, f"snapshot create failed: {result}\n{output[-3000:]}"
     return result["url"]
+
+
+_tp2: dict = {}
+
+
+@pytest.fixture(scope="session")
+def tiny_tp2_snapshot_url(tiny_model_dir, tiny_store_url) -> str:
+    # pytest re-runs a failed fixture for every test using it; remember the failure instead of
+    # paying for another TP=2 boot per test.
+    if "error" not in _tp2 and "url" not in _tp2:
+        try:
+            result, output = run_engine({"action": "create", "hf_dir": str(tiny_model_dir), "tp": 2,
+                                         "store_url": tiny_store_url, "name": "tiny"}, tp=2)
+            if "url" in result:
+                _tp2["url"] = result["url"]
+            else:
+                _tp2["error"] = f"TP=2 snapshot create failed: {result}\n{output[-3000:]}"
+        except AssertionError as exc:
+            _tp2["error"] = str(exc)
+    if "error" in _tp2:
+        pytest.fail(_tp2["error"])
+    return _tp2["url"]

@@ -19,29 +19,6 @@ def _tokens(spec: dict, *, tp: int = 1) -> list[list[int]]:
     return result["tokens"]
 
 
-_tp2: dict = {}
-
-
-@pytest.fixture(scope="module")
-def tp2_snapshot_url(tiny_model_dir, tiny_store_url) -> str:
-    # pytest re-runs a failed module fixture for every test using it; remember the failure instead
-    # of paying for another TP=2 boot per test.
-    if "error" not in _tp2 and "url" not in _tp2:
-        try:
-            result, output = run_engine(
-                {"action": "create", "hf_dir": str(tiny_model_dir), "tp": 2, "store_url": tiny_store_url, "name": "tiny"}, tp=2
-            )
-            if "url" in result:
-                _tp2["url"] = result["url"]
-            else:
-                _tp2["error"] = f"TP=2 snapshot create failed: {result}\n{output[-3000:]}"
-        except AssertionError as exc:
-            _tp2["error"] = str(exc)
-    if "error" in _tp2:
-        pytest.fail(_tp2["error"])
-    return _tp2["url"]
-
-
 @pytest.fixture(scope="module")
 def hf_tokens(tiny_model_dir) -> list[list[int]]:
     """(a) plain vLLM loading the HF dir at TP=1: the reference."""
@@ -78,14 +55,14 @@ def test_tp1_snapshot_matches_hf_dir_token_for_token(tiny_snapshot_url, hf_token
     assert load["nbytes"] > 0 and 0 < load["restore_s"] <= load["weights_s"]
 
 
-def test_tp2_snapshot_matches_tp1_token_for_token(tp2_snapshot_url, hf_tokens):
+def test_tp2_snapshot_matches_tp1_token_for_token(tiny_tp2_snapshot_url, hf_tokens):
     from snapshots.store import SnapshotStore
 
-    store, ref = SnapshotStore.for_snapshot(tp2_snapshot_url)
+    store, ref = SnapshotStore.for_snapshot(tiny_tp2_snapshot_url)
     rows = store.read_manifest(store.resolve(ref))
     qkv = {r.rank: r.shape for r in rows if r.name == "model.layers.0.self_attn.qkv_proj.weight"}
     assert set(qkv) == {0, 1} and qkv[0][0] * 2 == (128 + 2 * 64)  # each rank holds half of q, k, v
-    assert _tokens({"action": "snapshot", "url": tp2_snapshot_url}, tp=2) == hf_tokens
+    assert _tokens({"action": "snapshot", "url": tiny_tp2_snapshot_url}, tp=2) == hf_tokens
 
 
 def test_snapshot_on_s3_serves_like_file(tiny_snapshot_url, hf_tokens, s3_bucket_url, moto_server):
@@ -126,12 +103,12 @@ def test_corrupted_snapshot_fails_start_naming_the_tensor(tiny_snapshot_url, e2e
     assert target in result["error"] and "rank 0" in result["error"], result
 
 
-def test_ranks_restored_from_different_snapshots_fail_agreement(tp2_snapshot_url):
+def test_ranks_restored_from_different_snapshots_fail_agreement(tiny_tp2_snapshot_url):
     """Rank 1 restores another (valid) snapshot of the same model: the TP all-gather rejects it."""
     from snapshots.restore import restore
     from snapshots.store import SnapshotStore
 
-    store, ref = SnapshotStore.for_snapshot(tp2_snapshot_url)
+    store, ref = SnapshotStore.for_snapshot(tiny_tp2_snapshot_url)
     resolved = store.resolve(ref)
     meta = store.inspect(resolved)
     writer = store.create_writer(resolved.model, None, tp_size=2)
@@ -156,12 +133,12 @@ def test_ranks_restored_from_different_snapshots_fail_agreement(tp2_snapshot_url
     assert "disagree" in result["error"] and "ranks [1]" in result["error"], result
 
 
-def test_tp_size_different_from_the_snapshot_fails_clearly(tp2_snapshot_url):
+def test_tp_size_different_from_the_snapshot_fails_clearly(tiny_tp2_snapshot_url):
     # Checked in the caller's process before vLLM is even imported: no engine is spawned.
     from snapshots.vllm_engine.engine_state import SnapshotMismatch
     from snapshots.vllm_engine.start import prepare_engine_start
 
     with pytest.raises(SnapshotMismatch) as exc:
-        prepare_engine_start(tp2_snapshot_url, tensor_parallel_size=1)
+        prepare_engine_start(tiny_tp2_snapshot_url, tensor_parallel_size=1)
     msg = str(exc.value)
     assert "tensor_parallel_size=2" in msg and "tensor_parallel_size=1" in msg and "\n" not in msg

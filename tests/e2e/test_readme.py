@@ -1,6 +1,7 @@
 """The README's local quickstart, run as pasted: every ```bash block of "## Quickstart: local"
 (as one shell script, so its exports carry), then every ```python block against the stack it
-started. A README that drifts from the code fails here.
+started. A README that drifts from the code fails here (that the blocks exist at all is checked
+in the unit tier, tests/unit/test_readme_blocks.py).
 
 What the test changes, and why (each is a substitution, the commands themselves are the README's):
 - `ray start --head` gets a private port, dashboard port and temp dir, and the cluster carries a
@@ -23,25 +24,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from testkit.readme import quickstart_blocks
 from tests.conftest import REPO_ROOT, free_port
 
-README = Path(REPO_ROOT) / "README.md"
 BASH_TIMEOUT_S = 900      # venv check + model + ray start + deploy + a first boot that writes the snapshot
 PYTHON_TIMEOUT_S = 300
-
-
-def quickstart_blocks() -> list[tuple[str, str]]:
-    text = README.read_text()
-    start = text.index("## Quickstart: local")
-    end = text.index("\n## ", start + 1)
-    return re.findall(r"```(bash|python)\n(.*?)```", text[start:end], flags=re.S)
-
-
-def test_quickstart_blocks_are_found():
-    kinds = [k for k, _ in quickstart_blocks()]
-    assert kinds.count("bash") >= 3 and kinds.count("python") >= 2
-    script = "\n".join(b for k, b in quickstart_blocks() if k == "bash")
-    assert "thawline chat tiny -m" in script and "ray start --head" in script
 
 
 @pytest.fixture

