@@ -74,9 +74,33 @@ resource "aws_lb_listener" "gateway_https" {
   ssl_policy        = "ELBSecurityPolicy-TLS13-1-2-2021-06"
   certificate_arn   = var.gateway_certificate_arn
 
+  # Only the gateway's own paths (gateway/app.py's handler table) go to the proxy port: an LLM
+  # app given a route_prefix there would otherwise be reachable without a gateway key.
   default_action {
+    type = "fixed-response"
+
+    fixed_response {
+      content_type = "application/json"
+      message_body = "{\"error\":{\"message\":\"unknown path\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"unknown_url\"}}"
+      status_code  = "404"
+    }
+  }
+}
+
+resource "aws_lb_listener_rule" "gateway_paths" {
+  listener_arn = aws_lb_listener.gateway_https.arn
+  priority     = 10
+
+  action {
     type             = "forward"
     target_group_arn = aws_lb_target_group.gateway.arn
+  }
+
+  # 5 values is the most one ALB rule takes; a new top-level gateway path needs a second rule
+  condition {
+    path_pattern {
+      values = ["/v1/*", "/ui", "/metrics", "/openapi.json", "/healthz"]
+    }
   }
 }
 
