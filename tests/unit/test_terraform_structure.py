@@ -238,3 +238,26 @@ def test_load_balancer_forwards_only_the_gateway_paths(tf):
                  "/-/routes", "/-/healthz", "/", "/uiX", "/metrics/x", "/api/serve/applications/",
                  "/tiny/v1/models"):
         assert not any(_alb_matches(p, path) for p in patterns), f"{path} would reach the proxy port"
+
+
+def test_idle_timeout_outlasts_every_shipped_cold_start_and_keepalives_fit_it(tf):
+    """The load balancer cuts a connection silent for idle_timeout: a stream's keep-alive interval
+    must sit well under it, and a non-streamed answer (no byte until it is whole) must fit in it
+    for every target of every shipped gateway config (first token budget + answer time)."""
+    from gateway.config import load_config
+
+    idle = int(tf["resource"]["aws_lb"]["gateway"]["idle_timeout"])
+    configs = sorted((REPO / "serve_apps" / "configs").glob("gateway-*.yaml"))
+    configs = [p for p in configs if "providers:" in p.read_text()]   # gateway.yaml files, not Serve configs
+    assert {p.name for p in configs} >= {"gateway-aws.yaml", "gateway-example.yaml"}
+    longest = 0.0
+    for path in configs:
+        cfg = load_config(path)
+        keepalive = cfg.server.stream_keepalive_s
+        assert keepalive is not None and keepalive * 4 <= idle, f"{path.name}: keep-alive {keepalive}s vs idle {idle}s"
+        for route in cfg.routes.values():
+            for t in route.targets:
+                longest = max(longest, t.first_token_timeout_s + t.timeout_s)
+    assert longest >= 660, "the 70B route's budget should be among the shipped configs"
+    assert idle > longest, f"idle_timeout {idle}s < a shipped target's silent budget {longest}s"
+    assert idle <= 4000, "ALB's maximum idle timeout"
