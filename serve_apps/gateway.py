@@ -40,7 +40,10 @@ _CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 # An I/O-bound async ingress: Serve's default of 5 ongoing requests per replica would queue
 # requests that cost the replica almost nothing while they wait on upstreams.
-DEFAULT_DEPLOYMENT_OPTIONS: dict[str, Any] = {"max_ongoing_requests": 2048, "max_queued_requests": 4096}
+# Serve's default grace, named here because the shutdown hooks are sized against it (the trace
+# exporter's budget, gateway/tracing.py SHUTDOWN_BUDGET_S, is checked to fit in it).
+DEFAULT_DEPLOYMENT_OPTIONS: dict[str, Any] = {"max_ongoing_requests": 2048, "max_queued_requests": 4096,
+                                              "graceful_shutdown_timeout_s": 20.0}
 
 
 class GatewayAppArgs(BaseModel):
