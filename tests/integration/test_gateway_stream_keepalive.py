@@ -64,7 +64,7 @@ def _sdk_text(base: str, model: str) -> str:
 
 def test_fast_stream_is_unchanged(gw):
     r, lines = _raw(gw, "fast")
-    assert r.status_code == 200 and r.headers["x-thawline-target"] == "oa/ka-fast"
+    assert r.status_code == 200 and r.headers["x-thawline-target"].endswith("oa/ka-fast")
     assert not any(ln.startswith(":") for ln in lines) and lines[-1] == "data: [DONE]"
 
 
