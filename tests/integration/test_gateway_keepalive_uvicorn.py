@@ -3,14 +3,11 @@ in this process (a real HTTP server and ASGI `send`, no Ray): the same stream, b
 a load balancer in front of a gateway replica's own port (direct ingress) sees it."""
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 
 from gateway.app import Gateway
 from gateway.config import parse_config
-from tests.conftest import free_port
+from testkit.asgi_server import serve_asgi
 from tests.integration.conftest_gateway import fake_providers  # noqa: F401
 from tests.integration.test_gateway_stream_keepalive import (  # noqa: F401 - collected here with this module's `gw`
     _config, test_cold_stream_gets_headers_and_keepalives_before_the_first_token,
@@ -22,17 +19,5 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def gw(fake_providers):  # noqa: F811
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(Gateway(parse_config(_config(fake_providers)), limits=None, costs=None),
-                                           host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    t.join(15)
+    with serve_asgi(Gateway(parse_config(_config(fake_providers)), limits=None, costs=None), lifespan="on") as base:
+        yield base
