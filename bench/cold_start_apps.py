@@ -139,7 +139,9 @@ def thawline_app(snapshot_url: str, sc: Scenario | None = None):
     args = {"served_model_id": "tiny", "snapshot_url": snapshot_url, "warm_pool_size": 1,
             "tensor_parallel_size": sc.tp, "cold_start_max_wait_s": 600,
             "engine_overrides": {"enforce_eager": True},
-            "autoscaling": {"downscale_delay_s": IDLE_S, "look_back_period_s": 1}}
+            "autoscaling": {"downscale_delay_s": IDLE_S, "look_back_period_s": 1},
+            # timed over its own HTTP route on a loopback-only proxy, as the baseline is
+            "allow_unauthenticated_http": True}
     if sc.multinode:
         args["resources_per_rank"] = {ENGINE_RESOURCE: 1}
     return build_app(LLMAppArgs.model_validate(args))

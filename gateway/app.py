@@ -74,7 +74,7 @@ class Gateway:
         self.tracer = tracer if tracer is not None else build_tracer(cfg.tracing)   # None: tracing off
         inference = Inference(keys=self.keys, routes=self.routes, dispatcher=self.dispatcher, limits=limits,
                               costs=costs, accounting=Accounting(costs), max_body=self.max_body,
-                              tracer=self.tracer)
+                              tracer=self.tracer, keepalive_s=cfg.server.stream_keepalive_s)
         self._inference = inference
         admin = AdminEndpoints(keys=self.keys, routes=self.routes, costs=costs, metrics=metrics, openapi=openapi,
                                control=self)
@@ -176,6 +176,7 @@ class Gateway:
         self.routes.update(routes)
         self.dispatcher.retry = cfg.retry
         self.max_body = self._inference.max_body = cfg.server.max_body_bytes
+        self._inference.keepalive_s = cfg.server.stream_keepalive_s
         self.cfg = cfg
         if cfg.key_store != old.key_store:
             self._open_key_store(cfg)

@@ -196,6 +196,12 @@ class ServerConfig(_Strict):
                                       "/openapi.json takes any valid client key or the admin key.")
     admin_key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Alternative to "
                                          "admin_key_env: hex SHA-256 of the admin key.")
+    stream_keepalive_s: float | None = Field(15.0, gt=0, description="A stream with no first token after this "
+                                             "many seconds (a cold model) gets its 200 headers and then an SSE "
+                                             "comment `: keep-alive` every this many seconds until the first "
+                                             "token, so a load balancer's idle timeout does not cut it. Keep it well "
+                                             "under that timeout; null: no keep-alives (no byte before the first "
+                                             "token).")
     require_auth: bool = Field(True, description="If false, requests that send no key (no Authorization "
                                "header) run as key id 'anonymous'. A key that is sent must still be valid: an "
                                "unknown key is 401 either way.")

@@ -13,7 +13,7 @@ import orjson
 
 from gateway import sse
 from gateway.accounting import Accounting
-from gateway.asgi import JSON_HDR, ClientGone, SSESink, auth_header, read_body, request_headers
+from gateway.asgi import JSON_HDR, ClientGone, auth_header, read_body, request_headers
 from gateway.costs.tokens import estimate_request_tokens
 from gateway.dispatch import Dispatcher, Trace
 from gateway.errors import BadRequest, GatewayError, NotFound
@@ -22,6 +22,7 @@ from gateway.limits.bounds import apply_route_bounds
 from gateway.providers.base import CHAT, EMBEDDINGS, Response, Usage
 from gateway.response_headers import answer_headers
 from gateway.routes import CompiledRoute
+from gateway.stream_keepalive import KeepAliveSink
 from gateway.validate import CHECKS
 
 
@@ -30,10 +31,12 @@ class Inference:
     CostTracker seam (docs/INTERFACES.md, "gateway internals"); either may be None."""
 
     def __init__(self, *, keys: KeyAuth, routes: dict[str, CompiledRoute], dispatcher: Dispatcher,
-                 limits: Any, costs: Any, accounting: Accounting, max_body: int, tracer: Any = None):
+                 limits: Any, costs: Any, accounting: Accounting, max_body: int, tracer: Any = None,
+                 keepalive_s: float | None = None):
         self.keys, self.routes, self.dispatcher = keys, routes, dispatcher
         self.limits, self.costs, self.accounting = limits, costs, accounting
         self.max_body = max_body
+        self.keepalive_s = keepalive_s   # gateway.yaml server.stream_keepalive_s
         self.tracer = tracer      # gateway.tracing.RequestTracer, or None: no tracer calls at all
         self.replica: tuple[bytes, bytes] | None = None     # x-thawline-replica, set by the Gateway
 
@@ -121,12 +124,13 @@ class Inference:
     async def _stream(self, send, endpoint: str, body: dict, key_id: str, route: CompiledRoute,
                       trace: Trace, rate: dict[str, str] | None) -> int:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        sink = SSESink(send, rate, self.replica)
+        sink = KeepAliveSink(send, rate, self.replica, self.keepalive_s)
         status = "error"
         try:
             await self.dispatcher.stream(route, endpoint, body, sink, trace)
             status = "ok"
         except GatewayError as e:
+            await sink.stop()
             if not sink.started:
                 raise   # nothing sent yet: a plain JSON error response with its status
             # output already went out under a 200: end with an error event, never with [DONE]
@@ -135,6 +139,7 @@ class Inference:
             status = "cancelled"   # client went away; still bill what was produced
             raise
         finally:
+            sink.cancel()
             recs = self.accounting.stream_records(trace, body, endpoint, status)
             actual = self.accounting.record(key_id=key_id, route=route, trace=trace, stream=True,
                                             status=status, recs=recs)

@@ -74,6 +74,11 @@ class KeyAuth:
         if not self.may_use(key, route):
             raise PermissionDenied(f"key {key.id!r} may not use model {route!r}", param="model")
 
+    @property
+    def admin_digest(self) -> str | None:
+        """SHA-256 hex of the admin key; None when no admin key is configured."""
+        return self._admin_digest
+
     def is_admin(self, authorization: str | None) -> bool:
         token = _bearer(authorization)
         if token is None or self._admin_digest is None:

@@ -54,9 +54,15 @@ def answer_headers(head: list[Header], rate: Mapping[str, str] | None, target: A
                    failures: list[str] | None, replica: Header | None) -> list[Header]:
     """All headers of one answer, in one list built once: `head` (content type and length; extended
     in place), the limiter's `x-ratelimit-*` (`rate`), the outcome, and the replica's id."""
+    head.extend(outcome_headers(target, attempts, failures))
+    return early_headers(head, rate, replica)
+
+
+def early_headers(head: list[Header], rate: Mapping[str, str] | None, replica: Header | None) -> list[Header]:
+    """The headers known before any target answered (a stream kept alive while cold): `head`,
+    the limiter's `x-ratelimit-*` and the replica's id; extended in place."""
     if rate:
         head.extend([(k.encode(), v.encode()) for k, v in rate.items()])
-    head.extend(outcome_headers(target, attempts, failures))
     if replica is not None:
         head.append(replica)
     return head

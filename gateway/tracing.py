@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import Any, Awaitable, Callable
 
@@ -30,6 +31,12 @@ from gateway import cold_start_phases as cs
 log = logging.getLogger("thawline.gateway")
 
 ColdLookup = Callable[[str], Awaitable[dict | None]]
+# A collector that accepts connections but never answers must not hold a replica's graceful
+# shutdown past Serve's limit (serve_apps/gateway.py graceful_shutdown_timeout_s): each export
+# gives up after EXPORT_TIMEOUT_S, and close() waits at most SHUTDOWN_BUDGET_S in all, the
+# unsent spans being dropped then.
+EXPORT_TIMEOUT_S = 2.0
+SHUTDOWN_BUDGET_S = 5.0
 
 
 async def board_cold_start(app: str) -> dict | None:
@@ -155,10 +162,30 @@ class RequestTracer:
             return (m.end_ns - m.start_ns) / 1e6   # a plain call: its first byte is its answer
         return None
 
-    async def close(self) -> None:
+    async def close(self, budget_s: float = SHUTDOWN_BUDGET_S) -> None:
+        """Flush and stop, in at most `budget_s`. The flush runs in a daemon thread (not
+        asyncio.to_thread, whose pool threads the interpreter joins at exit) so a stuck export
+        left behind holds nothing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget_s
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.to_thread(self.provider.shutdown)
+            await asyncio.wait(set(self._tasks), timeout=budget_s / 2)
+        done = loop.create_future()
+
+        def run() -> None:
+            try:
+                self.provider.shutdown()
+            finally:
+                try:
+                    loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                except RuntimeError:
+                    pass  # the loop is gone: nobody waits any more
+
+        threading.Thread(target=run, name="otel-shutdown", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            log.warning("trace collector did not take the last spans within %.0fs; they are dropped", budget_s)
 
     def force_flush(self) -> bool:
         return self.provider.force_flush()
@@ -170,5 +197,6 @@ def build_tracer(cfg: Any, *, cold_start_lookup: ColdLookup | None = board_cold_
         return None
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    exporter = OTLPSpanExporter(endpoint=cfg.otlp_endpoint, headers=dict(cfg.headers) or None)
+    exporter = OTLPSpanExporter(endpoint=cfg.otlp_endpoint, headers=dict(cfg.headers) or None,
+                                timeout=EXPORT_TIMEOUT_S)
     return RequestTracer(service_name=cfg.service_name, exporter=exporter, cold_start_lookup=cold_start_lookup)

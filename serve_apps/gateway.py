@@ -44,9 +44,12 @@ _CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 # log line per request: formatting and writing it costs more CPU than the gateway's own
 # pipeline, and every request is already in the cost ledger, the metrics and (when configured)
 # the traces. `deployment: {logging_config: {enable_access_log: true}}` turns it back on.
+# graceful_shutdown_timeout_s is Serve's default, named here because the shutdown hooks are sized
+# against it (the trace exporter's budget, gateway/tracing.py SHUTDOWN_BUDGET_S, is checked to fit).
 GIL_SWITCH_INTERVAL_S = 0.0005
 DEFAULT_DEPLOYMENT_OPTIONS: dict[str, Any] = {"max_ongoing_requests": 2048, "max_queued_requests": 4096,
-                                              "logging_config": {"enable_access_log": False}}
+                                              "logging_config": {"enable_access_log": False},
+                                              "graceful_shutdown_timeout_s": 20.0}
 
 
 class GatewayAppArgs(BaseModel):

@@ -14,6 +14,11 @@ and/or a stale `.gc` mark (a gc that died between removing the claim and its mar
 
 Deleting follows the protocol in claim.py: mark (.gc), re-check snapshot.json, delete the data,
 the heartbeat, then `.claim`, then the mark.
+
+A writer killed while publishing snapshot.json (fsutil.publish_exclusive on a local disk: temp
+file, then link) leaves `snapshot.json.tmp-xxxxxxxx`: next to no snapshot.json, it is one of the
+uncommitted dir's own files (the dir goes as above); next to a committed snapshot.json, only that
+temp file goes, once older than the threshold (a publish in progress lasts milliseconds).
 """
 from __future__ import annotations
 
@@ -35,6 +40,12 @@ _OURS = re.compile(
     r"(\.claim|\.heartbeat|\.gc|manifest\.parquet|rank-\d+/part-\d+\.bin|rank-\d+/manifest\.parquet|engine/[^\n]+)"
     r"(\.tmp-[0-9a-f]{8})?"
 )
+# The commit point's temp file (never the bare snapshot.json: that one makes a dir committed).
+_PUBLISH_TMP = re.compile(re.escape(SNAPSHOT_JSON) + r"\.tmp-[0-9a-f]{8}")
+
+
+def _ours(rel: str) -> bool:
+    return bool(_OURS.fullmatch(rel) or _PUBLISH_TMP.fullmatch(rel))
 
 
 def _valid_name(kind: str, name: str) -> bool:
@@ -91,7 +102,39 @@ def collect(store, older_than_s: float, *, dry_run: bool = False) -> list[str]:
                 continue
             if _collect_one(store, model, sid, older_than_s, dry_run):
                 removed.append(f"{store.url}/{model}/{sid}")
+            else:
+                removed.extend(_committed_publish_leftovers(store, model, sid, older_than_s, dry_run))
     return removed
+
+
+def _age_s(fs, path: str) -> float | None:
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    at = info.get("mtime") or info.get("created")
+    if hasattr(at, "timestamp"):
+        at = at.timestamp()
+    return time.time() - float(at) if isinstance(at, (int, float)) else None
+
+
+def _committed_publish_leftovers(store, model: str, sid: str, older_than_s: float, dry_run: bool) -> list[str]:
+    """URLs of stale `snapshot.json.tmp-*` files removed from a committed snapshot dir."""
+    fs = store.fs
+    path = store._path(model, sid)
+    if not fsutil.exists(fs, fsutil.join(path, SNAPSHOT_JSON)):
+        return []
+    out = []
+    for rel in _relative_files(fs, path):
+        if not _PUBLISH_TMP.fullmatch(rel):
+            continue
+        age = _age_s(fs, fsutil.join(path, rel))
+        if age is None or age < older_than_s:
+            continue
+        if not dry_run:
+            _rm(fs, path, rel)
+        out.append(f"{store.url}/{model}/{sid}/{rel}")
+    return out
 
 
 def _collect_one(store, model: str, sid: str, older_than_s: float, dry_run: bool = False) -> bool:
@@ -104,7 +147,7 @@ def _collect_one(store, model: str, sid: str, older_than_s: float, dry_run: bool
     claim_data = _read(fs, fsutil.join(path, CLAIM))
     if not recognised_claim(claim_data, model, sid):
         return _collect_orphans(store, model, sid, files, older_than_s, dry_run)
-    foreign = [f for f in files if not _OURS.fullmatch(f)]
+    foreign = [f for f in files if not _ours(f)]
     if foreign:
         log.warning("thawline gc: leaving %s alone: it holds files gc does not recognise: %s", url, ", ".join(foreign[:5]))
         return False
@@ -120,7 +163,7 @@ def _collect_one(store, model: str, sid: str, older_than_s: float, dry_run: bool
         _rm(fs, path, GC_MARK)
         return False
     # Re-list: files written since the first listing by a writer that is about to find the mark.
-    files = [f for f in _relative_files(fs, path) if _OURS.fullmatch(f)]
+    files = [f for f in _relative_files(fs, path) if _ours(f)]
     for rel in files:
         if rel not in (CLAIM, GC_MARK, HEARTBEAT):
             _rm(fs, path, rel)

@@ -59,9 +59,14 @@ def load_config(name: str) -> dict:
 
 
 def llm_app_config(base: dict, *, name: str, route_prefix: str, args: dict, env: dict | None = None) -> dict:
-    """One serve_apps.llm:app application from a config file's first one, args overridden."""
+    """One serve_apps.llm:app application from a config file's first one, args overridden.
+    A test that gives it a route_prefix talks to the app itself over HTTP on a loopback-only
+    proxy, so that route is opened explicitly (allow_unauthenticated_http) unless args say otherwise."""
     app = copy.deepcopy(next(a for a in base["applications"] if a["import_path"] == "serve_apps.llm:app"))
     app["name"], app["route_prefix"] = name, route_prefix
+    if route_prefix is not None:
+        app["args"].pop("http_auth_token_env", None)
+        app["args"]["allow_unauthenticated_http"] = True
     for k, v in args.items():
         if v is None:
             app["args"].pop(k, None)

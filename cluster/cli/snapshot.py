@@ -215,11 +215,11 @@ def gc(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would be removed."),
 ) -> None:
-    """Remove leftovers of writers that died before committing.
+    """Remove leftovers of writers that died before committing (or while publishing snapshot.json).
 
     Only dirs proven to be Thawline's are touched: <model>/<id> with a claim our writer made for
     exactly that path, no snapshot.json and no file gc does not recognise; anything else (a wrong
-    URL, foreign files) is left alone.
+    URL, foreign files) is left alone. In a committed dir only a stale `snapshot.json.tmp-*` goes.
     """
     from snapshots.store import SnapshotStore
 
@@ -229,7 +229,7 @@ def gc(
     if dry_run:
         for url in candidates:
             typer.echo(f"would remove {url}")
-        typer.echo(f"gc: {len(candidates)} uncommitted snapshot dir(s) would be removed (--dry-run)", err=True)
+        typer.echo(f"gc: {len(candidates)} leftover(s) would be removed (--dry-run)", err=True)
         return
     if candidates:
         confirm_delete(candidates, yes=yes)
@@ -237,7 +237,7 @@ def gc(
     removed = st.gc(older_than_s=older_than) if candidates else []
     for url in removed:
         typer.echo(f"removed {url}")
-    typer.echo(f"gc: {len(removed)} uncommitted snapshot dir(s) removed", err=True)
+    typer.echo(f"gc: {len(removed)} leftover(s) removed", err=True)
 
 
 @app.command()

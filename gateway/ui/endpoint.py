@@ -3,7 +3,8 @@
 Authentication, any one of (the admin key of gateway.yaml `server`):
   - `Authorization: Bearer <admin key>` (scripts, curl);
   - `/ui?key=<admin key>` (a browser): the answer also sets the cookie `thawline_admin`
-    (HttpOnly, SameSite=Strict, Path=/ui), so later visits need no key in the URL;
+    (HttpOnly, SameSite=Strict, Path=/ui, Secure over TLS) holding a signed session token that
+    expires (session.py), never the key, so later visits need no key in the URL;
   - that cookie.
 `?days=N` (1-90, default 14) sets the period shown.
 
@@ -22,6 +23,7 @@ from urllib.parse import parse_qs
 
 from gateway.asgi import auth_header, request_headers
 from gateway.errors import AuthError
+from gateway.ui import session
 from gateway.ui.page import render
 
 COOKIE = "thawline_admin"
@@ -60,6 +62,14 @@ class Dashboard:
         self.cold_start_lookup = cold_start_lookup
         self.clock = clock
 
+    def _session_key(self) -> bytes | None:
+        """None when no admin key is configured (no session is valid then). Derived per call: a
+        reconfigure may name another admin key."""
+        digest = self.gw.keys.admin_digest
+        if digest is None:
+            return None
+        return session.signing_key(session.admin_key_from_env(self.gw.cfg.server.admin_key_env), digest)
+
     def _auth(self, scope) -> str | None:
         """The cookie to set (a `?key=` login), or None; raises AuthError when not the admin."""
         keys = self.gw.keys
@@ -68,7 +78,7 @@ class Dashboard:
         qs = parse_qs(scope.get("query_string", b"").decode())
         q = qs.get("key", [None])[0]
         if q and keys.is_admin(f"Bearer {q}"):
-            return q
+            return session.mint(self._session_key())
         raw = next((v for k, v in scope["headers"] if k == b"cookie"), None)
         if raw:
             c = SimpleCookie()
@@ -76,7 +86,8 @@ class Dashboard:
                 c.load(raw.decode("latin-1"))
             except Exception:
                 c = SimpleCookie()
-            if COOKIE in c and keys.is_admin(f"Bearer {c[COOKIE].value}"):
+            key = self._session_key()
+            if COOKIE in c and key is not None and session.valid(key, c[COOKIE].value):
                 return None
         raise AuthError("admin key required (Authorization: Bearer, ?key= or the thawline_admin cookie)",
                         code="admin_key_required")
@@ -129,6 +140,6 @@ class Dashboard:
                    (b"cache-control", b"no-store"),
                    (b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'; img-src data:")]
         if login is not None:
-            headers.append((b"set-cookie", f"{COOKIE}={login}; HttpOnly; SameSite=Strict; Path=/ui".encode()))
+            headers.append((b"set-cookie", session.cookie_header(COOKIE, login, session.over_tls(scope))))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})

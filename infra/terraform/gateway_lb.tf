@@ -46,8 +46,11 @@ resource "aws_lb" "gateway" {
   subnets                    = aws_subnet.public[*].id
   security_groups            = [aws_security_group.gateway_lb.id]
   drop_invalid_header_fields = true
-  # Streaming completions keep a connection open while tokens flow.
-  idle_timeout = 300
+  # A connection may stay silent while a cold model loads: streams send SSE keep-alives every
+  # server.stream_keepalive_s (15 s), but a non-streamed answer sends nothing until it is whole,
+  # so this exceeds every shipped target's first_token_timeout_s + timeout_s (the 70B route's
+  # 660 + 300 s); tests/unit/test_terraform_structure.py checks both against the shipped configs.
+  idle_timeout = 1000
   #checkov:skip=CKV_AWS_91:Access logs would need a log bucket per cluster; the gateway's own ledger records every request with its key and route.
   #checkov:skip=CKV_AWS_150:Deletion protection would block `terraform destroy` of a disposable cluster; nothing stateful lives in the load balancer.
   #checkov:skip=CKV2_AWS_28:Ingress is limited to gateway_cidr_blocks and every request needs a gateway key; a WAF is left to deployments that open it wider.
@@ -74,9 +77,33 @@ resource "aws_lb_listener" "gateway_https" {
   ssl_policy        = "ELBSecurityPolicy-TLS13-1-2-2021-06"
   certificate_arn   = var.gateway_certificate_arn
 
+  # Only the gateway's own paths (gateway/app.py's handler table) go to the proxy port: an LLM
+  # app given a route_prefix there would otherwise be reachable without a gateway key.
   default_action {
+    type = "fixed-response"
+
+    fixed_response {
+      content_type = "application/json"
+      message_body = "{\"error\":{\"message\":\"unknown path\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"unknown_url\"}}"
+      status_code  = "404"
+    }
+  }
+}
+
+resource "aws_lb_listener_rule" "gateway_paths" {
+  listener_arn = aws_lb_listener.gateway_https.arn
+  priority     = 10
+
+  action {
     type             = "forward"
     target_group_arn = aws_lb_target_group.gateway.arn
+  }
+
+  # 5 values is the most one ALB rule takes; a new top-level gateway path needs a second rule
+  condition {
+    path_pattern {
+      values = ["/v1/*", "/ui", "/metrics", "/openapi.json", "/healthz"]
+    }
   }
 }
 

@@ -97,6 +97,17 @@ class LLMAppArgs(_Strict):
     warm_pool_size: int = Field(1, ge=0, description="Pre-imported, model-less engine hosts kept per node for new replicas to claim; a replica of any TP degree claims one host, which runs its whole TP group (CPU: the rank workers are its processes; GPU: vLLM's Ray workers in the replica's bundles, with their GPUs). 0 disables.")
     engine_overrides: dict[str, Any] = Field(default_factory=dict, description="vLLM engine args applied over the snapshot's recorded ones, e.g. max_model_len, enforce_eager.")
     verify_checksums: bool = Field(False, description="Verify every tensor's checksum at restore (slower cold start).")
+    http_auth_token_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of an environment variable (on the Ray nodes, not in runtime_env) holding a bearer "
+        "token this app's own HTTP routes then require (`Authorization: Bearer <token>`; 401 otherwise, and "
+        "401 for every request while the variable is unset). Only for an app given a `route_prefix`: the "
+        "gateway calls the app through a Serve handle and needs no token.")
+    allow_unauthenticated_http: bool = Field(
+        False, description="Serve this app's HTTP routes to anyone who reaches them, with no key (no gateway "
+        "auth, limits, budgets or ledger). Off: without http_auth_token_env every HTTP request to the app "
+        "answers 403, and `thawline deploy` refuses a config giving the app a `route_prefix`. For tests and "
+        "benchmarks on a private machine only.")
     on_engine_mismatch: Literal["recapture", "refuse"] = Field(
         "recapture", description="A snapshot made under another vLLM version, other engine overrides or on another "
         "accelerator (GPU model, memory, count, topology). recapture: a first-boot app makes (and then restores) "

@@ -13,7 +13,8 @@ LLMServer deployment is at zero. For each request it:
 
 HTTP: POST /v1/chat/completions, POST /v1/completions (SSE when stream=true), GET /v1/models,
 GET /thawline/state (cold/warm, last cold-start timeline with its marks, node-join prewarm
-records; without waking the model).
+records; without waking the model). Every HTTP route is closed unless the app's args open it
+(http_auth.py: a bearer token, or an explicit opt-out); the handle API is not affected.
 Handle (for the gateway): generate(request) -> dict, generate_stream(request) -> chunks.
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ from gateway.llm_protocol import (
 from gateway.readiness import get_or_create_board
 from gateway.response_headers import MAX_WAIT_S
 from serve_apps.llm.args import LLMAppArgs
+from serve_apps.llm.http_auth import check_http_access
 from serve_apps.llm.prewarm import Prewarmer
 from serve_apps.llm.sse import sse_frames
 from serve_apps.llm.timeline import log_line
@@ -151,14 +153,24 @@ class LLMRouter:
 
     # -- HTTP ----------------------------------------------------------------------------------
 
+    def _refused(self, request: Request) -> JSONResponse | None:
+        refusal = check_http_access(self.args, request.headers.get("authorization"))
+        if refusal is None:
+            return None
+        return JSONResponse(refusal.body, status_code=refusal.status, headers=refusal.headers)
+
     @api.get("/v1/models")
-    async def models(self) -> dict:
+    async def models(self, request: Request):
+        if (refused := self._refused(request)) is not None:
+            return refused
         # Answered here, not by vLLM: listing models must not wake a scaled-to-zero app.
         return {"object": "list", "data": [{"id": self.args.served_model_id, "object": "model",
                                             "created": 0, "owned_by": "thawline"}]}
 
     @api.get("/thawline/state")
-    async def state(self) -> dict:
+    async def state(self, request: Request):
+        if (refused := self._refused(request)) is not None:
+            return refused
         return {**await self._board.get.remote(self.app_name),
                 "last_cold_start": await self._board.last_cold_start.remote(self.app_name),
                 "prewarm": await self._board.prewarm.remote(self.app_name)}
@@ -172,6 +184,8 @@ class LLMRouter:
         return await self._http("completions", request)
 
     async def _http(self, endpoint: str, request: Request):
+        if (refused := self._refused(request)) is not None:
+            return refused  # before the body is read or anything wakes the model
         try:
             body = await request.json()
         except ValueError:

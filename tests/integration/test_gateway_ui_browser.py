@@ -6,12 +6,10 @@ a screenshot is written under the test's tmp dir (its path printed)."""
 from __future__ import annotations
 
 import os
-import threading
-import time
 
 import pytest
 
-from tests.conftest import free_port
+from testkit.asgi_server import serve_asgi
 from tests.unit.test_gateway_ui import ADMIN, build_gateway
 
 pytestmark = pytest.mark.integration
@@ -22,20 +20,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 @pytest.fixture
 def served():
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(build_gateway(), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    t.join(10)
+    with serve_asgi(build_gateway()) as base:
+        yield base
 
 
 @pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="chromium not installed (make system-deps)")

@@ -94,9 +94,41 @@ async def test_ui_by_header_query_and_cookie(gw):
     out, _ = await _page(gw, f"/ui?key={ADMIN}")
     assert out["status"] == 200
     cookie = out["headers"]["set-cookie"]
-    assert cookie.startswith(f"thawline_admin={ADMIN};") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
-    out, _ = await _page(gw, headers={"cookie": f"thawline_admin={ADMIN}"})
+    assert cookie.startswith("thawline_admin=") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert ADMIN not in cookie and "Secure" not in cookie   # a session token, not the key; plain HTTP
+    token = cookie.split(";")[0].split("=", 1)[1]
+    out, _ = await _page(gw, headers={"cookie": f"thawline_admin={token}"})
     assert out["status"] == 200
+    # the admin key itself is no cookie, nor is a token with one character changed
+    out, _ = await _page(gw, headers={"cookie": f"thawline_admin={ADMIN}"})
+    assert out["status"] == 401
+    forged = token[:-1] + ("0" if token[-1] != "0" else "1")
+    out, _ = await _page(gw, headers={"cookie": f"thawline_admin={forged}"})
+    assert out["status"] == 401
+
+
+async def test_ui_cookie_is_secure_behind_tls(gw):
+    out, _ = await _page(gw, f"/ui?key={ADMIN}", headers={"x-forwarded-proto": "https"})
+    assert out["status"] == 200 and "; Secure" in out["headers"]["set-cookie"]
+
+
+def test_session_tokens_expire_and_bind_to_the_admin_key(monkeypatch):
+    from gateway.ui import session
+
+    k = session.signing_key("admin-key-1", _sha("admin-key-1"))
+    t = session.mint(k, now=1000.0, ttl_s=60)
+    assert session.valid(k, t, now=1059.0) and not session.valid(k, t, now=1060.0)
+    # another replica with the same admin key (from its env) accepts it; another admin key does not
+    assert session.valid(session.signing_key("admin-key-1", _sha("admin-key-1")), t, now=1000.0)
+    assert not session.valid(session.signing_key("admin-key-2", _sha("admin-key-2")), t, now=1000.0)
+    for bad in (None, "", "x", "1.2", "99999999999.n.", "a" * 500, t.replace(".", "", 1)):
+        assert not session.valid(k, bad, now=1000.0)
+    # only the digest known: a process-local key, still bound to the digest
+    d1 = session.signing_key(None, _sha("a"))
+    assert session.valid(d1, session.mint(d1), ) and d1 != session.signing_key(None, _sha("b"))
+    assert session.over_tls({"scheme": "https", "headers": []})
+    assert session.over_tls({"scheme": "http", "headers": [(b"x-forwarded-proto", b"https, http")]})
+    assert not session.over_tls({"scheme": "http", "headers": [(b"x-forwarded-proto", b"http")]})
 
 
 async def test_ui_shows_the_ledger_numbers(gw):

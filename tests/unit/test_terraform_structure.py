@@ -197,3 +197,67 @@ def test_every_reference_is_declared(tf):
         assert name in tf["data"].get(rtype, {}), f"undeclared data.{rtype}.{name}"
     for rtype, name in set(re.findall(r"(?<![.\w])(aws_[a-z0-9_]+)\.([a-z0-9_]+)\b", text)):
         assert name in tf["resource"].get(rtype, {}), f"undeclared resource {rtype}.{name}"
+
+
+def _alb_matches(pattern: str, path: str) -> bool:
+    """ALB path_pattern semantics: `*` any characters, `?` one; the whole path must match."""
+    rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(rx, path) is not None
+
+
+def _gateway_paths() -> set[str]:
+    """The gateway's handler table (gateway/app.py), read from its source: every exact path, plus
+    a sample under its /v1/admin/ prefix."""
+    src = (REPO / "gateway" / "app.py").read_text()
+    paths = set(re.findall(r'\("(?:GET|POST|PUT|PATCH|DELETE)", "(/[^"]*)"\)', src))
+    assert {"/v1/chat/completions", "/ui", "/healthz"} <= paths, "gateway/app.py handler table not found"
+    assert 'path.startswith("/v1/admin/")' in src
+    return paths | {"/v1/admin/keys", "/v1/admin/keys/demo/rotate"}
+
+
+def test_load_balancer_forwards_only_the_gateway_paths(tf):
+    """The listener's default answers 404 itself; rules forward exactly the gateway's paths, so an
+    LLM app's route_prefix on the proxy port is never reachable through the load balancer."""
+    (listener,) = tf["resource"]["aws_lb_listener"].values()
+    (default,) = _blocks(listener["default_action"])
+    assert default["type"] == "fixed-response"
+    (fixed,) = _blocks(default["fixed_response"])
+    assert fixed["status_code"] == "404"
+    patterns = []
+    for rule in tf["resource"].get("aws_lb_listener_rule", {}).values():
+        (action,) = _blocks(rule["action"])
+        assert action["type"] == "forward" and "aws_lb_target_group.gateway" in action["target_group_arn"]
+        for cond in _blocks(rule["condition"]):
+            assert set(cond) == {"path_pattern"}, "only path conditions: a host header is the client's to choose"
+            for pp in _blocks(cond["path_pattern"]):
+                patterns.extend(pp["values"])
+    assert patterns
+    for path in _gateway_paths():
+        assert any(_alb_matches(p, path) for p in patterns), f"{path} is not forwarded"
+    for path in ("/tiny-llm/v1/chat/completions", "/llama-70b/v1/completions", "/llama-8b/thawline/state",
+                 "/-/routes", "/-/healthz", "/", "/uiX", "/metrics/x", "/api/serve/applications/",
+                 "/tiny/v1/models"):
+        assert not any(_alb_matches(p, path) for p in patterns), f"{path} would reach the proxy port"
+
+
+def test_idle_timeout_outlasts_every_shipped_cold_start_and_keepalives_fit_it(tf):
+    """The load balancer cuts a connection silent for idle_timeout: a stream's keep-alive interval
+    must sit well under it, and a non-streamed answer (no byte until it is whole) must fit in it
+    for every target of every shipped gateway config (first token budget + answer time)."""
+    from gateway.config import load_config
+
+    idle = int(tf["resource"]["aws_lb"]["gateway"]["idle_timeout"])
+    configs = sorted((REPO / "serve_apps" / "configs").glob("gateway-*.yaml"))
+    configs = [p for p in configs if "providers:" in p.read_text()]   # gateway.yaml files, not Serve configs
+    assert {p.name for p in configs} >= {"gateway-aws.yaml", "gateway-example.yaml"}
+    longest = 0.0
+    for path in configs:
+        cfg = load_config(path)
+        keepalive = cfg.server.stream_keepalive_s
+        assert keepalive is not None and keepalive * 4 <= idle, f"{path.name}: keep-alive {keepalive}s vs idle {idle}s"
+        for route in cfg.routes.values():
+            for t in route.targets:
+                longest = max(longest, t.first_token_timeout_s + t.timeout_s)
+    assert longest >= 660, "the 70B route's budget should be among the shipped configs"
+    assert idle > longest, f"idle_timeout {idle}s < a shipped target's silent budget {longest}s"
+    assert idle <= 4000, "ALB's maximum idle timeout"

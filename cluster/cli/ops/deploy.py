@@ -107,6 +107,26 @@ def builder_args_schema(import_path: str) -> type[BaseModel] | None:
     return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
 
 
+LLM_IMPORT_PATHS = ("serve_apps.llm:app", "serve_apps.llm.app")
+
+
+def check_llm_exposure(app: Any, where: str) -> None:
+    """An LLM app with an HTTP route must enforce auth itself (http_auth_token_env) or say, in
+    the config, that it is meant to be open (allow_unauthenticated_http): otherwise its route
+    skips the gateway's keys, limits, budgets and ledger (or, with the app's default, is a route
+    that answers 403 to everyone, which is a mistake too). Serve's schema defaults a missing
+    route_prefix to "/", so only an explicit `route_prefix: null` means no route."""
+    if app.import_path not in LLM_IMPORT_PATHS or app.route_prefix is None:
+        return
+    args = app.args or {}
+    if args.get("http_auth_token_env") or args.get("allow_unauthenticated_http") in (True, "true", "True", 1):
+        return
+    raise CLIError(f"{where}: applications[{app.name}] exposes an LLM app over HTTP without auth "
+                   f"(route_prefix {app.route_prefix!r}); set `route_prefix: null` to reach it only "
+                   "through the gateway, or set args.http_auth_token_env (or args.allow_unauthenticated_http: "
+                   "true, see docs/config-llm-app.md)")
+
+
 def load_serve_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CLIError(f"{path}: no such file")
@@ -140,6 +160,7 @@ def validate_config(path: Path, *, check_args: bool = True) -> tuple[Any, list[A
                 _deep_check(app.import_path, parsed)
             except ValueError as exc:  # ConfigError is a ValueError with one line already
                 raise CLIError(f"applications[{app.name}]: {exc}") from None
+        check_llm_exposure(app, str(path))  # after the args schema: its one line comes first
         checks.append(AppCheck(app.name, app.import_path, app.route_prefix, schema.__name__ if schema else None))
     return config, checks
 
