@@ -240,7 +240,8 @@ def serving_half(args, steps, work: Path, hf_dir: Path, store_url: str) -> None:
         base_url = f"http://127.0.0.1:{http_port}/v1"
         with steps.step("Deploy the gateway and the LLM app, scaled to zero (validate, then `serve deploy`)"):
             shutil.rmtree(work / "ledger", ignore_errors=True)  # this run's spend only
-            gw_yaml = st.write_yaml(work / "gateway.yaml", st.gateway_config(fake.openai_url, (work / "ledger").as_uri()))
+            gw_cfg = st.gateway_config(fake.openai_url, (work / "ledger").as_uri(), (work / "keys").as_uri())
+            gw_yaml = st.write_yaml(work / "gateway.yaml", gw_cfg)
             serve_yaml = st.write_yaml(work / "serve.yaml", st.serve_config(http_port, snap_url, gw_yaml))
             cfg, checks = validate_config(serve_yaml)
             for c in checks:

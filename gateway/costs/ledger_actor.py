@@ -122,12 +122,12 @@ class LedgerActor:
         # buffer nor the files, and a query then would miss them.
         async with self._flush_lock:
             # snapshot the unflushed rows on the loop that appends to them; read files in a thread
-            return await asyncio.to_thread(self.ledger.query, group_by, since, mem=self.ledger.unflushed())
+            return await asyncio.to_thread(self.ledger.query, group_by, since, mem=self.book.unflushed())
 
     async def series(self, column: str, since: datetime | None, bucket: str = "day") -> list[dict]:
         self._ensure_loop()
         async with self._flush_lock:
-            return await asyncio.to_thread(self.ledger.series, column, since, bucket, mem=self.ledger.unflushed())
+            return await asyncio.to_thread(self.ledger.series, column, since, bucket, mem=self.book.unflushed())
 
     async def stats(self) -> dict[str, Any]:
         return self.book.stats()

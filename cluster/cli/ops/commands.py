@@ -66,6 +66,7 @@ def _fmt(value: Any) -> str:
 
 
 GROUPS = ("key", "route", "model", "target")
+EMPTY_USAGE = "no usage recorded yet"
 
 
 def usage_table(rows: list[dict[str, Any]], group_by: str) -> Table:
@@ -192,6 +193,9 @@ def usage_cmd(
         report = client.usage(group_by=group_by, since=parse_since(since), admin_key=admin_key)
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
+        return
+    if not report.data:
+        typer.echo(EMPTY_USAGE)
         return
     _console().print(usage_table(report.data, group_by))
 
