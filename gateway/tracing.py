@@ -37,39 +37,29 @@ COLD_PHASES = ("serve_scheduling", "worker_start", "imports", "restore", "engine
 ColdLookup = Callable[[str], Awaitable[dict | None]]
 
 
-async def board_cold_start(app: str) -> dict | None:
-    """The readiness board's last cold start of `app` (None outside a Ray cluster)."""
+async def _board():
+    """The readiness board actor, or None (outside a Ray cluster, or not created yet)."""
     import ray
 
     from gateway.names import NAMESPACE, READINESS_ACTOR
     if not ray.is_initialized():
         return None
     try:
-        board = await asyncio.to_thread(ray.get_actor, READINESS_ACTOR, namespace=NAMESPACE)
+        return await asyncio.to_thread(ray.get_actor, READINESS_ACTOR, namespace=NAMESPACE)
     except ValueError:
         return None
-    return await board.last_cold_start.remote(app)
 
 
-def _preset_ids():
-    """An OTel IdGenerator that hands out the ids a traced request already chose (its trace id,
-    its attempts' span ids: they went upstream in traceparent), else random ones."""
-    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+async def board_cold_start(app: str) -> dict | None:
+    """The readiness board's last cold start of `app` (None outside a Ray cluster)."""
+    board = await _board()
+    return None if board is None else await board.last_cold_start.remote(app)
 
-    class _PresetIds(RandomIdGenerator):
-        def __init__(self) -> None:
-            self.trace_id = 0
-            self.span_id = 0
 
-        def generate_trace_id(self) -> int:
-            v, self.trace_id = self.trace_id, 0
-            return v or super().generate_trace_id()
-
-        def generate_span_id(self) -> int:
-            v, self.span_id = self.span_id, 0
-            return v or super().generate_span_id()
-
-    return _PresetIds()
+async def board_cold_starts(app: str) -> list[dict]:
+    """The readiness board's newest cold starts of `app`, newest first ([] outside a cluster)."""
+    board = await _board()
+    return [] if board is None else await board.cold_starts.remote(app)
 
 
 class RequestTracer:
