@@ -97,6 +97,13 @@ def test_readme_quickstart_runs_as_pasted(tmp_path, sandbox):
                              timeout=BASH_TIMEOUT_S)
         assert run.returncode == 0, f"README bash blocks failed:\n{(run.stdout + run.stderr)[-4000:]}"
         assert "tiny-llm" in run.stdout and "Last cold start of tiny-llm" in run.stdout
+        # the first chat was a cold start: its phase was shown while it waited, then the target
+        assert "cold start of tiny-llm:" in run.stderr and "answered by target tiny/0:local/tiny" in run.stderr
+        # `thawline usage` right after the chat already counts it (route tiny, 1 request)
+        assert re.search(r"│ tiny\s+│\s+1\s+│", run.stdout), run.stdout[-3000:]
+        # the keys commands work against the shipped config's key store
+        assert "key id: team-a" in run.stdout and run.stdout.count("secret (shown once") == 2
+        assert "revoked team-a" in run.stdout
         for kind, block in quickstart_blocks():
             if kind != "python":
                 continue

@@ -98,9 +98,10 @@ def stream_turn(client: Any, probe: Any, model: str, history: list[dict], *, max
     import sys
 
     import typer
+    from rich.markup import escape
 
     def note(line: str) -> None:
-        err.print(f"[dim]{line}[/]", markup=True, highlight=False)
+        err.print(f"[dim]{escape(line)}[/]", highlight=False)
 
     progress = ColdProgress(model, lambda: route_readiness(probe, model), note)
     answer: list[str] = []
