@@ -180,6 +180,7 @@ def print_next_steps(console, *, kept: bool, started_keep: bool = False) -> None
         "  thawline status                             # apps, replicas, cold/warm, node caches\n"
         "  thawline status --timeline tiny             # the last cold start, phase by phase\n"
         "  thawline usage --group-by route             # the cost ledger\n"
+        "  thawline keys ls                            # client keys (create/set/rotate/revoke: README)\n"
         "Stop it with: ray stop".format(gcs=st.KEEP_GCS_PORT, http=st.KEEP_HTTP_PORT, dash=st.KEEP_DASHBOARD_PORT,
                                         admin=st.ADMIN_KEY, key=st.DEMO_KEY),
         markup=False, highlight=False)
