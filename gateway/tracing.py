@@ -62,6 +62,27 @@ async def board_cold_starts(app: str) -> list[dict]:
     return [] if board is None else await board.cold_starts.remote(app)
 
 
+def _preset_ids():
+    """An OTel IdGenerator that hands out the ids a traced request already chose (its trace id,
+    its attempts' span ids: they went upstream in traceparent), else random ones."""
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    class _PresetIds(RandomIdGenerator):
+        def __init__(self) -> None:
+            self.trace_id = 0
+            self.span_id = 0
+
+        def generate_trace_id(self) -> int:
+            v, self.trace_id = self.trace_id, 0
+            return v or super().generate_trace_id()
+
+        def generate_span_id(self) -> int:
+            v, self.span_id = self.span_id, 0
+            return v or super().generate_span_id()
+
+    return _PresetIds()
+
+
 class RequestTracer:
     def __init__(self, *, service_name: str, exporter: Any, cold_start_lookup: ColdLookup | None = board_cold_start,
                  batch: bool = True):
@@ -113,12 +134,15 @@ class RequestTracer:
 
     def _emit(self, req: dict, cold: dict[str, dict]) -> None:
         from opentelemetry import trace as ot
+        from opentelemetry.context import Context
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
         tr = req["trace"]
         # _emit runs start to end on the loop thread: a preset id is taken by the next start_span
         self.ids.trace_id = getattr(tr.timeline, "trace_id", 0)
-        root = self.tracer.start_span("gateway.request", kind=SpanKind.SERVER, start_time=req["start_ns"], attributes={
+        # an empty parent context: always a root span, so it always takes the preset trace id
+        root = self.tracer.start_span("gateway.request", context=Context(), kind=SpanKind.SERVER,
+                                      start_time=req["start_ns"], attributes={
             "thawline.route": req["route"], "thawline.key_id": req["key_id"], "thawline.endpoint": req["endpoint"],
             "thawline.stream": req["stream"], "http.response.status_code": req["http_status"],
             "thawline.attempts": tr.attempts, "thawline.target": tr.target.id if tr.target is not None else "",
