@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from typing import Any, Callable
 
 
@@ -48,18 +49,26 @@ def _create_on_node(source: str, argv: list[str]):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
     env["PYTHONUNBUFFERED"] = "1"   # each line as it is printed, not when the pipe buffer fills
     proc = subprocess.Popen([sys.executable, "-m", "cluster.cli.main", "snapshot", "create", local, *argv],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # stdout holds only the URL (its last line); the phases and progress go to stderr, streamed
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
+    reader.start()
     last = ""
-    for raw in proc.stdout:
+    for raw in proc.stderr:
         line = raw.rstrip("\n")
         if line.strip():
             last = line
             if not line.startswith("error: "):   # the failure itself is the CLI's one error line
                 yield "log", f"[{node}] {line}"
     rc = proc.wait()
+    reader.join()
     if rc != 0:
         raise RuntimeError(f"snapshot create on {node} failed: {last.removeprefix('error: ') or f'exit {rc}'}")
-    yield "url", last
+    printed = "".join(out).strip().splitlines()
+    if not printed:
+        raise RuntimeError(f"snapshot create on {node} printed no snapshot URL")
+    yield "url", printed[-1]
 
 
 def create_on_cluster(source: str, argv: list[str], *, address: str, options: dict[str, Any],
