@@ -130,7 +130,8 @@ class CostTracker:
             drop = len(self.pending) - self.max_pending_rows
             del self.pending[:drop]
             log.error("ledger actor unreachable: dropped %d oldest ledger rows", drop)
-        self.start()
+        if self._task is None:
+            self.start()
         return row
 
     def start(self) -> None:
