@@ -41,6 +41,10 @@ def parse_since(since_s: str | None) -> datetime | None:
     return since
 
 
+# what a client key may read of a local model's readiness (not its replica-seconds: spend is admin's)
+_READINESS_FIELDS = ("state", "warm_replicas", "phase", "phase_s", "starting_s")
+
+
 class AdminEndpoints:
     """`costs` is the CostTracker (None: an empty ledger), `metrics` the Prometheus registry
     wrapper (None: an empty scrape), `openapi` the rendered document."""
@@ -59,7 +63,26 @@ class AdminEndpoints:
         key = self.keys.authenticate(auth_header(request_headers(scope)))
         data = [{"id": a, "object": "model", "created": 0, "owned_by": "thawline"}
                 for a in self.routes if self.keys.may_use(key, a)]
+        for m in data:
+            ready = self._readiness(m["id"])
+            if ready is not None:
+                m["thawline"] = ready
         await send_json(send, 200, orjson.dumps({"object": "list", "data": data}))
+
+    def _readiness(self, alias: str) -> dict | None:
+        """The route's first local (serve) target's cold/warm state as this replica last polled
+        it from the readiness board, with the cold-start phase while one is in progress (what
+        `thawline chat` shows while it waits). None: no local target, or not polled yet."""
+        providers = getattr(self.control, "providers", None) or {}
+        for tier in self.routes[alias].tiers:
+            for t in tier:
+                ready = getattr(providers.get(t.provider_name), "readiness", None)
+                state = ready() if ready is not None else None
+                if state is not None:
+                    return {"target": t.id, "app": t.provider.app,
+                            **{k: v for k, v in state.items() if k in _READINESS_FIELDS}}
+        return None
+
 
     async def usage(self, scope, receive, send) -> None:
         self._require_admin(scope)

@@ -195,6 +195,8 @@ class Gateway:
         self._started = True
         for p in self.providers.values():
             await p.start()
+        if hasattr(self.costs, "start"):
+            self.costs.start()     # its periodic sync also carries traffic counters (a 429 writes no row)
         if self.key_store is not None and self._poll_task is None:
             await self.refresh_keys()
             self._poll_task = asyncio.get_running_loop().create_task(self._poll())

@@ -15,6 +15,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.costs.schema import BudgetSpec, ModelPrice
+from gateway.envsubst import expand_env
 from gateway.limits.schema import LimiterTuning, LimitSpec
 from gateway.names import ADMIN_KEY_ENV
 
@@ -157,9 +158,15 @@ class RetryConfig(_Strict):
     backoff_max_s: float = Field(5.0, ge=0, description="Backoff cap; also caps a honoured Retry-After.")
 
 
+# A store URL may name `${VAR}` / `${VAR:-default}` (expanded where the config is parsed: the
+# replica), so a shipped config can keep its files under e.g. ${THAWLINE_DEMO_DIR}.
+StoreURL = Annotated[str, AfterValidator(expand_env)]
+
+
 class LedgerConfig(_Strict):
-    url: str | None = Field(None, description="fsspec URL of the directory the ledger Parquet files go to "
-                            "(file://, s3://, memory://). None keeps the ledger in memory only.")
+    url: StoreURL | None = Field(None, description="fsspec URL of the directory the ledger Parquet files go "
+                                 "to (file://, s3://, memory://; `${VAR}` / `${VAR:-default}` are expanded). "
+                                 "None keeps the ledger in memory only.")
     flush_interval_s: float = Field(10.0, gt=0, description="Flush period; at most this much spend is lost "
                                     "on a crash (graceful shutdown flushes everything).")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options.")
@@ -175,12 +182,12 @@ class TracingConfig(_Strict):
 
 
 class KeyStoreConfig(_Strict):
-    url: str = Field(description="fsspec URL of the directory holding the client keys managed through the "
+    url: StoreURL = Field(description="fsspec URL of the directory holding the client keys managed through the "
                      "admin API (/v1/admin/keys): one JSON file per key (id, SHA-256 digest, routes, limits, "
                      "budget; never the key itself), plus route limit overrides. Every replica polls it, so "
                      "all replicas and restarts see the same keys. s3://, gs://, file:// (a directory every "
                      "replica can read: one machine or a shared mount); memory:// is per process, so only for "
-                     "an in-process gateway (unit tests).")
+                     "an in-process gateway (unit tests). `${VAR}` / `${VAR:-default}` are expanded.")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options.")
     poll_interval_s: float = Field(0.25, gt=0, le=60, description="How often each replica re-reads the store: "
                                    "a created key works, and a revoked key stops working, on every replica "

@@ -1,9 +1,10 @@
 """ReadinessBoard: the cold/warm state of each LLM app, readable without waking the model.
 
-LLM replicas report `report(app, replica_id, state)` with state in REPLICA_STATES (starting |
-warm | stopped); the gateway reads `get(app) -> {"state": <one of APP_STATES: cold | warming |
-warm>, "warm_replicas": int,
-"replica_seconds": float}` (docs/INTERFACES.md). `replica_seconds` is the replica time the app
+LLM replicas report `report(app, replica_id, state, phase=None)` with state in REPLICA_STATES
+(starting | warm | stopped); the gateway reads `get(app) -> {"state": <one of APP_STATES: cold |
+warming | warm>, "warm_replicas": int, "replica_seconds": float}` (docs/INTERFACES.md), plus, while
+a cold start is in progress, `phase` / `phase_s` / `starting_s` of the oldest starting replica
+(what `thawline chat` shows; phase names: gateway/cold_start_phases.py). `replica_seconds` is the replica time the app
 has used so far (starting + warm, all replicas, running ones counted up to now): what a
 scaled-to-zero app costs, in replica units.
 The LLM router also records its node-join prewarm there (`record_prewarm(app, node, fields)`,
@@ -38,6 +39,8 @@ APP_STATES = (COLD, WARMING, WARM)
 class _Replica:
     state: str
     born: float  # when it entered its first live state (for replica_seconds)
+    phase: str | None = None  # the cold-start phase a starting replica is in (imports, restore, ...)
+    phase_at: float = 0.0     # when it entered that phase
 
 
 @dataclass
@@ -45,12 +48,14 @@ class _App:
     replicas: dict[str, _Replica] = field(default_factory=dict)
     spent_s: float = 0.0  # replica-seconds of replicas that have stopped
     last_cold_start: dict | None = None
+    cold_starts: list[dict] = field(default_factory=list)  # the newest COLD_STARTS_KEPT, oldest first
     failed_starts: list[float] = field(default_factory=list)  # when replicas stopped before serving
     prewarm: dict[str, dict] = field(default_factory=dict)  # node id -> its prewarm events
 
 
 PREWARM_NODES_KEPT = 20  # the newest nodes' prewarm records; older ones are dropped
 FAILED_STARTS_KEPT = 20  # the newest failed replica starts of an app
+COLD_STARTS_KEPT = 20    # the newest cold starts of an app (the dashboard's history)
 
 
 class Board:
@@ -60,7 +65,8 @@ class Board:
         self._clock = clock
         self._apps: dict[str, _App] = {}
 
-    def report(self, app: str, replica_id: str, state: ReplicaState) -> None:
+    def report(self, app: str, replica_id: str, state: ReplicaState, phase: str | None = None) -> None:
+        """`phase`: where a starting replica's cold start is now (shown while it happens)."""
         if state not in REPLICA_STATES:
             raise ValueError(f"state must be one of {REPLICA_STATES}, got {state!r}")
         now = self._clock()
@@ -73,7 +79,8 @@ class Board:
                 if r.state == STARTING:  # its constructor failed (or it was stopped) before serving
                     a.failed_starts = [*a.failed_starts[-(FAILED_STARTS_KEPT - 1):], now]
             return
-        a.replicas[replica_id] = _Replica(state, r.born if r is not None else now)
+        a.replicas[replica_id] = _Replica(state, r.born if r is not None else now, phase,
+                                          r.phase_at if r is not None and r.phase == phase else now)
 
     def record_cold_start(self, app: str, timeline: dict) -> None:
         """`timeline` of the replica that served (the router's; `marks` in time.time()). Adds
@@ -85,6 +92,12 @@ class Board:
         a.last_cold_start = dict(timeline)
         if t_req is not None:
             a.last_cold_start["failed_starts"] = sum(1 for t in a.failed_starts if t >= t_req)
+        a.cold_starts = [*a.cold_starts[-(COLD_STARTS_KEPT - 1):], a.last_cold_start]
+
+    def cold_starts(self, app: str) -> list[dict]:
+        """The app's newest cold starts, newest first (each as `last_cold_start` was)."""
+        a = self._apps.get(app)
+        return [] if a is None else [dict(c) for c in reversed(a.cold_starts)]
 
     def record_prewarm(self, app: str, node_id: str, fields: dict) -> None:
         """Merge `fields` (timestamps and facts of the node-join prewarm, serve_apps/llm/prewarm.py)
@@ -107,7 +120,12 @@ class Board:
         starting = sum(1 for r in a.replicas.values() if r.state == STARTING)
         live = sum(now - r.born for r in a.replicas.values())
         state = WARM if warm else (WARMING if starting else COLD)
-        return {"state": state, "warm_replicas": warm, "replica_seconds": round(a.spent_s + live, 3)}
+        out = {"state": state, "warm_replicas": warm, "replica_seconds": round(a.spent_s + live, 3)}
+        if not warm and starting:
+            # the starting replica furthest along: its phase and since when (a cold start in progress)
+            r = min((r for r in a.replicas.values() if r.state == STARTING), key=lambda r: r.born)
+            out.update(phase=r.phase, phase_s=round(now - r.phase_at, 3), starting_s=round(now - r.born, 3))
+        return out
 
     def last_cold_start(self, app: str) -> dict | None:
         a = self._apps.get(app)
@@ -120,8 +138,8 @@ class ReadinessBoard:
     def __init__(self) -> None:
         self._board = Board()
 
-    def report(self, app: str, replica_id: str, state: str) -> None:
-        self._board.report(app, replica_id, state)
+    def report(self, app: str, replica_id: str, state: str, phase: str | None = None) -> None:
+        self._board.report(app, replica_id, state, phase)
 
     def record_cold_start(self, app: str, timeline: dict) -> None:
         self._board.record_cold_start(app, timeline)
@@ -131,6 +149,9 @@ class ReadinessBoard:
 
     def last_cold_start(self, app: str) -> dict | None:
         return self._board.last_cold_start(app)
+
+    def cold_starts(self, app: str) -> list[dict]:
+        return self._board.cold_starts(app)
 
     def record_prewarm(self, app: str, node_id: str, fields: dict) -> None:
         self._board.record_prewarm(app, node_id, fields)

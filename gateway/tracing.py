@@ -15,6 +15,10 @@ the marks, with their real start and end times, so nothing OTel-related runs whi
                              gateway/cold_start_phases.py), laid end to end from the
                              attempt's start
 
+Upstream calls carry the attempt's `traceparent` (trace_marks.TRACEPARENT), so an upstream that
+traces joins the same trace: the ids are chosen while the request runs and the spans built
+afterwards take them (`_PresetIds`).
+
 The cold-start lookup is injected (`cold_start_lookup(app) -> awaitable dict | None`); the
 default one reads the readiness board actor through Ray, imported lazily.
 """
@@ -27,6 +31,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 from gateway import cold_start_phases as cs
+from gateway.trace_marks import Timeline
 
 log = logging.getLogger("thawline.gateway")
 
@@ -39,18 +44,50 @@ EXPORT_TIMEOUT_S = 2.0
 SHUTDOWN_BUDGET_S = 5.0
 
 
-async def board_cold_start(app: str) -> dict | None:
-    """The readiness board's last cold start of `app` (None outside a Ray cluster)."""
+async def _board():
+    """The readiness board actor, or None (outside a Ray cluster, or not created yet)."""
     import ray
 
     from gateway.names import NAMESPACE, READINESS_ACTOR
     if not ray.is_initialized():
         return None
     try:
-        board = await asyncio.to_thread(ray.get_actor, READINESS_ACTOR, namespace=NAMESPACE)
+        return await asyncio.to_thread(ray.get_actor, READINESS_ACTOR, namespace=NAMESPACE)
     except ValueError:
         return None
-    return await board.last_cold_start.remote(app)
+
+
+async def board_cold_start(app: str) -> dict | None:
+    """The readiness board's last cold start of `app` (None outside a Ray cluster)."""
+    board = await _board()
+    return None if board is None else await board.last_cold_start.remote(app)
+
+
+async def board_cold_starts(app: str) -> list[dict]:
+    """The readiness board's newest cold starts of `app`, newest first ([] outside a cluster)."""
+    board = await _board()
+    return [] if board is None else await board.cold_starts.remote(app)
+
+
+def _preset_ids():
+    """An OTel IdGenerator that hands out the ids a traced request already chose (its trace id,
+    its attempts' span ids: they went upstream in traceparent), else random ones."""
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    class _PresetIds(RandomIdGenerator):
+        def __init__(self) -> None:
+            self.trace_id = 0
+            self.span_id = 0
+
+        def generate_trace_id(self) -> int:
+            v, self.trace_id = self.trace_id, 0
+            return v or super().generate_trace_id()
+
+        def generate_span_id(self) -> int:
+            v, self.span_id = self.span_id, 0
+            return v or super().generate_span_id()
+
+    return _PresetIds()
 
 
 class RequestTracer:
@@ -60,7 +97,8 @@ class RequestTracer:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
-        self.provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        self.ids = _preset_ids()
+        self.provider = TracerProvider(resource=Resource.create({"service.name": service_name}), id_generator=self.ids)
         self.provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
         self.tracer = self.provider.get_tracer("thawline.gateway")
         self.cold_start_lookup = cold_start_lookup
@@ -69,7 +107,7 @@ class RequestTracer:
     @staticmethod
     def start() -> tuple[list, int]:
         """(timeline for Trace.timeline, request start in ns)."""
-        return [], time.time_ns()
+        return Timeline(), time.time_ns()
 
     def finish(self, *, trace: Any, start_ns: int, endpoint: str, route: str, key_id: str, stream: bool,
                http_status: int, error: str | None = None) -> None:
@@ -103,10 +141,15 @@ class RequestTracer:
 
     def _emit(self, req: dict, cold: dict[str, dict]) -> None:
         from opentelemetry import trace as ot
+        from opentelemetry.context import Context
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
         tr = req["trace"]
-        root = self.tracer.start_span("gateway.request", kind=SpanKind.SERVER, start_time=req["start_ns"], attributes={
+        # _emit runs start to end on the loop thread: a preset id is taken by the next start_span
+        self.ids.trace_id = getattr(tr.timeline, "trace_id", 0)
+        # an empty parent context: always a root span, so it always takes the preset trace id
+        root = self.tracer.start_span("gateway.request", context=Context(), kind=SpanKind.SERVER,
+                                      start_time=req["start_ns"], attributes={
             "thawline.route": req["route"], "thawline.key_id": req["key_id"], "thawline.endpoint": req["endpoint"],
             "thawline.stream": req["stream"], "http.response.status_code": req["http_status"],
             "thawline.attempts": tr.attempts, "thawline.target": tr.target.id if tr.target is not None else "",
@@ -124,6 +167,7 @@ class RequestTracer:
             ttft = self._ttft(tr, m)
             if ttft is not None:
                 attrs["thawline.ttft_ms"] = ttft
+            self.ids.span_id = m.span_id
             span = self.tracer.start_span("attempt", context=ctx, kind=SpanKind.CLIENT, start_time=m.start_ns,
                                           attributes=attrs)
             if m.outcome != "ok":

@@ -75,10 +75,10 @@ class FakeState:
     def seen(self, api: str, model: str, request: web.Request, body: dict) -> int:
         with self.lock:
             self.counts[(api, model)] += 1
+            h = request.headers
             self.requests.append({"api": api, "model": model, "path": request.path, "body": body,
-                                  "ts": time.monotonic(),
-                                  "auth": request.headers.get("authorization") or request.headers.get("x-api-key")
-                                  or request.headers.get("x-goog-api-key")})
+                                  "ts": time.monotonic(), "traceparent": h.get("traceparent"),
+                                  "auth": h.get("authorization") or h.get("x-api-key") or h.get("x-goog-api-key")})
             return self.counts[(api, model)]
 
     def count(self, api: str, model: str) -> int:

@@ -111,17 +111,16 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print the config summary and the parsed `ray status` as JSON."),
 ) -> None:
     """Validate CONFIG, then show `ray status` (nodes, demand, autoscaler) from the head node."""
-    resolved = _resolve(config, tf_outputs)
-    # Ray 2.60 turns token auth on by default; `ray status` only uses the token when told to.
-    if not as_json:
-        _ray("exec", resolved, ["RAY_AUTH_MODE=token ray status"], timeout)
-        return
     import json
     import subprocess
 
-    from cluster.cli.cluster_status import parse_ray_status, summary
+    from cluster.cli.cluster_status import parse_ray_status, ray_failure, summary
     from cluster.launch import ray_executable, resolved_file
 
+    resolved = _resolve(config, tf_outputs)
+    # Captured, not streamed: a cluster that is not up makes `ray exec` print a traceback, and
+    # the user should read one line saying so. Ray 2.60 turns token auth on by default;
+    # `ray status` only uses the token when told to.
     with resolved_file(resolved) as path:
         try:
             proc = subprocess.run([ray_executable(), "exec", str(path), "RAY_AUTH_MODE=token ray status"],
@@ -129,8 +128,10 @@ def status(
         except subprocess.TimeoutExpired:
             raise CLIError(f"`ray exec` did not finish within {timeout:.0f} s") from None
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise CLIError(f"`ray exec` failed with exit code {proc.returncode}: {tail[0]}")
+        raise CLIError(ray_failure(proc.returncode, proc.stdout, proc.stderr, resolved.get("cluster_name")))
+    if not as_json:
+        typer.echo(proc.stdout.rstrip("\n"))
+        return
     typer.echo(json.dumps({**summary(config, resolved), **parse_ray_status(proc.stdout)}, indent=2))
 
 

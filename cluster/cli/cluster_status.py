@@ -48,3 +48,15 @@ def parse_ray_status(text: str) -> dict[str, Any]:
             out[current].append(line)
     out["ray_status"] = text
     return out
+
+
+def ray_failure(rc: int, stdout: str, stderr: str, cluster_name: str | None) -> str:
+    """One line for a failed `ray exec ... ray status`: a cluster that is not up says so (Ray's
+    own answer is a RuntimeError traceback); otherwise the last error-looking line Ray printed."""
+    lines = [ln.strip() for ln in (stderr + "\n" + stdout).splitlines() if ln.strip()]
+    if any("Head node of cluster" in ln and "not found" in ln for ln in lines):
+        who = f"cluster {cluster_name}" if cluster_name else "the cluster"
+        return f"{who} is not running (no head node found); start it with `thawline cluster up CONFIG`"
+    errors = [ln for ln in lines if "Error" in ln.split(":")[0] or ln.lower().startswith("error")]
+    tail = (errors or lines or ["no output"])[-1]
+    return f"`ray exec` failed with exit code {rc}: {tail}"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from typing import Callable, TypeVar
 
@@ -38,3 +39,14 @@ def fail(message: str, code: int = 1) -> None:
     typer.echo(f"error: {message}", err=True)
     sys.stderr.flush()
     raise typer.Exit(code)
+
+
+# Storage clients log each failed retry with a traceback (gcsfs: "_request out of retries"), and
+# google.auth warns about missing credentials before falling back to anonymous access: on a
+# terminal that buries the one error line the command ends with.
+_NOISY_LOGGERS = ("gcsfs", "google.auth", "google.cloud", "fsspec", "s3fs", "aiobotocore", "botocore")
+
+
+def quiet_library_loggers() -> None:
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -47,6 +47,9 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Self-hosted serverless LLM serving on Ray: snapshots, serve apps, gateway, cluster."""
+    from cluster.cli.errors import quiet_library_loggers
+
+    quiet_library_loggers()
 
 
 def _optional_module(module_name: str):

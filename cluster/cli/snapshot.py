@@ -85,8 +85,8 @@ def create(
             # vLLM's own workers on the task's GPUs: a Ray executor would ask the cluster for
             # the GPUs this task already holds.
             argv += ["--engine-arg", "distributed_executor_backend=mp"]
-        typer.echo(create_on_cluster(hf_dir, argv, address=address,
-                                     options=task_options(tp, accelerator_type, resources)))
+        typer.echo(create_on_cluster(hf_dir, argv, address=address, options=task_options(tp, accelerator_type, resources),
+                                     on_line=lambda line: typer.echo(line, err=True)))
         return
     if not Path(hf_dir).is_dir():
         raise FileNotFoundError(f"model dir not found: {hf_dir}")
@@ -129,8 +129,14 @@ def ls_(
     from snapshots.store import SnapshotStore
 
     st = SnapshotStore(store)
-    require_store(st)
-    infos = st.list()
+    try:
+        require_store(st)
+        infos = st.list()
+    except CLIError:
+        raise
+    except Exception as e:      # unreachable host, no credentials, denied: one line naming the store
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CLIError(f"cannot read store {store}: {msg}") from None
     if as_json:
         typer.echo(json.dumps([asdict(i) for i in infos], indent=2))
         return

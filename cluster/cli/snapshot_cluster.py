@@ -7,7 +7,8 @@ URL (s3://..., once per node, into the snapshot cache dir; a local path must exi
 then runs `thawline snapshot create` there in a subprocess (the CLI asks for vLLM's
 multiprocessing executor on the task's GPUs: a Ray executor would ask the cluster for the GPUs
 the task already holds).
-The snapshot URL comes back as the task's result.
+The task is a streaming generator: each line the capture prints (its phases) reaches the CLI as
+it happens, and the snapshot URL comes last.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any
+import threading
+from typing import Any, Callable
 
 
 def task_options(tp: int, accelerator_type: str | None, resources: str | None) -> dict[str, Any]:
@@ -36,28 +38,58 @@ def task_options(tp: int, accelerator_type: str | None, resources: str | None) -
     return opts
 
 
-def _create_on_node(source: str, argv: list[str]) -> str:
-    """Runs inside the Ray task, on the chosen node."""
+def _create_on_node(source: str, argv: list[str]):
+    """Runs inside the Ray task, on the chosen node: a streaming generator of ("log", line) for
+    every line the capture prints (its phases, as they happen), then ("url", snapshot URL)."""
     from serve_apps.llm.first_boot import local_source
 
+    node = os.uname().nodename
+    yield "log", f"[{node}] fetching {source}" if "://" in source else f"[{node}] source {source}"
     local = local_source(source)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
-    proc = subprocess.run([sys.executable, "-m", "cluster.cli.main", "snapshot", "create", local, *argv],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-        raise RuntimeError(f"snapshot create on {os.uname().nodename} failed: {tail}")
-    return proc.stdout.strip().splitlines()[-1]
+    env["PYTHONUNBUFFERED"] = "1"   # each line as it is printed, not when the pipe buffer fills
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli.main", "snapshot", "create", local, *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # stdout holds only the URL (its last line); the phases and progress go to stderr, streamed
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
+    reader.start()
+    last = ""
+    for raw in proc.stderr:
+        line = raw.rstrip("\n")
+        if line.strip():
+            last = line
+            if not line.startswith("error: "):   # the failure itself is the CLI's one error line
+                yield "log", f"[{node}] {line}"
+    rc = proc.wait()
+    reader.join()
+    if rc != 0:
+        raise RuntimeError(f"snapshot create on {node} failed: {last.removeprefix('error: ') or f'exit {rc}'}")
+    printed = "".join(out).strip().splitlines()
+    if not printed:
+        raise RuntimeError(f"snapshot create on {node} printed no snapshot URL")
+    yield "url", printed[-1]
 
 
-def create_on_cluster(source: str, argv: list[str], *, address: str, options: dict[str, Any]) -> str:
-    """Submit the capture task to the cluster at `address` and wait for the snapshot URL."""
+def create_on_cluster(source: str, argv: list[str], *, address: str, options: dict[str, Any],
+                      on_line: Callable[[str], Any] = print) -> str:
+    """Submit the capture task to the cluster at `address`; pass each line it prints to `on_line`
+    while it runs; return the snapshot URL."""
     import ray
 
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level="ERROR")
     try:
-        task = ray.remote(max_retries=0)(_create_on_node).options(**options)
-        return ray.get(task.remote(source, argv))
+        task = ray.remote(max_retries=0)(_create_on_node).options(num_returns="streaming", **options)
+        url = None
+        for ref in task.remote(source, argv):
+            kind, text = ray.get(ref)
+            if kind == "url":
+                url = text
+            else:
+                on_line(text)
+        if url is None:
+            raise RuntimeError("the capture task ended without a snapshot URL")
+        return url
     except ray.exceptions.RayTaskError as e:
         raise RuntimeError(str(e.cause) if e.cause is not None else str(e).splitlines()[-1]) from None
     finally:

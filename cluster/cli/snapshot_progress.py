@@ -35,6 +35,10 @@ class EngineCreateProgress:
         self._thread: threading.Thread | None = None
 
     def __call__(self, phase: str, capture) -> None:
+        if not self._p.console.is_terminal:
+            # piped (a log, `--on-cluster`'s task): rich draws the bars only at the end, so each
+            # phase is also one plain line, printed when it begins
+            self._p.console.print(f"snapshot create: {phase}", highlight=False)
         if phase == "boot":
             self._tasks["boot"] = self._p.add_task("engine boot (vLLM)", total=None)
             w = capture.writer

@@ -182,6 +182,7 @@ def print_next_steps(console, *, kept: bool, started_keep: bool = False) -> None
         "  thawline status                             # apps, replicas, cold/warm, node caches\n"
         "  thawline status --timeline tiny             # the last cold start, phase by phase\n"
         "  thawline usage --group-by route             # the cost ledger\n"
+        "  thawline keys ls                            # client keys (create/set/rotate/revoke: README)\n"
         "Stop it with: ray stop".format(gcs=st.KEEP_GCS_PORT, http=st.KEEP_HTTP_PORT, dash=st.KEEP_DASHBOARD_PORT,
                                         admin=st.ADMIN_KEY, key=st.DEMO_KEY),
         markup=False, highlight=False)
@@ -242,7 +243,8 @@ def serving_half(args, steps, work: Path, hf_dir: Path, store_url: str) -> None:
         base_url = f"http://127.0.0.1:{http_port}/v1"
         with steps.step("Deploy the gateway and the LLM app, scaled to zero (validate, then `serve deploy`)"):
             shutil.rmtree(work / "ledger", ignore_errors=True)  # this run's spend only
-            gw_yaml = st.write_yaml(work / "gateway.yaml", st.gateway_config(fake.openai_url, (work / "ledger").as_uri()))
+            gw_cfg = st.gateway_config(fake.openai_url, (work / "ledger").as_uri(), (work / "keys").as_uri())
+            gw_yaml = st.write_yaml(work / "gateway.yaml", gw_cfg)
             serve_yaml = st.write_yaml(work / "serve.yaml", st.serve_config(http_port, snap_url, gw_yaml))
             cfg, checks = validate_config(serve_yaml)
             for c in checks:

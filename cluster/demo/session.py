@@ -199,20 +199,22 @@ def rate_limited_burst(base_url: str, api_key: str, n: int = 12) -> tuple[int, i
 
 def ledger(client: Client, admin_key: str, expect_routes: tuple[str, ...] = (MODEL, "resilient", "burst"),
            wait_s: float = 15.0) -> float:
-    """The ledger by route and by target. Replicas hand their rows to the shared ledger actor
-    periodically, so wait (bounded) until every route the session used shows up."""
+    """The ledger by route and by target. A request is in the report as soon as its replica has
+    synced it, but a local model's share of replica time is priced at the ledger's next flush or
+    two, so wait (bounded) until every route the session used shows up with its cost."""
     from cluster.cli.ops.commands import usage_table
 
     deadline = time.monotonic() + wait_s
     while True:
         report = client.usage(group_by="route", admin_key=admin_key)
-        missing = set(expect_routes) - {r.get("group") for r in report.data}
+        priced = {r.get("group") for r in report.data if (r.get("cost_usd") or 0) > 0}
+        missing = set(expect_routes) - priced
         if not missing or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     console.print(usage_table(report.data, "route"))
     if missing:
-        note(f"not in the ledger yet after {wait_s:.0f}s: {', '.join(sorted(missing))}")
+        note(f"not in the ledger (or not priced) yet after {wait_s:.0f}s: {', '.join(sorted(missing))}")
     by_target = client.usage(group_by="target", admin_key=admin_key)
     console.print(usage_table(by_target.data, "target"))
     return by_target.total_usd

@@ -37,14 +37,15 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def gateway_config(fake_base_url: str, ledger_url: str) -> dict[str, Any]:
+def gateway_config(fake_base_url: str, ledger_url: str, key_store_url: str | None = None) -> dict[str, Any]:
     """Three routes, one per thing the demo shows:
     - `tiny`:      the local model only (cold start, warm request, streaming);
     - `resilient`: a hosted provider first, which fails (the fake answers 500 for `-500` models),
                    then the local model: the fallback;
     - `burst`:     the (working) fake hosted provider behind a 5 requests/min limit.
+    With `key_store_url`, keys made live by `thawline keys ...` are kept there (the README's commands).
     """
-    return {
+    cfg: dict[str, Any] = {
         "providers": {
             "local": {"type": "serve", "app": LLM_APP, "usd_per_hour": 0.40},
             "hosted-fake": {
@@ -72,6 +73,9 @@ def gateway_config(fake_base_url: str, ledger_url: str) -> dict[str, Any]:
         "ledger": {"url": ledger_url, "flush_interval_s": 1.0},
         "server": {"admin_key_env": None, "admin_key_sha256": sha256(ADMIN_KEY)},
     }
+    if key_store_url:
+        cfg["key_store"] = {"url": key_store_url}
+    return cfg
 
 
 CONFIGS = Path(__file__).resolve().parents[2] / "serve_apps" / "configs"  # from cluster/demo/

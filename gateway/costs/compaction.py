@@ -188,11 +188,14 @@ def spend_over_time(table: pa.Table, dim: str, bucket: str = "day") -> list[dict
     if table.num_rows == 0:
         return []
     unit = "hour" if bucket == "hour" else "day"
-    t = pa.table({"b": pc.floor_temporal(table["ts"], unit=unit), "g": table[dim], "c": table["cost_usd"]})
-    agg = t.group_by(["b", "g"]).aggregate([("c", "sum"), ([], "count_all")])
+    # idle replica-time rows are spend, not requests
+    req = (pc.not_equal(table["status"], "idle").cast(pa.int64()) if "status" in table.column_names
+           else pa.array([1] * table.num_rows, pa.int64()))
+    t = pa.table({"b": pc.floor_temporal(table["ts"], unit=unit), "g": table[dim], "c": table["cost_usd"], "r": req})
+    agg = t.group_by(["b", "g"]).aggregate([("c", "sum"), ("r", "sum")])
     rows = [{"bucket": b.strftime("%Y-%m-%d" if unit == "day" else "%Y-%m-%dT%H:00"), "group": g,
              "cost_usd": c, "requests": n}
             for b, g, c, n in zip(agg["b"].to_pylist(), agg["g"].to_pylist(), agg["c_sum"].to_pylist(),
-                                  agg["count_all"].to_pylist())]
+                                  agg["r_sum"].to_pylist())]
     rows.sort(key=lambda r: (r["bucket"], str(r["group"])))
     return rows

@@ -23,9 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from gateway.costs.activity import ACTIVITY_COLUMNS, summarize
 from gateway.costs.budget import SpendTotals, periods
 from gateway.costs.compaction import compact, month_totals, read_files, spend_over_time, visible_files
-from gateway.costs.usage import GROUP_COLUMNS, LEDGER_SCHEMA, aggregate, rows_to_table
+from gateway.costs.usage import GROUP_COLUMNS, IDLE_GROUP, LEDGER_SCHEMA, aggregate, rows_to_table
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +160,19 @@ class Ledger:
 
     def series(self, column: str, since: datetime | None, bucket: str = "day", *,
                mem: list[dict] | None = None) -> list[dict]:
-        """Spend over time per `column` value (the dashboard's charts); idle rows left out."""
+        """Spend over time per `column` value (the dashboard's charts). Idle replica time counts
+        no requests; by key or route it is the `(idle replica time)` group."""
         t = self.table(since, mem=mem, columns=["ts", column, "cost_usd", "status"])
-        t = t.filter(pc.not_equal(t["status"], "idle")) if t.num_rows else t
+        if t.num_rows and column in ("key_id", "route"):
+            # idle replica time is spend no key or route made: its own line, labelled as in
+            # `thawline usage` (/v1/usage), so the dashboard's total is the usage report's
+            idle = pc.equal(t["status"], "idle")
+            t = t.set_column(1, column, pc.if_else(idle, pa.scalar(IDLE_GROUP), t[column]))
         return spend_over_time(t, column, bucket)
+
+    def activity(self, since: datetime | None, recent_n: int = 50, *, mem: list[dict] | None = None) -> dict:
+        """Per-route latency / TTFT percentiles and the newest requests (the dashboard; activity.py)."""
+        return summarize(self.table(since, mem=mem, columns=ACTIVITY_COLUMNS), recent_n)
 
     def compact(self, now: datetime, *, include_today: bool) -> list[str]:
         """Compact closed days (and today, with `include_today`) into day files (compaction.py)."""

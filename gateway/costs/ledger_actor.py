@@ -25,6 +25,7 @@ from typing import Any
 from gateway.costs.ledger import FlushError, Ledger
 from gateway.costs.ledger_book import LedgerBook
 from gateway.names import NAMESPACE, READINESS_ACTOR, get_or_create_actor, ledger_actor_name
+from gateway.traffic import TrafficBook
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class LedgerActor:
                  compact_interval_s: float = 600.0):
         self.ledger = Ledger(url, storage_options)
         self.book = LedgerBook(self.ledger)
+        self.traffic = TrafficBook()            # every replica's traffic counters (gateway/traffic.py)
         self.flush_interval_s = flush_interval_s
         self.compact_interval_s = compact_interval_s
         # start-up reads one footer per compacted day plus today's uncompacted parts (compaction.py)
@@ -79,9 +81,13 @@ class LedgerActor:
         return out
 
     async def push(self, rows: list[dict], budget_scopes: list[str],
-                   local_targets: dict[str, tuple[str, float]] | None = None) -> dict[tuple[str, str], float]:
-        """Append a replica's rows; return this day's and month's spend of `budget_scopes`."""
+                   local_targets: dict[str, tuple[str, float]] | None = None,
+                   traffic: tuple[str, dict] | None = None) -> dict[tuple[str, str], float]:
+        """Append a replica's rows (and its traffic counters: (process id, counters)); return this
+        day's and month's spend of `budget_scopes`."""
         self._ensure_loop()
+        if traffic is not None:
+            self.traffic.put(*traffic)
         return self.book.push(rows, budget_scopes, local_targets)
 
     async def _allocate_local(self) -> None:
@@ -122,12 +128,20 @@ class LedgerActor:
         # buffer nor the files, and a query then would miss them.
         async with self._flush_lock:
             # snapshot the unflushed rows on the loop that appends to them; read files in a thread
-            return await asyncio.to_thread(self.ledger.query, group_by, since, mem=self.ledger.unflushed())
+            return await asyncio.to_thread(self.ledger.query, group_by, since, mem=self.book.unflushed())
 
     async def series(self, column: str, since: datetime | None, bucket: str = "day") -> list[dict]:
         self._ensure_loop()
         async with self._flush_lock:
-            return await asyncio.to_thread(self.ledger.series, column, since, bucket, mem=self.ledger.unflushed())
+            return await asyncio.to_thread(self.ledger.series, column, since, bucket, mem=self.book.unflushed())
+
+    async def activity(self, since: datetime | None, recent_n: int = 50) -> dict:
+        """The dashboard's request view over all replicas: latency / TTFT percentiles per route,
+        the newest requests, and the summed traffic counters."""
+        self._ensure_loop()
+        async with self._flush_lock:
+            out = await asyncio.to_thread(self.ledger.activity, since, recent_n, mem=self.book.unflushed())
+        return {**out, "traffic": self.traffic.total()}
 
     async def stats(self) -> dict[str, Any]:
         return self.book.stats()

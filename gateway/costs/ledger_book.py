@@ -90,6 +90,12 @@ class LedgerBook:
                                  attempts=0, cost_usd=unbilled, pricing="local", ts=self.clock()).to_dict()
                 self.ledger.append([idle])
 
+    def unflushed(self) -> list[dict]:
+        """Every row a read must include beyond the store: the ledger's buffer plus the local rows
+        still waiting for their price (they count as requests and tokens now; their cost shows
+        once priced), so a request is in `/v1/usage` as soon as its replica has synced it."""
+        return self.ledger.unflushed() + [dict(r) for rows in self.pending_local.values() for r in rows]
+
     def stats(self) -> dict[str, Any]:
         return {"buffered": len(self.ledger.buffer), "flushed": self.ledger.flushed_rows,
                 "pending_local": {k: len(v) for k, v in self.pending_local.items()},

@@ -24,6 +24,7 @@ from gateway.costs.pricing import PriceBook, cost_usd, worst_case_usd
 from gateway.costs.schema import BudgetSpec, LedgerRow
 from gateway.errors import BudgetExceeded
 from gateway.metrics import METRICS
+from gateway.traffic import PROCESS_ID, counters
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -39,7 +40,7 @@ class CostTracker:
     def __init__(self, book: PriceBook, *, budgets: dict[str, BudgetSpec] | None = None,
                  local_targets: dict[str, tuple[str, float]] | None = None, ledger: Ledger | None = None,
                  actor: Any = None, sync_interval_s: float = 0.5, max_pending_rows: int = 200_000,
-                 clock: Callable[[], datetime] = _utcnow):
+                 clock: Callable[[], datetime] = _utcnow, traffic: Callable[[], dict] | None = None):
         self.book = book
         self.budgets = budgets or {}                    # "key:<id>" / "route:<alias>" -> BudgetSpec
         self.local_targets = local_targets or {}        # provider name -> (serve app, usd_per_hour)
@@ -53,6 +54,11 @@ class CostTracker:
         self.synced: dict[tuple[str, str], float] = {}  # cluster-wide spend at the last sync
         self._task: asyncio.Task | None = None
         self._closed = False
+        # this process's traffic counters, handed to the actor with the rows when they changed,
+        # so the dashboard counts every replica's traffic (gateway/traffic.py)
+        self.traffic = traffic
+        self.process_id = PROCESS_ID
+        self._traffic_sent: dict | None = None
 
     @classmethod
     def from_config(cls, cfg: "GatewayConfig", *, actor: Any = None) -> "CostTracker":
@@ -67,7 +73,8 @@ class CostTracker:
             actor = get_ledger_actor(cfg.ledger.url, cfg.ledger.storage_options, cfg.ledger.flush_interval_s,
                                      cfg.ledger.compact_interval_s)
         sync = min(0.5, cfg.ledger.flush_interval_s)
-        return cls(book, budgets=budgets, local_targets=local, actor=actor, sync_interval_s=sync)
+        return cls(book, budgets=budgets, local_targets=local, actor=actor, sync_interval_s=sync,
+                   traffic=lambda: counters(METRICS.registry))
 
     # -- request path --------------------------------------------------------------------
     def _spent(self, scope: str, period_id: str) -> float:
@@ -123,12 +130,17 @@ class CostTracker:
             drop = len(self.pending) - self.max_pending_rows
             del self.pending[:drop]
             log.error("ledger actor unreachable: dropped %d oldest ledger rows", drop)
-        if self._task is None and not self._closed:
+        if self._task is None:
+            self.start()
+        return row
+
+    def start(self) -> None:
+        """Start the periodic sync (idempotent; a no-op without an event loop: close() pushes)."""
+        if self._task is None and not self._closed and self.actor is not None:
             try:
                 self._task = asyncio.get_running_loop().create_task(self._sync_loop())
             except RuntimeError:
-                pass                                    # no loop (sync caller): close() pushes
-        return row
+                pass
 
     # -- sync with the ledger actor ------------------------------------------------------
     async def _sync_loop(self) -> None:
@@ -138,16 +150,35 @@ class CostTracker:
 
     async def sync(self) -> None:
         """Push queued rows, refresh cluster-wide spend. Rows stay queued if the actor fails."""
-        if self.actor is None or (not self.pending and not self.budgets):
+        if self.actor is None:
+            return
+        traffic = self._traffic_changed()
+        if not self.pending and not self.budgets and traffic is None:
             return                  # nothing to send, no spend to refresh: no idle chatter
         rows, self.pending = self.pending, []
         unsynced, self.unsynced = self.unsynced, SpendTotals()
         try:
-            self.synced = await self.actor.push.remote(rows, list(self.budgets), self.local_targets)
+            self.synced = await self.actor.push.remote(rows, list(self.budgets), self.local_targets, traffic)
+            if traffic is not None:
+                self._traffic_sent = traffic[1]
         except Exception as e:
             self.pending[:0] = rows
             self.unsynced.merge(unsynced.usd)
             log.warning("ledger actor push failed (%s); %d rows kept", type(e).__name__, len(self.pending))
+
+    def _traffic_changed(self) -> tuple[str, dict] | None:
+        if self.traffic is None:
+            return None
+        now = self.traffic()
+        return None if now == self._traffic_sent else (self.process_id, now)
+
+    async def activity(self, *, since: datetime | None, recent_n: int = 50) -> dict:
+        """Per-route latency / TTFT percentiles, the newest requests, and (with the shared actor)
+        the traffic counters summed over every replica (None here: the caller uses its own)."""
+        if self.actor is None:
+            return {**self.ledger.activity(since, recent_n), "traffic": None}
+        await self.sync()
+        return await self.actor.activity.remote(since, recent_n)
 
     async def query(self, *, group_by: str, since: datetime | None) -> list[dict]:
         if self.actor is None:

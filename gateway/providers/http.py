@@ -16,6 +16,7 @@ from gateway.fallback import Failure, Kind
 from gateway.providers.base import Provider, ProviderError, scrub
 from gateway.retry import parse_retry_after
 from gateway.sse import Event, SSEParser
+from gateway.trace_marks import TRACEPARENT
 
 _SESSION: aiohttp.ClientSession | None = None
 
@@ -73,6 +74,9 @@ class HttpProvider(Provider):
         if headers is None:   # static per provider: built once, not per request
             headers = self._req_headers = {"content-type": "application/json", **self.cfg.headers,
                                            **self.auth_headers()}
+        tp = TRACEPARENT.get()
+        if tp is not None:   # tracing on: the upstream's spans join this request's trace
+            headers = {**headers, "traceparent": tp}
         try:
             async with asyncio.timeout(target.cfg.first_token_timeout_s):
                 resp = await session().post(url, data=orjson.dumps(payload), headers=headers)

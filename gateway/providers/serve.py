@@ -99,6 +99,11 @@ class ServeProvider(Provider):
         except Exception as e:  # the wake-up answer is irrelevant; log for diagnosis only
             log.warning("wake-up request to %r failed: %s: %s", self.cfg.app, type(e).__name__, str(e)[:200])
 
+    def readiness(self) -> dict | None:
+        """The board's last answer for this app (state, warm_replicas, and while a cold start is
+        in progress its phase); None before the first poll."""
+        return None if self._state is None else dict(self._state)
+
     def is_cold(self) -> bool:
         st = self._state
         return st is not None and st.get("state") != WARM

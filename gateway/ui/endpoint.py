@@ -6,13 +6,17 @@ Authentication, any one of (the admin key of gateway.yaml `server`):
     (HttpOnly, SameSite=Strict, Path=/ui, Secure over TLS) holding a signed session token that
     expires (session.py), never the key, so later visits need no key in the URL;
   - that cookie.
-`?days=N` (1-90, default 14) sets the period shown.
+`?days=N` (1-90, default 14) sets the period shown; `?refresh=N` reloads the page every N s
+(default 15, 0: never, at least 5).
 
-Data: spend per day by route, key, provider and model from the ledger (CostTracker.series);
-budgets (CostTracker.budgets and period_spend); traffic counters (requests, answered, 5xx,
-fallbacks, 429s from limits and budgets) from this replica's Prometheus registry; breaker states
-of every target; each local (serve) model's cold/warm state (its provider's readiness cache) and
-last cold start (the readiness board, through an injected lookup).
+Data: spend per day by route, key, provider and model from the ledger (CostTracker.series; idle
+replica time is its own line, as in /v1/usage); latency / TTFT percentiles per route and the
+recent-request log from the ledger rows of every replica (CostTracker.activity); traffic counters
+(requests, answered, 5xx, fallbacks, 429s) summed over every replica by the shared ledger actor
+(gateway/traffic.py; this replica's own registry when there is no actor); budgets
+(CostTracker.budgets and period_spend); breaker states of every target; each local (serve)
+model's cold/warm state (its provider's readiness cache), last cold start and cold-start history
+(the readiness board, through injected lookups).
 """
 from __future__ import annotations
 
@@ -24,42 +28,26 @@ from urllib.parse import parse_qs
 from gateway.asgi import auth_header, request_headers
 from gateway.errors import AuthError
 from gateway.ui import session
+from gateway.traffic import counters
 from gateway.ui.page import render
 
 COOKIE = "thawline_admin"
 DIMS = (("route", "route"), ("key", "key_id"), ("provider", "target"), ("model", "model"))
-
-
-def counters(registry: Any) -> dict[str, float]:
-    """Traffic totals from a prometheus_client registry (this replica's counters)."""
-    out = {"requests": 0.0, "ok": 0.0, "errors": 0.0, "fallbacks": 0.0, "rejected_429": 0.0}
-    if registry is None:
-        return out
-    for metric in registry.collect():
-        for s in metric.samples:
-            if s.name == "thawline_gateway_requests_total":
-                out["requests"] += s.value
-                if s.labels.get("status") == "ok":
-                    out["ok"] += s.value
-                elif s.labels.get("status") == "error":
-                    out["errors"] += s.value
-            elif s.name == "thawline_gateway_fallbacks_total":
-                out["fallbacks"] += s.value
-            elif s.name in ("thawline_gateway_limiter_rejections_total", "thawline_gateway_budget_rejections_total"):
-                out["rejected_429"] += s.value
-    return out
+RECENT_N = 50               # rows of the recent-request log
+HISTORY_N = 10              # cold starts shown per local model
+Lookup = Callable[[str], Awaitable[Any]]
 
 
 class Dashboard:
     """`gateway` is the Gateway (keys, routes, providers, breakers, costs, metrics)."""
 
-    def __init__(self, gateway: Any, *, cold_start_lookup: Callable[[str], Awaitable[dict | None]] | None = None,
+    def __init__(self, gateway: Any, *, cold_start_lookup: Lookup | None = None,
+                 cold_history_lookup: Lookup | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
         self.gw = gateway
-        if cold_start_lookup is None:
-            from gateway.tracing import board_cold_start
-            cold_start_lookup = board_cold_start
-        self.cold_start_lookup = cold_start_lookup
+        from gateway.tracing import board_cold_start, board_cold_starts
+        self.cold_start_lookup = cold_start_lookup or board_cold_start
+        self.cold_history_lookup = cold_history_lookup or board_cold_starts
         self.clock = clock
 
     def _session_key(self) -> bytes | None:
@@ -92,50 +80,70 @@ class Dashboard:
         raise AuthError("admin key required (Authorization: Bearer, ?key= or the thawline_admin cookie)",
                         code="admin_key_required")
 
-    async def data(self, days: int) -> dict:
+    async def data(self, days: int, refresh_s: int = 0) -> dict:
         now = self.clock()
         since = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
         gw, costs = self.gw, self.gw.costs
         spend = {}
         for name, col in DIMS:
             spend[name] = await costs.series(column=col, since=since) if costs is not None else []
-        metrics = gw.metrics
-        if metrics is None:
-            from gateway.metrics import METRICS
-            metrics = METRICS
-        traffic = counters(getattr(metrics, "registry", None))
-        traffic["cost_usd"] = sum(r["cost_usd"] for r in spend["route"])
-        budgets = []
+        activity = (await costs.activity(since=now - timedelta(hours=24), recent_n=RECENT_N) if costs is not None
+                    else {"latency": [], "recent": [], "traffic": None})
+        traffic = activity.get("traffic")
+        if traffic is None:       # no shared actor (an in-process gateway): this replica's own counters
+            metrics = gw.metrics
+            if metrics is None:
+                from gateway.metrics import METRICS
+                metrics = METRICS
+            traffic = {**counters(getattr(metrics, "registry", None)), "replicas": None}
+        today = now.strftime("%Y-%m-%d")
+        traffic = {**traffic, "cost_usd": sum(r["cost_usd"] for r in spend["route"]),
+                   "cost_today_usd": sum(r["cost_usd"] for r in spend["route"] if r["bucket"] == today)}
+        return {"days": days, "refresh_s": refresh_s, "spend": spend, "traffic": traffic,
+                "latency": activity["latency"], "recent": activity["recent"], "budgets": self._budgets(costs),
+                "breakers": [{"target": t.id, "state": gw.breakers.state(t.id)}
+                             for r in gw.routes.values() for tier in r.tiers for t in tier],
+                "local": await self._local()}
+
+    @staticmethod
+    def _budgets(costs: Any) -> list[dict]:
+        out = []
         for scope, spec in sorted((getattr(costs, "budgets", None) or {}).items()):
             for period, dim, limit in (("day", "usd_day", spec.usd_per_day), ("month", "usd_month", spec.usd_per_month)):
                 if limit is not None:
-                    budgets.append({"scope": scope, "period": period, "used": costs.period_spend(scope, dim),
-                                    "limit": limit})
-        breakers = [{"target": t.id, "state": gw.breakers.state(t.id)}
-                    for r in gw.routes.values() for tier in r.tiers for t in tier]
+                    out.append({"scope": scope, "period": period, "used": costs.period_spend(scope, dim),
+                                "limit": limit})
+        return out
+
+    async def _local(self) -> list[dict]:
         local = []
-        for name, p in sorted(gw.providers.items()):
+        for name, p in sorted(self.gw.providers.items()):
             cfg = p.cfg
             if getattr(cfg, "type", None) != "serve":
                 continue
             st = getattr(p, "_state", None) or {}
-            try:
-                lcs = await self.cold_start_lookup(cfg.app)
-            except Exception:
-                lcs = None
+            lcs, history = await self._lookup(self.cold_start_lookup, cfg.app), \
+                await self._lookup(self.cold_history_lookup, cfg.app)
+            if not history and lcs:
+                history = [lcs]
             local.append({"app": cfg.app, "provider": name, "state": st.get("state", "unknown"),
-                          "warm_replicas": st.get("warm_replicas", 0), "last_cold_start": lcs})
-        return {"days": days, "spend": spend, "traffic": traffic, "budgets": budgets, "breakers": breakers,
-                "local": local}
+                          "warm_replicas": st.get("warm_replicas", 0), "last_cold_start": lcs,
+                          "cold_starts": list(history or [])[:HISTORY_N]})
+        return local
+
+    @staticmethod
+    async def _lookup(fn: Lookup, app: str) -> Any:
+        try:
+            return await fn(app)
+        except Exception:        # the board may be restarting: the page shows without it
+            return None
 
     async def handle(self, scope, receive, send) -> None:
         login = self._auth(scope)
         qs = parse_qs(scope.get("query_string", b"").decode())
-        try:
-            days = min(90, max(1, int(qs.get("days", ["14"])[0])))
-        except ValueError:
-            days = 14
-        body = render(await self.data(days)).encode()
+        days = _int_param(qs, "days", 14, 1, 90)
+        refresh = _int_param(qs, "refresh", 15, 0, 3600)
+        body = render(await self.data(days, refresh if refresh == 0 else max(5, refresh))).encode()
         headers = [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode()),
                    (b"cache-control", b"no-store"),
                    (b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'; img-src data:")]
@@ -143,3 +151,10 @@ class Dashboard:
             headers.append((b"set-cookie", session.cookie_header(COOKIE, login, session.over_tls(scope))))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _int_param(qs: dict, name: str, default: int, lo: int, hi: int) -> int:
+    try:
+        return min(hi, max(lo, int(qs.get(name, [str(default)])[0])))
+    except ValueError:
+        return default

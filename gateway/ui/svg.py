@@ -15,7 +15,8 @@ def stacked_bars(rows: list[dict], *, title: str, width: int = 640, height: int 
     """Spend over time: one bar per bucket, stacked by group. rows: [{bucket, group, cost_usd}].
     The `top` most expensive groups get their own colour; the rest are summed as "other"."""
     if not rows:
-        return f'<svg class="chart" role="img" aria-label="{escape(title)}" width="{width}" height="40">' \
+        return f'<svg class="chart" role="img" aria-label="{escape(title)}" width="{width}" height="40" ' \
+               f'viewBox="0 0 {width} 40" xmlns="http://www.w3.org/2000/svg">' \
                f'<text x="8" y="24" class="empty">no spend in this period</text></svg>'
     totals: dict[str, float] = {}
     for r in rows:
@@ -78,7 +79,8 @@ def waterfall(phases: dict[str, float], order: tuple[str, ...], *, width: int = 
     total = float(phases.get("total") or sum(s for _, s in steps)) or 1.0
     left, row = 180, 20  # room for the longest phase name (engine_start_with_weights)
     plot = width - left - 70
-    out = [f'<svg class="waterfall" width="{width}" height="{row * len(steps) + 24}" role="img" '
+    h = row * len(steps) + 24
+    out = [f'<svg class="waterfall" width="{width}" height="{h}" viewBox="0 0 {width} {h}" role="img" '
            f'aria-label="cold start waterfall" xmlns="http://www.w3.org/2000/svg">']
     t = 0.0
     for i, (name, secs) in enumerate(steps):

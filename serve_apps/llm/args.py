@@ -12,32 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.envsubst import expand_env
+
 # What clients send as `model`: HF-style ids included ("meta-llama/Llama-3.1-8B-Instruct").
 # Inner spaces are tolerated (a display-style id); control characters and edge spaces are not.
 _MODEL_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._:/@+ -]{0,126}[A-Za-z0-9._:/@+-])?")
-# `${VAR}` or `${VAR:-default}`; the default may itself be empty.
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def expand_env(value: str, env: dict[str, str] | None = None) -> str:
-    """Expand `${VAR}` / `${VAR:-default}` from `env` (default: os.environ).
-
-    A reference to an unset variable without a default is an error: silently expanding to "" would
-    turn `${MODELS}/tiny` into `/tiny`, a path that exists nowhere and fails far from the YAML.
-    """
-    env = os.environ if env is None else env
-
-    def sub(m: re.Match) -> str:
-        name, default = m.group(1), m.group(2)
-        if name in env and env[name] != "":
-            return env[name]
-        if default is not None:
-            return default
-        raise ValueError(f"environment variable {name} is not set and {m.group(0)!r} has no ':-default'")
-
-    return _ENV_REF.sub(sub, value)
-
-
 def _check_location(value: str, what: str) -> str:
     """A local path must be absolute: Serve replicas do not run in the `serve deploy` CLI's cwd."""
     if "://" in value:

@@ -117,9 +117,10 @@ def _replica_state_gauge():
 
 
 class LLMServer:
-    def _report(self, state: str) -> None:
-        """Tell the ReadinessBoard (the gateway's cold/warm view) and Ray's metrics."""
-        self._board.report.remote(self.app_name, self.replica_id, state)
+    def _report(self, state: str, phase: str | None = None) -> None:
+        """Tell the ReadinessBoard (the gateway's cold/warm view, with the cold-start phase a
+        starting replica is in) and Ray's metrics."""
+        self._board.report.remote(self.app_name, self.replica_id, state, phase)
         for s in REPLICA_STATES:
             self._state.set(1.0 if s == state else 0.0, tags={"app": self.app_name, "replica": self.replica_id, "state": s})
 
@@ -132,11 +133,13 @@ class LLMServer:
         self.replica_id = ctx.replica_id.unique_id
         self._board = get_or_create_board()
         self._state = _replica_state_gauge()
-        self._report(STARTING)
+        self._report(STARTING, cs.IMPORTS)
         self._host = None
         try:
             self._host, how = await self._get_host()
             marks[cs.IMPORTS_DONE] = time.time()
+            # engine_prepare, then engine_start_with_weights: both inside the host, one report
+            self._report(STARTING, cs.ENGINE_PREPARE)
             started = await self._start_engine()
         except BaseException:
             self._report(STOPPED)

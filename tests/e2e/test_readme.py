@@ -8,7 +8,8 @@ What the test changes, and why (each is a substitution, the commands themselves 
   THAWLINE_RAY_SANDBOX token: it must not collide with, or be stopped with, any other Ray on the
   machine (teardown stops only this token's processes, see testkit/sandbox.py);
 - THAWLINE_DEMO_DIR is a temp dir; the Serve config is a copy of gateway-serve.yaml on a free
-  HTTP port with its ledger in the temp dir, and the Python blocks' base URL points at that port;
+  HTTP port (its ledger and key store are under THAWLINE_DEMO_DIR), and the Python blocks' base
+  URL points at that port;
 - RAY_ADDRESS / RAY_DASHBOARD_ADDRESS / THAWLINE_BASE_URL name this cluster for the CLI.
 Nothing interactive is skipped: the README's `thawline chat` is the one-shot `-m` form.
 """
@@ -46,7 +47,8 @@ def test_readme_quickstart_runs_as_pasted(tmp_path, sandbox):
     base_url = f"http://127.0.0.1:{http}/v1"
 
     gw = yaml.safe_load((Path(REPO_ROOT) / "serve_apps/configs/gateway-example.yaml").read_text())
-    gw["ledger"]["url"] = (tmp_path / "ledger").as_uri()
+    # as shipped: its ledger and key store are under $THAWLINE_DEMO_DIR (the temp dir)
+    assert "THAWLINE_DEMO_DIR" in gw["ledger"]["url"] and "THAWLINE_DEMO_DIR" in gw["key_store"]["url"]
     (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(gw))
     serve = yaml.safe_load((Path(REPO_ROOT) / "serve_apps/configs/gateway-serve.yaml").read_text())
     serve["http_options"]["port"] = http
@@ -82,6 +84,13 @@ def test_readme_quickstart_runs_as_pasted(tmp_path, sandbox):
                              timeout=BASH_TIMEOUT_S)
         assert run.returncode == 0, f"README bash blocks failed:\n{(run.stdout + run.stderr)[-4000:]}"
         assert "tiny-llm" in run.stdout and "Last cold start of tiny-llm" in run.stdout
+        # the first chat was a cold start: its phase was shown while it waited, then the target
+        assert "cold start of tiny-llm:" in run.stderr and "answered by target tiny/0:local/tiny" in run.stderr
+        # `thawline usage` right after the chat already counts it (route tiny, 1 request)
+        assert re.search(r"│ tiny\s+│\s+1\s+│", run.stdout), run.stdout[-3000:]
+        # the keys commands work against the shipped config's key store
+        assert "key id: team-a" in run.stdout and run.stdout.count("secret (shown once") == 2
+        assert "revoked team-a" in run.stdout
         for kind, block in quickstart_blocks():
             if kind != "python":
                 continue

@@ -174,9 +174,13 @@ def test_deploy_status_chat_usage(cluster, serve_yaml, cached_snapshot):
     _, snapshot_id = cached_snapshot
     assert snapshot_id in out  # the snapshot cached on the (only) node
 
+    empty = thawline("usage", "--base-url", base_url, "--admin-key", ADMIN)
+    assert empty.returncode == 0 and empty.stdout == "no usage recorded yet\n", empty.stdout
+
     chat = thawline("chat", "echo", "-m", "hi there", "--base-url", base_url, "--api-key", KEY)
     assert chat.returncode == 0, chat.stderr
     assert chat.stdout.strip() == "Hello from fake openai!"
+    assert "answered by target echo/0:up/gpt-fake" in chat.stderr and "cold start" not in chat.stderr
 
     interactive = thawline("chat", "echo", "--base-url", base_url, "--api-key", KEY, input="hello\n\n/exit\nignored\n")
     assert interactive.returncode == 0, interactive.stderr

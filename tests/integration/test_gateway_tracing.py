@@ -172,3 +172,53 @@ async def test_tracing_off_builds_no_tracer(receiver):
     assert gw.tracer is None and gw._inference.tracer is None
     out = await call_asgi(gw, _chat("chain"))
     assert out["status"] == 200 and receiver.requests == []
+
+
+def _upstream_gateway(receiver: Receiver | None, fake) -> Gateway:
+    """A fallback chain over the real OpenAI-compatible provider and a loopback upstream that
+    records each request's headers (testkit.fake_providers: `-500` models answer 500)."""
+    cfg = parse_config({
+        "providers": {"up": {"type": "openai_compatible", "base_url": fake.openai_url}},
+        "routes": {"chain": {"targets": [{"provider": "up", "model": "gpt-tp-500"},
+                                         {"provider": "up", "model": "gpt-tp"}]}},
+        "keys": [{"id": "k1", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}],
+        "tracing": {"otlp_endpoint": f"http://127.0.0.1:{receiver.port}/v1/traces"} if receiver else {},
+    })
+    return Gateway(cfg, limits=None, costs=None, tracer=build_tracer(cfg.tracing, cold_start_lookup=None))
+
+
+@pytest.fixture
+def fake_upstream():
+    from testkit.fake_providers import FakeServer
+
+    server = FakeServer(free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_upstream_calls_carry_the_attempt_traceparent(receiver, fake_upstream, stream):
+    """Each upstream call gets W3C `traceparent` naming the request's trace and its own attempt
+    span, so an upstream that traces continues the same trace."""
+    gw = _upstream_gateway(receiver, fake_upstream)
+    req = _chat("chain")
+    req["body"]["stream"] = stream
+    out = await call_asgi(gw, req)
+    assert out["status"] == 200 and out["headers"]["x-thawline-attempts"] == "2"
+    assert gw.tracer.force_flush()
+    seen = [r["traceparent"] for r in fake_upstream.state.requests]
+    assert len(seen) == 2 and all(seen)
+    (root,) = [s for s in receiver.spans if s.name == "gateway.request"]
+    attempts = sorted([s for s in receiver.spans if s.name == "attempt"], key=lambda s: s.start_time_unix_nano)
+    expected = [f"00-{root.trace_id.hex()}-{a.span_id.hex()}-01" for a in attempts]
+    assert seen == expected and len(set(seen)) == 2
+    assert all(a.parent_span_id == root.span_id for a in attempts)
+    await gw.shutdown()
+
+
+async def test_no_traceparent_upstream_when_tracing_is_off(fake_upstream):
+    gw = _upstream_gateway(None, fake_upstream)
+    out = await call_asgi(gw, _chat("chain"))
+    assert out["status"] == 200
+    assert [r["traceparent"] for r in fake_upstream.state.requests] == [None, None]
+    await gw.shutdown()

@@ -81,8 +81,16 @@ def test_create_on_cluster_runs_on_the_node_with_the_resources(ray_head, tmp_pat
 
     store_obj, ref = SnapshotStore.for_snapshot(url)
     assert store_obj.load(ref).meta.tp_size == 2
-    # A failure on the node comes back as the one line of the CLI there.
+    # What the capture printed on the node came through (streamed by the task, node-prefixed):
+    # its source, then its progress, and the URL only on stdout.
+    logged = proc.stderr.splitlines()
+    assert logged[0].startswith("[") and f"] source {model}" in logged[0], proc.stderr
+    assert any("create tp=2" in ln for ln in logged[1:]), proc.stderr
+    assert url not in proc.stderr
+    # A failure on the node comes back as the one error line of the CLI there.
     proc = _cli("create", str(tmp_path / "missing"), "--store", store, "--name", "x", "--engine", "none",
                 "--on-cluster", "--address", ray_head, "--resources", stand_in)
     assert proc.returncode == 1
-    assert "model dir not found" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "model dir not found" in errors[0], proc.stderr
+    assert proc.stderr.splitlines()[-1] == errors[0]

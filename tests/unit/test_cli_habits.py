@@ -88,3 +88,15 @@ def test_cluster_summary():
     assert summary("x.yaml", resolved) == {
         "config": "x.yaml", "cluster_name": "c", "provider": "aws", "head_node_type": "head",
         "worker_types": {"gpu": {"min_workers": 0, "max_workers": 2}}, "idle_timeout_minutes": 5}
+
+
+def test_ray_failure_says_in_one_line_that_the_cluster_is_not_up():
+    from cluster.cli.cluster_status import ray_failure
+
+    trace = ("Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+             "RuntimeError: Head node of cluster (thawline-onprem) not found!\n")
+    assert ray_failure(1, "", trace, "thawline-onprem") == (
+        "cluster thawline-onprem is not running (no head node found); start it with `thawline cluster up CONFIG`")
+    other = ray_failure(2, "some output\n", "Traceback (most recent call last):\nValueError: bad key\n", None)
+    assert other == "`ray exec` failed with exit code 2: ValueError: bad key"
+    assert ray_failure(3, "", "", None) == "`ray exec` failed with exit code 3: no output"

@@ -139,3 +139,17 @@ def test_good_names_and_model_like_route_aliases_pass():
     assert parse_config(_with("keys.0.id", "team_a.prod-1")).keys[0].id == "team_a.prod-1"
     with pytest.raises(ConfigError, match="invalid name"):
         parse_config(_renamed("providers", "oa", "open/ai"))   # '/' separates parts of target ids
+
+
+def test_store_urls_expand_env_like_the_llm_args(monkeypatch):
+    """The shipped gateway-example.yaml keeps its key store and ledger under $THAWLINE_DEMO_DIR."""
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "serve_apps/configs/gateway-example.yaml"
+    monkeypatch.setenv("THAWLINE_DEMO_DIR", "/srv/demo")
+    cfg = load_config(path)
+    assert cfg.key_store is not None and cfg.key_store.url == "file:///srv/demo/keys"
+    assert cfg.ledger.url == "file:///srv/demo/ledger"
+    monkeypatch.delenv("THAWLINE_DEMO_DIR")
+    assert load_config(path).key_store.url == "file:///tmp/thawline-demo/keys"
+    with pytest.raises(ConfigError, match=r"key_store\.url: environment variable NOPE_UNSET is not set"):
+        parse_config(_with("key_store", {"url": "file://${NOPE_UNSET}/keys"}))

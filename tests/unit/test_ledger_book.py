@@ -75,3 +75,17 @@ def test_an_app_the_board_does_not_know_counts_zero_seconds():
     book.price_local({})
     book.price_local({"tiny-llm": 0.0})
     assert list(book.ledger.memory) == [] and book.last_seconds == {"local": 0.0}
+
+
+def test_reads_include_local_rows_still_waiting_for_their_price():
+    """A request answered by a local target is in the usage report as soon as it is pushed, not
+    one or two flush periods later when its replica time is priced (and then exactly once)."""
+    book = _book()
+    book.push([_row(target="local", pricing="local", route="tiny", tin=7, tout=3)], [], LOCAL)
+    before = book.ledger.query("route", mem=book.unflushed())
+    assert [(r["group"], r["requests"], r["tokens_in"], r["cost_usd"]) for r in before] == [("tiny", 1, 7, 0.0)]
+    book.price_local({"tiny-llm": 100.0})             # baseline: the row keeps waiting, still counted once
+    assert book.ledger.query("route", mem=book.unflushed())[0]["requests"] == 1
+    book.price_local({"tiny-llm": 101.0})             # priced: one replica-second at $0.01
+    after = {r["group"]: r for r in book.ledger.query("route", mem=book.unflushed())}
+    assert after["tiny"]["requests"] == 1 and after["tiny"]["cost_usd"] == pytest.approx(0.01)

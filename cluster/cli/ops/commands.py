@@ -66,6 +66,7 @@ def _fmt(value: Any) -> str:
 
 
 GROUPS = ("key", "route", "model", "target")
+EMPTY_USAGE = "no usage recorded yet"
 
 
 def usage_table(rows: list[dict[str, Any]], group_by: str) -> Table:
@@ -195,6 +196,9 @@ def usage_cmd(
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
         return
+    if not report.data:
+        typer.echo(EMPTY_USAGE)
+        return
     _console().print(usage_table(report.data, group_by))
 
 
@@ -207,12 +211,14 @@ def chat_cmd(
     system: Optional[str] = typer.Option(None, "--system", help="Optional system prompt."),
 ) -> None:
     """Interactive streaming smoke test against MODEL through the gateway (Ctrl-D or /exit to quit)."""
+    from cluster.cli.ops.chat_view import stream_turn
     from gateway.client import Client
 
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     interactive = not message
     err = _console(stderr=True)
-    with Client(base_url, api_key=api_key) as client:
+    # a second client for the progress poller: it runs on its own thread while the first streams
+    with Client(base_url, api_key=api_key) as client, Client(base_url, api_key=api_key) as probe:
         turns = iter(message) if message else None
         while True:
             if turns is not None:
@@ -229,26 +235,9 @@ def chat_cmd(
             if not text.strip():
                 continue
             history.append({"role": "user", "content": text.strip()})
-            stream = client.chat(model, history, stream=True, max_tokens=max_tokens)
-            if interactive:
-                typer.echo(f"{model}> ", nl=False)
-            answer = []
-            for chunk in stream:
-                answer.append(chunk.text)
-                typer.echo(chunk.text, nl=False)
-                sys.stdout.flush()
-            typer.echo("")
-            history.append({"role": "assistant", "content": "".join(answer)})
-            meta = stream.meta
-            parts = []
-            if stream.usage:
-                parts.append(f"{stream.usage.prompt_tokens}+{stream.usage.completion_tokens} tokens")
-            if meta.first_chunk_s is not None:
-                parts.append(f"first token {meta.first_chunk_s:.2f}s")
-            if meta.thawline().get("target"):
-                parts.append(f"target {meta.thawline()['target']}")
-            if parts:
-                err.print(f"[dim]({', '.join(parts)})[/]")
+            answer = stream_turn(client, probe, model, history, max_tokens=max_tokens, interactive=interactive,
+                                 err=err)
+            history.append({"role": "assistant", "content": answer})
 
 
 def register(app: typer.Typer) -> None:
