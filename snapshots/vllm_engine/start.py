@@ -138,7 +138,7 @@ def _prefetch(store: SnapshotStore, snap: ResolvedSnapshot) -> threading.Thread:
     waits on the cache's per-rank lock for the transfer already in flight). Local store: ask the
     kernel to read the part files ahead into the page cache (pagecache.read_ahead: chunked
     POSIX_FADV_WILLNEED, asynchronous).
-    Either way the weight stream overlaps the ~15 s of process spawning and communicator setup.
+    Either way the weight stream overlaps vLLM's process spawning and communicator setup.
     The snapshot is the one resolved at the start: its snapshot.json is not read again.
     """
 
