@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.cli.snapshot_cluster import task_options
+from cluster.cli.snapshot.on_cluster import task_options
 from tests.conftest import REPO_ROOT, free_port
 from testkit.sandbox import MARKER_ENV, stop_sandbox
 

@@ -10,7 +10,7 @@ from cluster.cli.cluster_status import parse_ray_status, summary
 from cluster.cli.errors import CLIError
 from cluster.cli.main import app
 from cluster.cli.ops.timeline import PHASE_ORDER, waterfall
-from cluster.cli.snapshot_helpers import parse_engine_args
+from cluster.cli.snapshot.helpers import parse_engine_args
 
 
 def test_version_flag():

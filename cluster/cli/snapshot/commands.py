@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from cluster.cli.errors import CLIError, one_line_errors
-from cluster.cli.snapshot_helpers import confirm_delete, parse_engine_args, require_store
+from cluster.cli.snapshot.helpers import confirm_delete, parse_engine_args, require_store
 
 app = typer.Typer(
     help="Create, list, inspect, verify, remove and restore tensor-parallel snapshots on any fsspec URL.",
@@ -74,7 +74,7 @@ def create(
     from pathlib import Path
 
     if on_cluster:
-        from cluster.cli.snapshot_cluster import create_on_cluster, task_options
+        from cluster.cli.snapshot.on_cluster import create_on_cluster, task_options
 
         argv = _on_cluster_argv(tp, store, name, engine, dtype, max_model_len, snapshot_id, engine_arg or [])
         typer.echo(create_on_cluster(hf_dir, argv, address=address,
@@ -115,7 +115,7 @@ def _on_cluster_argv(tp: int, store: str, name: str, engine: Engine, dtype: str 
 def _create_engine(hf_dir: str, tp: int, store: str, name: str, dtype: str | None, max_model_len: int | None,
                    extra: dict) -> str:
     # Lazy: importing vLLM takes seconds and is only needed for this path.
-    from cluster.cli.snapshot_progress import engine_create_progress
+    from cluster.cli.snapshot.progress import engine_create_progress
     from snapshots.vllm_engine.capture import create_engine_snapshot
 
     with engine_create_progress() as on_phase:
