@@ -251,8 +251,7 @@ class SnapshotCache:
             jobs = []
             for rel in files:
                 src = fsutil.join(remote_dir, rel)
-                dst = local_join(local, rel, where=f"{remote_url}/{SNAPSHOT_JSON}")
-                opened[rel], sizes[rel], dsts[rel] = _open_partial(store, src, dst, f"{remote_url}: {rel}")
+                opened[rel], sizes[rel], dsts[rel] = _open_partial(store, src, local, rel, remote_url)
                 jobs += [(rel, src, start, min(sizes[rel], start + FETCH_CHUNK))
                          for start in range(0, sizes[rel], FETCH_CHUNK)]
 
@@ -283,12 +282,13 @@ class SnapshotCache:
         return sum(sizes.values())
 
 
-def _open_partial(store, src: str, dst: Path, name: str) -> tuple[int, int, Path]:
-    """(fd, size, dst): `<dst>.partial` created empty, with the remote file's size reserved."""
+def _open_partial(store, src: str, local: Path, rel: str, remote_url: str) -> tuple[int, int, Path]:
+    """(fd, size, dst) for `rel`: `<dst>.partial` created empty, the remote file's size reserved."""
     try:
         size = store.fs.size(src)
     except FileNotFoundError:
-        raise SnapshotCorrupt(f"{name} is missing from the snapshot", rank=None) from None
+        raise SnapshotCorrupt(f"{remote_url}: {rel} is missing from the snapshot", rank=None) from None
+    dst = local_join(local, rel, where=f"{remote_url}/{SNAPSHOT_JSON}")
     dst.parent.mkdir(parents=True, exist_ok=True)
     partial = str(dst) + ".partial"
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
