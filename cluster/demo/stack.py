@@ -74,7 +74,7 @@ def gateway_config(fake_base_url: str, ledger_url: str) -> dict[str, Any]:
     }
 
 
-CONFIGS = Path(__file__).resolve().parent.parent / "serve_apps" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "serve_apps" / "configs"
 
 
 def serve_config(http_port: int, snapshot_url: str, gateway_yaml: Path) -> dict[str, Any]:
