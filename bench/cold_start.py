@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -141,6 +142,7 @@ def _cluster(sc: Scenario, cache: Path):
     import ray
     from ray import serve
 
+    from cluster.fake_multinode import fake_multinode_config
     from testkit.fake_cluster import start_fake_cluster
     from testkit.net import free_port
     from testkit.sandbox import MARKER_ENV, stop_sandbox
@@ -150,7 +152,8 @@ def _cluster(sc: Scenario, cache: Path):
     os.environ.update({**RAY_ENV, **sc.env})
     with contextlib.ExitStack() as stack:  # unwinds in reverse: Serve, Ray, then the cluster
         if sc.multinode:
-            fake = stack.enter_context(start_fake_cluster(node_types=BASELINE_NODE_TYPES, extra_env={
+            fake = stack.enter_context(start_fake_cluster(
+                partial(fake_multinode_config, node_types=BASELINE_NODE_TYPES), extra_env={
                 **sc.env, CACHE_DIR_ENV: str(cache / NODE_ID_FIELD),
                 # An idle engine node's warm pool retires after this, so the node can go away
                 # between runs (default 60 s).

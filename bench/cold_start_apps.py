@@ -14,7 +14,7 @@ from pathlib import Path
 
 # The fake cluster's engine node type offers this resource (cluster/fake-multinode.yaml): a
 # replica that needs it runs only on an engine node, which the autoscaler adds on demand.
-from testkit.fake_cluster import ENGINE_RESOURCE
+from cluster.fake_multinode import ENGINE_RESOURCE
 
 # The baseline's own engine node type (added to the fake cluster by the bench only). On the
 # thawline type the router's node-join prewarm would also start a warm pool and a snapshot
@@ -67,7 +67,7 @@ def make_snapshot(work: Path, tp: int = 1) -> tuple[Path, str]:
     the model is deterministic (seed 0)."""
     from snapshots.errors import SnapshotNotFound
     from snapshots.store import SnapshotStore
-    from testkit.tinyllama import generate_llama
+    from cluster.models.tinyllama import generate_llama
 
     hf = generate_llama(work / "models" / "tiny", preset="tiny", seed=0)
     store = (work / "snapshots").as_uri()

@@ -198,7 +198,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(REPO))
-    from testkit.tinyllama import ensure_llama
+    from cluster.models.tinyllama import ensure_llama
 
     # Same directory as bench/restore.py: whichever bench runs first generates the model.
     model_dir = ensure_llama(MODELS_DIR / "bench", preset="bench", size_gb=args.size_gb)

@@ -169,7 +169,7 @@ def main() -> None:
             raise SystemExit("gpu_check: no CUDA device visible (use --dry-run on CPU)")
         device = f"{ngpu}x {torch.cuda.get_device_name(0)}"
         tps = a.tp or [t for t in (1, 2, 4) if t <= ngpu]
-    from testkit.tinyllama import generate_llama
+    from cluster.models.tinyllama import generate_llama
 
     model = generate_llama(work / "model", preset="tiny")
     out = Path(a.out) if a.out else None

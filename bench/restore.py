@@ -46,7 +46,7 @@ from snapshots.offline import create_offline_snapshot, safetensors_files  # noqa
 from snapshots.rankio import CHUNK_BYTES, default_threads  # noqa: E402
 from snapshots.restore import restore  # noqa: E402
 from snapshots.store import SnapshotStore  # noqa: E402
-from testkit.tinyllama import ensure_llama  # noqa: E402
+from cluster.models.tinyllama import ensure_llama  # noqa: E402
 
 
 def ensure_snapshot(model_dir: Path, store_url: str, tp: int) -> str:

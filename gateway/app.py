@@ -5,9 +5,11 @@ with RAY_SERVE_THROUGHPUT_OPTIMIZED=1, by the replica's own uvicorn (direct ingr
 router and per-request pydantic parsing cost more than the rest of the request here, so routing is
 one dict lookup and bodies are checked by gateway/validate.py.
 
-Per request: read body (size-capped) -> key -> route -> budget -> limiter admit -> dispatch down
-the chain -> respond (JSON or SSE) -> settle the limiter -> ledger row. Nothing on that path makes
-a remote Ray call when leases suffice (see gateway/limits) and the breaker is read locally.
+Per request: key -> read body (size-capped) -> route -> bounds -> budget -> limiter admit ->
+dispatch down the chain (a stream's chunks go out as they come) -> ledger row -> the answer's end
+(the JSON body, or the stream's usage chunk and [DONE]) -> settle the limiter. Nothing on that
+path makes a remote Ray call when leases suffice (see gateway/limits) and the breaker is read
+locally.
 
 This module is the app itself (construction, lifecycle, the path table); the endpoints are in
 inference.py (the request path above) and admin.py (models, usage, metrics, openapi, health),

@@ -268,13 +268,7 @@ class Dispatcher:
                         if trace.ttft_ms is None:
                             trace.ttft_ms = (now - trace.started_at) * 1000.0
                         if not st.started:
-                            st.started = True
-                            first = held[0] if held else chunk
-                            st.first_id = trace.stream_id = first.get("id")
-                            trace.stream_model = first.get("model")
-                            await sink.start(target, trace.attempts, trace.failures)
-                            for h in held:
-                                await sink.send(h)
+                            await _open_stream(held[0] if held else chunk, held, target, sink, trace, st)
                     tm.reschedule(loop.time() + target.cfg.timeout_s)
                     if st.first_id is not None and chunk.get("id") != st.first_id:
                         chunk["id"] = st.first_id   # one id for the whole answer across targets
@@ -297,13 +291,20 @@ class Dispatcher:
             await agen.aclose()
         if not st.started:
             # an answer with no output at all (finished with no tokens): still a valid stream
-            st.started = True
-            st.first_id = trace.stream_id = held[0].get("id") if held else None
-            trace.stream_model = held[0].get("model") if held else None
-            await sink.start(target, trace.attempts, trace.failures)
-            for h in held:
-                await sink.send(h)
+            await _open_stream(held[0] if held else None, held, target, sink, trace, st)
         return None
+
+
+async def _open_stream(first: dict | None, held: list[dict], target: Target, sink: StreamSink, trace: Trace,
+                       st: "_StreamState") -> None:
+    """Start the client's stream on this attempt's first chunk: the answer's id and model come
+    from it, and the role chunks held back until a real token (or the end) go out first."""
+    st.started = True
+    st.first_id = trace.stream_id = first.get("id") if first is not None else None
+    trace.stream_model = first.get("model") if first is not None else None
+    await sink.start(target, trace.attempts, trace.failures)
+    for h in held:
+        await sink.send(h)
 
 
 @dataclass(slots=True)

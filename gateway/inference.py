@@ -47,34 +47,14 @@ class Inference:
         async def handle(scope, receive, send) -> None:
             headers = request_headers(scope)
             key = self.keys.authenticate(auth_header(headers))
-            raw = await read_body(receive, self.max_body, headers.get(b"content-length"))
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError as e:
-                raise BadRequest(f"request body is not valid JSON: {e}", code="invalid_json") from None
-            if not isinstance(body, dict):
-                raise BadRequest("request body must be a JSON object", code="invalid_json")
+            body = _json_object(await read_body(receive, self.max_body, headers.get(b"content-length")))
             check(body)
             alias = body["model"]
             route = self.routes.get(alias)
             if route is None:
                 raise NotFound(f"The model `{alias}` does not exist", param="model")
             self.keys.check_route(key, alias)
-            # clamp both max_tokens fields, bound n, refuse price/retention-changing options: what
-            # is pre-charged and reserved below is what the upstream receives (gateway/limits/bounds.py)
-            max_out = apply_route_bounds(body, endpoint, route.cfg)
-            if self.costs is not None:
-                self.costs.check_budget(key_id=key.id, route=alias)
-            est = estimate_request_tokens(body, endpoint=endpoint, max_tokens_cap=route.cfg.max_tokens_cap)
-            worst = 0.0
-            if self.costs is not None and self.costs.budgets:
-                n = body.get("n") if endpoint != EMBEDDINGS else None
-                worst = self.costs.worst_case_usd(
-                    [(t.provider_name, t.model) for tier in route.tiers for t in tier],
-                    prompt_tokens=self.accounting.prompt_tokens(body, endpoint),
-                    max_output_tokens=max_out * (n or 1))
-            adm = (await self.limits.admit(key_id=key.id, route=alias, est_tokens=est, est_cost_usd=worst)
-                   if self.limits else None)
+            adm = await self._admit(body, endpoint, key.id, alias, route)
             rate = adm.headers if adm is not None else None
             trace = Trace()
             actual = 0
@@ -102,6 +82,25 @@ class Inference:
                                   stream=stream, http_status=http_status, error=err)
 
         return handle
+
+    async def _admit(self, body: dict, endpoint: str, key_id: str, alias: str, route: CompiledRoute) -> Any:
+        """Bound the body by the route, check the key's budget and reserve its rate limits and
+        worst-case cost: the admission the request settles when it ends (None without limits)."""
+        # clamp both max_tokens fields, bound n, refuse price/retention-changing options: what
+        # is pre-charged and reserved below is what the upstream receives (gateway/limits/bounds.py)
+        max_out = apply_route_bounds(body, endpoint, route.cfg)
+        if self.costs is not None:
+            self.costs.check_budget(key_id=key_id, route=alias)
+        est = estimate_request_tokens(body, endpoint=endpoint, max_tokens_cap=route.cfg.max_tokens_cap)
+        worst = 0.0
+        if self.costs is not None and self.costs.budgets:
+            n = body.get("n") if endpoint != EMBEDDINGS else None
+            worst = self.costs.worst_case_usd(
+                [(t.provider_name, t.model) for tier in route.tiers for t in tier],
+                prompt_tokens=self.accounting.prompt_tokens(body, endpoint),
+                max_output_tokens=max_out * (n or 1))
+        return (await self.limits.admit(key_id=key_id, route=alias, est_tokens=est, est_cost_usd=worst)
+                if self.limits else None)
 
     async def _call(self, send, endpoint: str, body: dict, key_id: str, route: CompiledRoute, trace: Trace,
                     rate: dict[str, str] | None) -> int:
@@ -156,3 +155,13 @@ class Inference:
                                  "model": trace.stream_model or "", "choices": [], "usage": usage.to_openai()})
             await send({"type": "http.response.body", "body": sse.DONE, "more_body": False})
         return actual
+
+
+def _json_object(raw: bytes) -> dict:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"request body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object", code="invalid_json")
+    return body

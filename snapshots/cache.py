@@ -246,28 +246,17 @@ class SnapshotCache:
         the rename, and only after all renames the caller's completion marker. Any failure
         removes the partial files and leaves no marker, so the next fetch starts over.
         """
-        total = 0
-        jobs = []
         opened: dict[str, int] = {}
         sizes: dict[str, int] = {}
         dsts: dict[str, Path] = {}
         ok = False
         try:
+            jobs = []
             for rel in files:
                 src = fsutil.join(remote_dir, rel)
-                try:
-                    size = store.fs.size(src)
-                except FileNotFoundError:
-                    raise SnapshotCorrupt(f"{remote_url}: {rel} is missing from the snapshot", rank=None) from None
-                dst = local_join(local, rel, where=f"{remote_url}/{SNAPSHOT_JSON}")
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                partial = str(dst) + ".partial"
-                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                opened[rel], sizes[rel], dsts[rel] = fd, size, dst
-                _reserve(fd, size, partial)
-                for start in range(0, size, FETCH_CHUNK):
-                    jobs.append((rel, src, start, min(size, start + FETCH_CHUNK)))
-                total += size
+                opened[rel], sizes[rel], dsts[rel] = _open_partial(store, src, local, rel, remote_url)
+                jobs += [(rel, src, start, min(sizes[rel], start + FETCH_CHUNK))
+                         for start in range(0, sizes[rel], FETCH_CHUNK)]
 
             def one(job) -> int:
                 rel, src, start, end = job
@@ -282,29 +271,55 @@ class SnapshotCache:
             with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
                 list(pool.map(one, jobs))
             for rel, fd in opened.items():
-                partial = str(dsts[rel]) + ".partial"
-                on_disk = os.fstat(fd).st_size
-                if on_disk != sizes[rel]:
-                    raise SnapshotIOError(f"{partial}: {on_disk} bytes on disk after download, expected {sizes[rel]}")
-                try:
-                    os.fsync(fd)
-                except OSError as exc:
-                    raise SnapshotIOError(f"{partial}: fsync failed: {exc.strerror or exc}") from exc
+                _check_and_sync(fd, sizes[rel], str(dsts[rel]) + ".partial")
             ok = True
         finally:
             for fd in opened.values():
                 os.close(fd)
             if not ok:
-                for dst in dsts.values():
-                    try:
-                        os.unlink(str(dst) + ".partial")
-                    except FileNotFoundError:
-                        pass
+                _remove_partials(dsts.values())
         for rel in files:
             os.replace(str(dsts[rel]) + ".partial", dsts[rel])
         for parent in {d.parent for d in dsts.values()}:
             _fsync_dir(parent)  # the renames survive a crash before the marker is written
-        return total
+        return sum(sizes.values())
+
+
+def _open_partial(store, src: str, local: Path, rel: str, remote_url: str) -> tuple[int, int, Path]:
+    """(fd, size, dst) for `rel`: `<dst>.partial` created empty, the remote file's size reserved."""
+    try:
+        size = store.fs.size(src)
+    except FileNotFoundError:
+        raise SnapshotCorrupt(f"{remote_url}: {rel} is missing from the snapshot", rank=None) from None
+    dst = local_join(local, rel, where=f"{remote_url}/{SNAPSHOT_JSON}")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    partial = str(dst) + ".partial"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _reserve(fd, size, partial)
+    except BaseException:  # the caller's cleanup only knows files this returned
+        os.close(fd)
+        _remove_partials([dst])
+        raise
+    return fd, size, dst
+
+
+def _check_and_sync(fd: int, size: int, partial: str) -> None:
+    on_disk = os.fstat(fd).st_size
+    if on_disk != size:
+        raise SnapshotIOError(f"{partial}: {on_disk} bytes on disk after download, expected {size}")
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise SnapshotIOError(f"{partial}: fsync failed: {exc.strerror or exc}") from exc
+
+
+def _remove_partials(dsts) -> None:
+    for dst in dsts:
+        try:
+            os.unlink(str(dst) + ".partial")
+        except FileNotFoundError:
+            pass
 
 
 def _reserve(fd: int, size: int, name: str) -> None:

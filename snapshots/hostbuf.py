@@ -6,9 +6,9 @@ of its cost. Two ways to pay for them:
             reader threads (the default);
   populate  an anonymous mapping with MAP_POPULATE: the kernel pre-faults every page in one pass
             inside mmap(), in the calling thread, before any read starts.
-On the project's 2-core VM under heavy CPU contention (load 20-35), populate used ~10% less CPU
-for a 0.75 GB rank but is serial; with idle cores the faults of `empty` run in parallel. bench/
-restore.py reports both, so pick with THAWLINE_HOST_ALLOC=empty|populate per machine.
+Under heavy CPU contention populate can cost less CPU, but it is serial; with idle cores the
+faults of `empty` run in parallel. Which wins depends on the machine: bench/restore.py reports
+both, so pick with THAWLINE_HOST_ALLOC=empty|populate per machine.
 
 With CUDA present the buffer is pinned instead (cudaHostAlloc maps and locks the pages itself),
 so the later host-to-device copy is a DMA.

@@ -56,8 +56,6 @@ def create_offline_snapshot(hf_dir: str | Path, *, tp: int, store_url: str, name
     progress(n) is called with the bytes of every tensor written; on_total(n) once, up front, with
     the sum over all ranks (replicated tensors count once per rank).
     """
-    from safetensors import safe_open
-
     hf_dir = Path(hf_dir)
     config_path = hf_dir / "config.json"
     if not config_path.is_file():
@@ -66,6 +64,36 @@ def create_offline_snapshot(hf_dir: str | Path, *, tp: int, store_url: str, name
     tp_split.check_config(config, tp)
     files = safetensors_files(hf_dir)
     # Validate every name against the TP rules before claiming the id (fail before writing).
+    names_by_file, planned = _plan(files, tp)
+    if on_total:
+        on_total(planned)
+    store = SnapshotStore(store_url, storage_options)
+    writer = store.create_writer(name, snapshot_id, tp_size=tp, part_bytes=part_bytes)
+    dtype = None
+    with writer:
+        for rank in range(tp):
+            with writer.rank_writer(rank) as rw:
+                first = _write_rank(rw, names_by_file, tp, rank, progress)
+                dtype = dtype or first
+        for aux in hf_aux_files(hf_dir):
+            writer.put_file(f"engine/hf/{aux.name}", aux.read_bytes())
+        writer.commit(
+            {
+                "engine": {"name": "none", "version": None},
+                "dtype": config.get("torch_dtype") or config.get("dtype") or dtype,
+                "model_revision": str(hf_dir.resolve()),
+                "architecture": (config.get("architectures") or [None])[0],
+                "source": "offline-tp-split",
+            }
+        )
+    return writer.url
+
+
+def _plan(files: list[Path], tp: int) -> tuple[dict[Path, list[str]], int]:
+    """(tensor names per file, bytes all ranks will write); raises on a name or dim the TP rules
+    cannot split."""
+    from safetensors import safe_open
+
     names_by_file = {}
     planned = 0
     for f in files:
@@ -81,33 +109,23 @@ def create_offline_snapshot(hf_dir: str | Path, *, tp: int, store_url: str, name
                 spec = tp_split.shard_spec(n)
                 tp_split.rank_slices(n, shape, tp, 0)  # raises on an indivisible dim
                 planned += numel * itemsize * (tp if spec.kind == tp_split.REPLICATED or tp == 1 else 1)
-    if on_total:
-        on_total(planned)
-    store = SnapshotStore(store_url, storage_options)
-    writer = store.create_writer(name, snapshot_id, tp_size=tp, part_bytes=part_bytes)
+    return names_by_file, planned
+
+
+def _write_rank(rw, names_by_file: dict[Path, list[str]], tp: int, rank: int,
+                progress: Callable[[int], None] | None) -> str | None:
+    """Write rank `rank`'s slice of every tensor; returns the dtype of the first one."""
+    from safetensors import safe_open
+
     dtype = None
-    with writer:
-        for rank in range(tp):
-            with writer.rank_writer(rank) as rw:
-                for f in files:
-                    with safe_open(str(f), framework="pt") as st:
-                        for n in names_by_file[f]:
-                            sl = st.get_slice(n)
-                            idx = tp_split.rank_slices(n, tuple(sl.get_shape()), tp, rank)
-                            t = sl[idx] if idx else st.get_tensor(n)
-                            dtype = dtype or str(t.dtype).removeprefix("torch.")
-                            rw.add(n, t)
-                            if progress:
-                                progress(t.numel() * t.element_size())
-        for aux in hf_aux_files(hf_dir):
-            writer.put_file(f"engine/hf/{aux.name}", aux.read_bytes())
-        writer.commit(
-            {
-                "engine": {"name": "none", "version": None},
-                "dtype": config.get("torch_dtype") or config.get("dtype") or dtype,
-                "model_revision": str(hf_dir.resolve()),
-                "architecture": (config.get("architectures") or [None])[0],
-                "source": "offline-tp-split",
-            }
-        )
-    return writer.url
+    for f, names in names_by_file.items():
+        with safe_open(str(f), framework="pt") as st:
+            for n in names:
+                sl = st.get_slice(n)
+                idx = tp_split.rank_slices(n, tuple(sl.get_shape()), tp, rank)
+                t = sl[idx] if idx else st.get_tensor(n)
+                dtype = dtype or str(t.dtype).removeprefix("torch.")
+                rw.add(n, t)
+                if progress:
+                    progress(t.numel() * t.element_size())
+    return dtype

@@ -1,17 +1,17 @@
 """Read local files ahead into the kernel page cache, so a later reader copies from memory.
 
 Why chunks: `posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED)` on a whole file looks like it asks
-for all of it, but Linux caps one WILLNEED at the device's readahead window (`read_ahead_kb`,
-8 MiB on this VM): a 1.5 GB part file got 8 MiB cached. One call per window-sized chunk submits
-the whole file; the kernel queues the reads asynchronously and returns at once (~0.5 s of calls
-for 1.5 GB here, the file fully cached ~1.5 s later), much faster than a sequential read loop.
+for all of it, but Linux caps one WILLNEED at the device's readahead window (`read_ahead_kb`):
+only the first window of a large part file gets cached. One call per window-sized chunk submits
+the whole file; the kernel queues the reads asynchronously and returns at once, much faster than
+a sequential read loop.
 """
 from __future__ import annotations
 
 import os
 
 # Larger than any usual read_ahead_kb (128 KiB-8 MiB) would be cut to the window; smaller just
-# means more syscalls. 8 MiB = this VM's window.
+# means more syscalls.
 CHUNK_BYTES = 8 << 20
 
 

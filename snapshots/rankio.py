@@ -184,32 +184,10 @@ def read_rank(fs, snap_path: str, meta: SnapshotMeta, rank: int, rows, *, verify
     pinned = _cuda_available()
     buf = hostbuf.allocate(rplan.buffer_bytes, pinned=pinned)
     mv = memoryview(buf.numpy())
-    reader.open([p.path for p in info.parts])
-    try:
-        _check_part_sizes(reader, rank, info)
-        pieces = readplan.chunks(rplan.ranges, CHUNK_BYTES)
-
-        def one(piece) -> int:
-            f, start, end, dest = piece
-            reader.read_into(f, start, mv[dest: dest + (end - start)])
-            if progress:
-                progress(end - start)
-            return end - start
-
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            nbytes = sum(pool.map(one, pieces))
-    finally:
-        reader.close()
+    nbytes = _read_parts(reader, rank, info, rplan, mv, threads, progress)
     t_read = time.perf_counter()
     if verify:
-        def view_of(row):
-            p = rplan.positions[row.name]
-            return mv[p: p + row.nbytes]
-
-        # xxhash releases the GIL, so hashing spreads over the same number of threads.
-        groups = [rows[i::threads] for i in range(threads)]
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(lambda g: verify_rows(rank, g, view_of), groups))
+        _verify_buffer(rank, rows, rplan, mv, threads)
     t_verify = time.perf_counter()
     src = buf
     if device is not None and torch.device(device).type != "cpu":
@@ -234,3 +212,37 @@ def read_rank(fs, snap_path: str, meta: SnapshotMeta, rank: int, rows, *, verify
         pinned=pinned,
     )
     return tensors, src, timings
+
+
+def _read_parts(reader: RankReader, rank: int, info, rplan, mv: memoryview, threads: int,
+                progress: Callable[[int], None] | None) -> int:
+    """Read the rank's part files into the buffer by the read plan's chunks, `threads` at a
+    time; returns the bytes read."""
+    reader.open([p.path for p in info.parts])
+    try:
+        _check_part_sizes(reader, rank, info)
+        pieces = readplan.chunks(rplan.ranges, CHUNK_BYTES)
+
+        def one(piece) -> int:
+            f, start, end, dest = piece
+            reader.read_into(f, start, mv[dest: dest + (end - start)])
+            if progress:
+                progress(end - start)
+            return end - start
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return sum(pool.map(one, pieces))
+    finally:
+        reader.close()
+
+
+def _verify_buffer(rank: int, rows, rplan, mv: memoryview, threads: int) -> None:
+    """Every tensor's checksum, over its slice of the buffer."""
+    def view_of(row):
+        p = rplan.positions[row.name]
+        return mv[p: p + row.nbytes]
+
+    # xxhash releases the GIL, so hashing spreads over the same number of threads.
+    groups = [rows[i::threads] for i in range(threads)]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(lambda g: verify_rows(rank, g, view_of), groups))

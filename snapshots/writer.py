@@ -218,7 +218,19 @@ class SnapshotWriter:
             raise SnapshotError(f"snapshot {self.model}/{self.snapshot_id} is already committed")
         # Fail before touching anything if gc took the id meanwhile (see snapshots/writer_claim.py).
         ensure_owned(self._fs, self._snap, self._token, self.url)
-        fields = dict(meta_fields or {})
+        rows, ranks = self._closed_ranks()
+        meta = self._meta(dict(meta_fields or {}), ranks)
+        fsutil.write_atomic(self._fs, fsutil.join(self._snap, MANIFEST), manifest.encode(rows))
+        for r in range(self.tp_size):
+            self._fs.rm_file(fsutil.join(self._snap, rank_fragment_path(r)))
+        self._publish(meta)
+        self.committed = True
+        self.stop_heartbeat()
+        return meta
+
+    def _closed_ranks(self) -> tuple[list[manifest.ManifestRow], list[RankInfo]]:
+        """Every rank's manifest rows and RankInfo, read from the fragments the rank writers left
+        on close; fails naming the ranks that never closed."""
         rows: list[manifest.ManifestRow] = []
         ranks: list[RankInfo] = []
         missing = []
@@ -228,39 +240,46 @@ class SnapshotWriter:
             except FileNotFoundError:
                 missing.append(r)
                 continue
-            where = f"{self.url}/{rank_fragment_path(r)}"
-            try:
-                rrows = manifest.decode(frag)
-            except Exception as exc:  # noqa: BLE001 - pyarrow raises several types; name the file
-                raise SnapshotCorrupt(f"{where}: not a valid manifest fragment ({exc})", rank=r) from exc
-            if any(row.rank != r or not row.file.startswith(f"rank-{r}/") or ".." in row.file.split("/") for row in rrows):
-                raise SnapshotCorrupt(f"{where}: rows name another rank or a path outside rank-{r}/", rank=r)
+            rrows = self._fragment_rows(r, frag)
             rows.extend(rrows)
-            ends: dict[str, int] = {}
-            for row in rrows:
-                ends[row.file] = max(ends.get(row.file, 0), row.offset + row.nbytes)
-            parts = []
-            for f in sorted(ends, key=lambda s: int(s.rsplit("-", 1)[1].split(".")[0])):
-                size = self._fs.size(fsutil.join(self._snap, f))
-                if size != ends[f]:
-                    raise SnapshotError(f"rank {r}: part {f} has {size} bytes, manifest expects {ends[f]}")
-                parts.append(PartInfo(path=f, nbytes=size))
-            ranks.append(
-                RankInfo(
-                    rank=r,
-                    parts=parts,
-                    nbytes=sum(p.nbytes for p in parts),
-                    tensor_bytes=sum(x.nbytes for x in rrows),
-                    num_tensors=len(rrows),
-                )
-            )
+            parts = self._rank_parts(r, rrows)
+            ranks.append(RankInfo(rank=r, parts=parts, nbytes=sum(p.nbytes for p in parts),
+                                  tensor_bytes=sum(x.nbytes for x in rrows), num_tensors=len(rrows)))
         if missing:
             raise SnapshotError(f"cannot commit {self.model}/{self.snapshot_id}: ranks {missing} were not closed")
+        return rows, ranks
+
+    def _fragment_rows(self, r: int, frag: bytes) -> list[manifest.ManifestRow]:
+        """Rank r's fragment decoded; its rows may only name files under rank-r/."""
+        where = f"{self.url}/{rank_fragment_path(r)}"
+        try:
+            rrows = manifest.decode(frag)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types; name the file
+            raise SnapshotCorrupt(f"{where}: not a valid manifest fragment ({exc})", rank=r) from exc
+        if any(row.rank != r or not row.file.startswith(f"rank-{r}/") or ".." in row.file.split("/") for row in rrows):
+            raise SnapshotCorrupt(f"{where}: rows name another rank or a path outside rank-{r}/", rank=r)
+        return rrows
+
+    def _rank_parts(self, r: int, rrows: list[manifest.ManifestRow]) -> list[PartInfo]:
+        """Rank r's part files in order, each checked to end exactly where its last tensor does."""
+        ends: dict[str, int] = {}
+        for row in rrows:
+            ends[row.file] = max(ends.get(row.file, 0), row.offset + row.nbytes)
+        parts = []
+        for f in sorted(ends, key=lambda s: int(s.rsplit("-", 1)[1].split(".")[0])):
+            size = self._fs.size(fsutil.join(self._snap, f))
+            if size != ends[f]:
+                raise SnapshotError(f"rank {r}: part {f} has {size} bytes, manifest expects {ends[f]}")
+            parts.append(PartInfo(path=f, nbytes=size))
+        return parts
+
+    def _meta(self, fields: dict[str, Any], ranks: list[RankInfo]) -> SnapshotMeta:
+        """snapshot.json's content: the known meta fields typed, any other key under `extra`."""
         engine = fields.pop("engine", {"name": "none"})
         if isinstance(engine, str):
             engine = {"name": engine, "version": fields.pop("engine_version", None)}
         known = {k: fields.pop(k) for k in ("model_revision", "dtype", "pp_size") if k in fields}
-        meta = SnapshotMeta(
+        return SnapshotMeta(
             format_version=FORMAT_VERSION,
             model=self.model,
             snapshot_id=self.snapshot_id,
@@ -275,9 +294,9 @@ class SnapshotWriter:
             extra=fields,
             **known,
         )
-        fsutil.write_atomic(self._fs, fsutil.join(self._snap, MANIFEST), manifest.encode(rows))
-        for r in range(self.tp_size):
-            self._fs.rm_file(fsutil.join(self._snap, rank_fragment_path(r)))
+
+    def _publish(self, meta: SnapshotMeta) -> None:
+        """Write snapshot.json, then make sure the id is still ours; undo it if not."""
         # The commit point (c1): until this object exists no reader sees the snapshot. Exclusive,
         # so a writer that lost its id can never replace another writer's snapshot.json.
         meta_path = fsutil.join(self._snap, SNAPSHOT_JSON)
@@ -295,9 +314,6 @@ class SnapshotWriter:
                 pass
             self.stop_heartbeat()
             raise ClaimLost(f"{self.url}: commit undone, this writer lost the snapshot: {reason}")
-        self.committed = True
-        self.stop_heartbeat()
-        return meta
 
     def abort(self) -> None:
         """Remove everything written so far (claim included), freeing the id."""

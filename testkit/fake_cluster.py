@@ -1,14 +1,19 @@
 """A fake multi-node Ray cluster of our own on this machine, for tests and benches.
 
-    with start_fake_cluster(extra_env={"THAWLINE_CACHE_DIR": "/tmp/x/{node_id}"}) as fc:
+    from cluster.fake_multinode import ENGINE_RESOURCE, fake_multinode_config
+
+    with start_fake_cluster(fake_multinode_config, extra_env={"THAWLINE_CACHE_DIR": "/tmp/x/{node_id}"}) as fc:
         with fc.connected():                  # this process as a driver (ray.init(fc.address))
-            print(engine_nodes())             # alive nodes offering `thawline_engine`
+            print(engine_nodes(ENGINE_RESOURCE))  # alive nodes offering that resource
         subprocess.run([...], env=fc.env)     # or a driver in a child process
 
-The head is `RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=<cluster/fake-multinode.yaml,
-pointed at this head>`; the real autoscaler then "launches" worker nodes (cpu-engine, gpu-*) as
-extra raylets on this machine and removes them when idle. Ray 2.60's `ray up` cannot use the fake
+The head is `RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=<the caller's config, pointed
+at this head>`; the real autoscaler then "launches" worker nodes (cpu-engine, gpu-*) as extra
+raylets on this machine and removes them when idle. Ray 2.60's `ray up` cannot use the fake
 provider (its defaults file is missing from the wheel), hence `ray start`.
+
+The autoscaler config comes from the caller (the product's cluster/fake_multinode.py builds and
+validates it): test support depends on nothing in the operator package.
 
 What every cluster gets:
 - a sandbox token (testkit/sandbox.py): `stop()` stops exactly this cluster's processes, never
@@ -30,7 +35,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import yaml
 
@@ -39,9 +44,9 @@ from testkit.sandbox import MARKER_ENV, stop_sandbox
 from testkit.serve_deploy import RAY_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FAKE_CONFIG = REPO_ROOT / "cluster" / "fake-multinode.yaml"
-ENGINE_RESOURCE = "thawline_engine"  # what cluster/fake-multinode.yaml's cpu-engine type offers
 RAY = str(Path(sys.executable).with_name("ray"))
+# (GCS port, head CPUs, head custom resources) -> the autoscaler config the head runs with
+AutoscalerConfig = Callable[[int, int, dict[str, float]], dict]
 
 
 @dataclass
@@ -78,26 +83,12 @@ class FakeCluster:
             ray.shutdown()
 
 
-def _config(port: int, head_cpus: int, head_resources: dict[str, float], node_types: dict | None = None) -> dict:
-    from cluster.config import deep_merge, load_cluster_config
-    from cluster.validate import ray_prepare_and_validate
-
-    config = deep_merge(load_cluster_config(FAKE_CONFIG), {
-        "provider": {"gcs_address": f"127.0.0.1:{port}"},
-        # The autoscaler cannot configure the head: its type must say what `ray start` gives it.
-        "available_node_types": {"ray.head.default": {"resources": {"CPU": head_cpus, "GPU": 0, **head_resources}},
-                                 **(node_types or {})},
-    })
-    ray_prepare_and_validate(config)
-    return config
-
-
-def start_fake_cluster(*, head_cpus: int = 4, head_resources: dict[str, float] | None = None,
-                       extra_env: dict[str, str] | None = None, node_types: dict | None = None,
-                       timeout_s: float = 120) -> FakeCluster:
+def start_fake_cluster(autoscaler_config: AutoscalerConfig, *, head_cpus: int = 4,
+                       head_resources: dict[str, float] | None = None,
+                       extra_env: dict[str, str] | None = None, timeout_s: float = 120) -> FakeCluster:
     """Start the head (the autoscaler adds worker nodes on demand). On failure nothing is left
-    running. The caller stops it: `stop()` or `with`. `node_types`: worker node types added to
-    (or merged over) cluster/fake-multinode.yaml's, in its `available_node_types` shape."""
+    running. The caller stops it: `stop()` or `with`. `autoscaler_config(port, head_cpus,
+    head_resources)` gives the config for a head on 127.0.0.1:port."""
     import json
 
     token = uuid.uuid4().hex
@@ -107,7 +98,7 @@ def start_fake_cluster(*, head_cpus: int = 4, head_resources: dict[str, float] |
         port = free_port()
         head_resources = dict(head_resources or {})
         config_path = root / "autoscaler.yaml"
-        config_path.write_text(yaml.safe_dump(_config(port, head_cpus, head_resources, node_types)))
+        config_path.write_text(yaml.safe_dump(autoscaler_config(port, head_cpus, head_resources)))
         extra = {**RAY_ENV, **(extra_env or {})}
         env = {
             **os.environ,
@@ -145,7 +136,7 @@ def start_fake_cluster(*, head_cpus: int = 4, head_resources: dict[str, float] |
     return FakeCluster(f"127.0.0.1:{port}", env, token, root, config_path, extra)
 
 
-def engine_nodes(resource: str = ENGINE_RESOURCE) -> list[dict]:
+def engine_nodes(resource: str) -> list[dict]:
     """Alive nodes offering `resource` (ray.nodes() entries); needs a connected driver."""
     import ray
 

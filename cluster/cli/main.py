@@ -21,7 +21,7 @@ app = typer.Typer(
 # (module, attribute, name) of sub-apps; a module that is missing is skipped so a partial
 # checkout still gives a working CLI.
 _SUBAPPS = [
-    ("cluster.cli.snapshot", "app", "snapshot"),
+    ("cluster.cli.snapshot.commands", "app", "snapshot"),
     ("cluster.cli.model", "app", "model"),
     ("cluster.cli.cluster_cmd", "app", "cluster"),
     ("cluster.cli.bench", "app", "bench"),

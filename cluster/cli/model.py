@@ -23,7 +23,7 @@ def tiny(
     seed: int = typer.Option(0, help="Seed; the same seed gives byte-identical files."),
 ) -> None:
     """A ~2 MB float32 Llama whose dims all shard at TP=2 (e2e tests, demo)."""
-    from testkit.tinyllama import generate_llama
+    from cluster.models.tinyllama import generate_llama
 
     _report(generate_llama(out, preset="tiny", seed=seed))
 
@@ -36,6 +36,6 @@ def bench(
     seed: int = typer.Option(0, help="Seed; the same seed gives byte-identical files."),
 ) -> None:
     """A bfloat16 Llama of about SIZE_GB, in several safetensors shards (benchmarks)."""
-    from testkit.tinyllama import generate_llama
+    from cluster.models.tinyllama import generate_llama
 
     _report(generate_llama(out, preset="bench", size_gb=size_gb, seed=seed))

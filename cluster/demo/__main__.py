@@ -189,15 +189,8 @@ def print_next_steps(console, *, kept: bool, started_keep: bool = False) -> None
 
 
 def serving_half(args, steps, work: Path, hf_dir: Path, store_url: str) -> None:
-    from cluster.demo import session as s
     from cluster.demo import stack as st
-    from cluster.cli.ops.commands import status_tables
-    from cluster.cli.ops.deploy import deploy, validate_config
-    from cluster.cli.ops.status import gather
-    from rich.markup import escape
-
-    from cluster.demo.ui import console, note
-    from gateway.client import Client
+    from cluster.demo.ui import note
     from testkit.fake_providers import FakeServer
 
     st.demo_env()
@@ -219,54 +212,14 @@ def serving_half(args, steps, work: Path, hf_dir: Path, store_url: str) -> None:
             ray_info = st.start_ray_cluster() if args.keep else st.start_ray()
             ray_started = True
             note(f"Ray dashboard {ray_info.dashboard_url}; fake OpenAI-style provider {fake.openai_url} (not a real API)")
-
         with steps.step(f"Snapshot through the engine path (vLLM boots once at TP={args.serve_tp})"):
-            try:
-                if earlier:
-                    # A snapshot is made once and restored by every later cold start: a rerun of
-                    # the demo reuses the one it made before (the engine boot is the slow part).
-                    snap_url = earlier
-                    note("reusing the engine snapshot an earlier run made (--fresh-snapshot makes a new one)")
-                else:
-                    snap_url = finish_engine_snapshot(proc, work)
-            except RuntimeError as exc:
-                # Degrade, visibly: serve the offline split instead (same format, no engine state,
-                # so the cold start profiles memory itself) and say why.
-                from cluster.demo.snapshot import offline_snapshot
-
-                console.print(f"  [yellow]engine snapshot unavailable[/]: {escape(str(exc))}")
-                snap_url = offline_snapshot(hf_dir, store_url, name="tiny", tp=args.serve_tp)
-                note("serving the offline (--engine none) snapshot instead")
-            note(snap_url)
-
+            snap_url = _serving_snapshot(args, earlier, proc, work, hf_dir, store_url)
         http_port = st.KEEP_HTTP_PORT if args.keep else st.free_port()
         base_url = f"http://127.0.0.1:{http_port}/v1"
         with steps.step("Deploy the gateway and the LLM app, scaled to zero (validate, then `serve deploy`)"):
-            shutil.rmtree(work / "ledger", ignore_errors=True)  # this run's spend only
-            gw_cfg = st.gateway_config(fake.openai_url, (work / "ledger").as_uri(), (work / "keys").as_uri())
-            gw_yaml = st.write_yaml(work / "gateway.yaml", gw_cfg)
-            serve_yaml = st.write_yaml(work / "serve.yaml", st.serve_config(http_port, snap_url, gw_yaml))
-            cfg, checks = validate_config(serve_yaml)
-            for c in checks:
-                note(f"{c.name}: {c.import_path} args valid ({c.schema or 'untyped'})")
-            deploy(cfg, ray_info.dashboard_url)
-            st.wait_for(lambda: st.apps_running([st.LLM_APP, st.GATEWAY_APP]), 300, "Serve apps")
-            client = Client(base_url, api_key=st.DEMO_KEY)
-            st.wait_for(lambda: client.models().data, 60, "gateway HTTP")
+            client = _deploy(work, fake.openai_url, snap_url, http_port, base_url, ray_info.dashboard_url)
             steps.serving_up = True
-        for table in status_tables(gather(None)):
-            console.print(table)
-
-        steps.soft("Cold request: the LLM app scales from zero", s.cold_request, client)
-        steps.soft("Warm request", s.warm_request, client)
-        steps.soft("Streaming", s.streaming, client)
-        steps.soft("Fallback: the hosted provider (a loopback FAKE) fails, the local model answers",
-                   s.fallback, client, fake.state)
-        steps.soft("Rate-limited burst", s.rate_limited_burst, base_url, st.DEMO_KEY)
-        steps.soft("The same gateway from the openai SDK", s.openai_sdk, base_url, st.DEMO_KEY)
-        steps.soft("... and from inside the cluster, through a DeploymentHandle", s.in_cluster_handle, st.DEMO_KEY)
-        steps.soft("Cost ledger", s.ledger, client, st.ADMIN_KEY)
-        client.close()
+        _requests(steps, client, fake, base_url)
     finally:
         if proc is not None and proc.poll() is None:  # interrupted before the snapshot finished
             proc.kill()
@@ -279,6 +232,77 @@ def serving_half(args, steps, work: Path, hf_dir: Path, store_url: str) -> None:
                 st.stop_ray(keep=args.keep)
             if fake is not None:
                 fake.stop()
+
+
+def _serving_snapshot(args, earlier: str | None, proc, work: Path, hf_dir: Path, store_url: str) -> str:
+    """The engine snapshot to serve: an earlier run's, the one `proc` is making, or (visibly
+    degraded) the offline split when the engine path failed."""
+    from rich.markup import escape
+
+    from cluster.demo.ui import console, note
+
+    try:
+        if earlier:
+            # A snapshot is made once and restored by every later cold start: a rerun of
+            # the demo reuses the one it made before (the engine boot is the slow part).
+            snap_url = earlier
+            note("reusing the engine snapshot an earlier run made (--fresh-snapshot makes a new one)")
+        else:
+            snap_url = finish_engine_snapshot(proc, work)
+    except RuntimeError as exc:
+        # Degrade, visibly: serve the offline split instead (same format, no engine state,
+        # so the cold start profiles memory itself) and say why.
+        from cluster.demo.snapshot import offline_snapshot
+
+        console.print(f"  [yellow]engine snapshot unavailable[/]: {escape(str(exc))}")
+        snap_url = offline_snapshot(hf_dir, store_url, name="tiny", tp=args.serve_tp)
+        note("serving the offline (--engine none) snapshot instead")
+    note(snap_url)
+    return snap_url
+
+
+def _deploy(work: Path, provider_url: str, snap_url: str, http_port: int, base_url: str, dashboard_url: str):
+    """Validate and `serve deploy` the gateway and the LLM app; a Client once the gateway answers."""
+    from cluster.cli.ops.deploy import deploy, validate_config
+    from cluster.demo import stack as st
+    from cluster.demo.ui import note
+    from gateway.client import Client
+
+    shutil.rmtree(work / "ledger", ignore_errors=True)  # this run's spend only
+    gw_cfg = st.gateway_config(provider_url, (work / "ledger").as_uri(), (work / "keys").as_uri())
+    gw_yaml = st.write_yaml(work / "gateway.yaml", gw_cfg)
+    serve_yaml = st.write_yaml(work / "serve.yaml", st.serve_config(http_port, snap_url, gw_yaml))
+    cfg, checks = validate_config(serve_yaml)
+    for c in checks:
+        note(f"{c.name}: {c.import_path} args valid ({c.schema or 'untyped'})")
+    deploy(cfg, dashboard_url)
+    st.wait_for(lambda: st.apps_running([st.LLM_APP, st.GATEWAY_APP]), 300, "Serve apps")
+    client = Client(base_url, api_key=st.DEMO_KEY)
+    st.wait_for(lambda: client.models().data, 60, "gateway HTTP")
+    return client
+
+
+def _requests(steps, client, fake, base_url: str) -> None:
+    """The status tables, then every request the demo shows (each a soft step: one failing
+    does not stop the rest)."""
+    from cluster.cli.ops.commands import status_tables
+    from cluster.cli.ops.status import gather
+    from cluster.demo import session as s
+    from cluster.demo import stack as st
+    from cluster.demo.ui import console
+
+    for table in status_tables(gather(None)):
+        console.print(table)
+    steps.soft("Cold request: the LLM app scales from zero", s.cold_request, client)
+    steps.soft("Warm request", s.warm_request, client)
+    steps.soft("Streaming", s.streaming, client)
+    steps.soft("Fallback: the hosted provider (a loopback FAKE) fails, the local model answers",
+               s.fallback, client, fake.state)
+    steps.soft("Rate-limited burst", s.rate_limited_burst, base_url, st.DEMO_KEY)
+    steps.soft("The same gateway from the openai SDK", s.openai_sdk, base_url, st.DEMO_KEY)
+    steps.soft("... and from inside the cluster, through a DeploymentHandle", s.in_cluster_handle, st.DEMO_KEY)
+    steps.soft("Cost ledger", s.ledger, client, st.ADMIN_KEY)
+    client.close()
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ class RankRestore:
 def ensure_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     """Generate the deterministic tiny Llama once; a complete earlier copy (config.json is
     moved in with the weights, atomically) is reused, since the same seed gives the same bytes."""
-    from testkit.tinyllama import generate_llama
+    from cluster.models.tinyllama import generate_llama
 
     if (out_dir / "config.json").is_file() and any(out_dir.glob("*.safetensors")):
         return out_dir

@@ -234,6 +234,6 @@ def demo_env() -> None:
     """Env the replicas inherit (the local raylet is started by this process)."""
     for k, v in {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                  "RAY_USAGE_STATS_ENABLED": "0", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-                 # fast scale-from-zero: short metrics push interval (measured: ~1.5 s vs ~9 s)
+                 # fast scale-from-zero: the autoscaler sees the first request only once a handle pushes metrics
                  "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5"}.items():
         os.environ.setdefault(k, v)

@@ -78,7 +78,7 @@ class LedgerBook:
                     self.pending_local[target] = rows
                 continue
             cost = accelerator_cost_usd(secs - last, usd_per_hour)
-            # Requests that got no answer pay nothing (issue 11); replica time no answer paid
+            # Requests that got no answer pay nothing; replica time no answer paid
             # for is its own `idle` line, outside every key's and route's spend.
             shares, unbilled = allocate_local(cost, rows)
             for r, c in zip(rows, shares):

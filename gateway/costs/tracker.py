@@ -6,7 +6,7 @@ budgeted scope. A budget check therefore sees all replicas' spend up to one sync
 plus this replica's own spend since: across replicas a budget can be overrun by at most what
 the other replicas spend within one interval (and by requests already in flight when it is
 reached, whose cost is only known when they finish). That check alone would let a concurrent
-burst overshoot (issue 11), so budgets are also reserved at admission: the LimitClient reserves
+burst overshoot, so budgets are also reserved at admission: the LimitClient reserves
 each request's `worst_case_usd` out of budget cells at the limits broker (exact across
 replicas) and settles them to the real cost; this check remains for what is priced afterwards
 (local targets).

@@ -1,7 +1,7 @@
 """Per-route bounds on the request fields that decide how much an answer may cost (pure).
 
 Applied to the body before it is pre-charged and forwarded, so what the limiter pre-charges and
-the budget reserves is what the upstream receives (issue 11): both max_tokens fields are
+the budget reserves is what the upstream receives: both max_tokens fields are
 clamped, a default bound is set when the client gives none, `n` is bounded, and `service_tier`
 / `store` values that change price or retention are refused unless the route allows them.
 """

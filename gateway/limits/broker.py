@@ -1,11 +1,11 @@
 """The shared quota broker: one named Ray actor all gateway replicas lease limits from.
 
-Why this design (issue 5: exact across replicas, cheap on the hot path, Ray-native, no Redis):
+Why this design (exact across replicas, cheap on the hot path, Ray-native, no Redis):
 
 - Exact: quota is only ever *leased* out of the broker (see pool.QuotaPool's invariant), and a
   replica admits only from quota it holds, so no interleaving of replicas can overshoot a limit.
-  A central counter without leases would be exact too, but costs one actor round trip (~0.3-1 ms
-  here, and a serialization point) on every request.
+  A central counter without leases would be exact too, but costs one actor round trip (and a
+  serialization point) on every request.
 - Cheap: a replica leases a chunk sized to its recent demand (lease.LocalLeases.want_extra), so
   a steady stream of requests is admitted from local memory; the broker is called about once per
   `lease_horizon_s` per hot cell, plus when a lease runs out.

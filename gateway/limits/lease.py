@@ -102,7 +102,7 @@ class LocalLeases:
                 ls.avail = 0
             # All or nothing per cell: a partial take would sit in this pending admission where
             # the broker cannot reclaim it (returnable() offers only `avail`), so two replicas
-            # each holding part of the last request's quota would both be refused (issue 11).
+            # each holding part of the last request's quota would both be refused.
             # The caller hands the remainder back with its broker call (take_avail) instead.
             if ls.avail >= n:
                 if n:

@@ -104,11 +104,11 @@ def _tool_choice(body: dict) -> dict | None:
     return out
 
 
-def to_anthropic(body: dict, model: str) -> dict:
-    check_chat_shapes(body)   # malformed shapes -> a 400 naming the field, not a crash below
+def _messages(chat: list[dict]) -> tuple[list[str], list[dict]]:
+    """OpenAI messages -> (system texts, Messages API turns)."""
     system: list[str] = []
     messages: list[dict] = []
-    for mi, m in enumerate(body.get("messages", [])):
+    for mi, m in enumerate(chat):
         role = m.get("role")
         if role in ("system", "developer"):
             system.append(content_text(m.get("content")))
@@ -134,6 +134,12 @@ def to_anthropic(body: dict, model: str) -> dict:
         else:
             messages.append({"role": "assistant" if role == "assistant" else "user",
                              "content": _blocks(m.get("content"))})
+    return system, messages
+
+
+def to_anthropic(body: dict, model: str) -> dict:
+    check_chat_shapes(body)   # malformed shapes -> a 400 naming the field, not a crash below
+    system, messages = _messages(body.get("messages", []))
     out: dict[str, Any] = {"model": model, "messages": messages,
                            "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens")
                            or DEFAULT_MAX_TOKENS}

@@ -109,52 +109,80 @@ def to_gemini(body: dict) -> dict:
     if field is not None:
         # the dispatcher skips such targets before calling; this guards direct callers
         raise invalid(field, "cannot be honoured by the Gemini API")
+    system, contents = _contents(body.get("messages", []))
+    out: dict[str, Any] = {"contents": contents}
+    out.update(_tools(body))
+    if system:
+        out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
+    gen = _generation_config(body)
+    if gen:
+        out["generationConfig"] = gen
+    return out
+
+
+def _contents(messages: list[dict]) -> tuple[list[str], list[dict]]:
+    """OpenAI messages -> (system texts, Gemini contents)."""
     system: list[str] = []
     contents: list[dict] = []
     call_names: dict[str, str] = {}   # tool_call_id -> function name (functionResponse needs the name)
-    for mi, m in enumerate(body.get("messages", [])):
+    for mi, m in enumerate(messages):
         role = m.get("role")
         if role in ("system", "developer"):
             system.append(content_text(m.get("content")))
-            continue
-        if role == "tool":
-            name = call_names.get(m["tool_call_id"])
-            if name is None:
-                raise invalid(f"messages[{mi}].tool_call_id", "must be the id of an earlier assistant tool call")
-            part = {"functionResponse": {"name": name, "response": _tool_response(m.get("content"))}}
-            prev = contents[-1] if contents else None
-            if prev is not None and prev["role"] == "user" and prev["parts"] \
-                    and "functionResponse" in prev["parts"][0]:
-                prev["parts"].append(part)   # the answers to one turn's calls go in one content
-            else:
-                contents.append({"role": "user", "parts": [part]})
-            continue
-        if role == "assistant" and m.get("tool_calls"):
-            parts = [{"text": content_text(m.get("content"))}] if content_text(m.get("content")) else []
-            for ti, tc in enumerate(m["tool_calls"]):
-                fn = tc["function"]
-                if tc.get("id"):
-                    call_names[tc["id"]] = fn["name"]
-                parts.append({"functionCall": {"name": fn["name"], "args": _args(
-                    fn.get("arguments"), f"messages[{mi}].tool_calls[{ti}].function.arguments")}})
-            contents.append({"role": "model", "parts": parts})
-            continue
-        contents.append({"role": "model" if role == "assistant" else "user", "parts": _parts(m.get("content"))})
-    out: dict[str, Any] = {"contents": contents}
+        elif role == "tool":
+            _add_tool_response(contents, m, mi, call_names)
+        elif role == "assistant" and m.get("tool_calls"):
+            contents.append(_model_tool_calls(m, mi, call_names))
+        else:
+            contents.append({"role": "model" if role == "assistant" else "user", "parts": _parts(m.get("content"))})
+    return system, contents
+
+
+def _add_tool_response(contents: list[dict], m: dict, mi: int, call_names: dict[str, str]) -> None:
+    name = call_names.get(m["tool_call_id"])
+    if name is None:
+        raise invalid(f"messages[{mi}].tool_call_id", "must be the id of an earlier assistant tool call")
+    part = {"functionResponse": {"name": name, "response": _tool_response(m.get("content"))}}
+    prev = contents[-1] if contents else None
+    if prev is not None and prev["role"] == "user" and prev["parts"] \
+            and "functionResponse" in prev["parts"][0]:
+        prev["parts"].append(part)   # the answers to one turn's calls go in one content
+    else:
+        contents.append({"role": "user", "parts": [part]})
+
+
+def _model_tool_calls(m: dict, mi: int, call_names: dict[str, str]) -> dict:
+    """An assistant turn with tool calls -> a model content of functionCall parts (recording
+    each call's id -> name for the tool responses that follow)."""
+    parts = [{"text": content_text(m.get("content"))}] if content_text(m.get("content")) else []
+    for ti, tc in enumerate(m["tool_calls"]):
+        fn = tc["function"]
+        if tc.get("id"):
+            call_names[tc["id"]] = fn["name"]
+        parts.append({"functionCall": {"name": fn["name"], "args": _args(
+            fn.get("arguments"), f"messages[{mi}].tool_calls[{ti}].function.arguments")}})
+    return {"role": "model", "parts": parts}
+
+
+def _tools(body: dict) -> dict:
+    """`tools` and `toolConfig` of the request (empty without function tools)."""
     tools = function_tools(body)
-    if tools:
-        out["tools"] = [{"functionDeclarations": [_declaration(fn, k) for k, fn in enumerate(tools)]}]
-        tc = body.get("tool_choice")
-        if tc is not None:
-            if isinstance(tc, dict):
-                cfg = {"mode": "ANY", "allowedFunctionNames": [tc["function"]["name"]]}
-            else:
-                cfg = {"mode": {"auto": "AUTO", "none": "NONE", "required": "ANY"}[tc]}
-            out["toolConfig"] = {"functionCallingConfig": cfg}
-    elif isinstance(body.get("tool_choice"), dict) or body.get("tool_choice") == "required":
-        raise invalid("tool_choice", "needs 'tools'")
-    if system:
-        out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
+    if not tools:
+        if isinstance(body.get("tool_choice"), dict) or body.get("tool_choice") == "required":
+            raise invalid("tool_choice", "needs 'tools'")
+        return {}
+    out: dict[str, Any] = {"tools": [{"functionDeclarations": [_declaration(fn, k) for k, fn in enumerate(tools)]}]}
+    tc = body.get("tool_choice")
+    if tc is not None:
+        if isinstance(tc, dict):
+            cfg = {"mode": "ANY", "allowedFunctionNames": [tc["function"]["name"]]}
+        else:
+            cfg = {"mode": {"auto": "AUTO", "none": "NONE", "required": "ANY"}[tc]}
+        out["toolConfig"] = {"functionCallingConfig": cfg}
+    return out
+
+
+def _generation_config(body: dict) -> dict[str, Any]:
     gen: dict[str, Any] = {}
     mt = body.get("max_completion_tokens") or body.get("max_tokens")
     if mt is not None:
@@ -172,9 +200,7 @@ def to_gemini(body: dict) -> dict:
         gen["responseMimeType"] = "application/json"
         if jm[1] is not None:
             gen["responseSchema"] = to_gemini_schema(jm[1])
-    if gen:
-        out["generationConfig"] = gen
-    return out
+    return gen
 
 
 def usage_from_gemini(u: dict | None) -> Usage | None:

@@ -1,6 +1,6 @@
 """The HTTP plumbing shared by hosted providers: one aiohttp session per replica, failure mapping.
 
-aiohttp, not httpx: measured here, httpx costs 4-7x aiohttp's CPU per forwarded request, and the
+aiohttp, not httpx: httpx costs several times aiohttp's CPU per forwarded request, and the
 upstream call is most of the gateway's per-request work.
 """
 from __future__ import annotations

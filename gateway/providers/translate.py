@@ -58,66 +58,85 @@ def check_chat_shapes(body: dict) -> None:
     if not isinstance(msgs, list):
         raise invalid("messages", "must be an array")
     for i, m in enumerate(msgs):
-        if not isinstance(m, dict):
-            raise invalid(f"messages[{i}]", "must be an object")
-        c = m.get("content")
-        if isinstance(c, list):
-            for j, p in enumerate(c):
-                _check_part(p, f"messages[{i}].content[{j}]")
-        elif c is not None and not isinstance(c, str):
-            raise invalid(f"messages[{i}].content", "must be a string or an array of content parts")
-        tcs = m.get("tool_calls")
-        if tcs is not None:
-            if not isinstance(tcs, list):
-                raise invalid(f"messages[{i}].tool_calls", "must be an array")
-            for j, tc in enumerate(tcs):
-                param = f"messages[{i}].tool_calls[{j}]"
-                if not isinstance(tc, dict):
-                    raise invalid(param, "must be an object")
-                _check_function(tc.get("function"), f"{param}.function")
-                args = tc["function"].get("arguments")
-                if args is not None and not isinstance(args, (str, dict)):
-                    raise invalid(f"{param}.function.arguments", "must be a JSON string")
-                if tc.get("id") is not None and not isinstance(tc["id"], str):
-                    raise invalid(f"{param}.id", "must be a string")
-        if m.get("role") == "tool" and not isinstance(m.get("tool_call_id"), str):
-            raise invalid(f"messages[{i}].tool_call_id", "must be a string")
+        _check_message(m, i)
     tools = body.get("tools")
     if tools is not None:
-        if not isinstance(tools, list):
-            raise invalid("tools", "must be an array")
-        for k, t in enumerate(tools):
-            if not isinstance(t, dict) or not isinstance(t.get("type"), str):
-                raise invalid(f"tools[{k}]", 'must be an object such as {"type": "function", "function": {...}}')
-            if t["type"] == "function":
-                fn = t.get("function")
-                _check_function(fn, f"tools[{k}].function")
-                if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
-                    raise invalid(f"tools[{k}].function.parameters", "must be a JSON Schema object")
-                if fn.get("description") is not None and not isinstance(fn["description"], str):
-                    raise invalid(f"tools[{k}].function.description", "must be a string")
+        _check_tools(tools)
     tc = body.get("tool_choice")
     if tc is not None:
-        if isinstance(tc, str):
-            if tc not in ("none", "auto", "required"):
-                raise invalid("tool_choice", "must be 'none', 'auto', 'required' or a named function")
-        elif not isinstance(tc, dict) or tc.get("type") != "function":
-            raise invalid("tool_choice", 'must be a string or {"type": "function", "function": {"name": ...}}')
-        else:
-            _check_function(tc.get("function"), "tool_choice.function")
-            names = {t["function"]["name"] for t in tools or [] if t.get("type") == "function"}
-            if tc["function"]["name"] not in names:
-                raise invalid("tool_choice.function.name", "must name a function in 'tools'")
+        _check_tool_choice(tc, tools)
     rf = body.get("response_format")
     if rf is not None:
-        if not isinstance(rf, dict) or not isinstance(rf.get("type"), str):
-            raise invalid("response_format", 'must be an object such as {"type": "json_object"}')
-        if rf["type"] == "json_schema":
-            js = rf.get("json_schema")
-            if not isinstance(js, dict) or not isinstance(js.get("name"), str) or not js["name"]:
-                raise invalid("response_format.json_schema", "must be an object with a non-empty 'name' string")
-            if js.get("schema") is not None and not isinstance(js["schema"], dict):
-                raise invalid("response_format.json_schema.schema", "must be a JSON Schema object")
+        _check_response_format(rf)
+
+
+def _check_message(m: Any, i: int) -> None:
+    if not isinstance(m, dict):
+        raise invalid(f"messages[{i}]", "must be an object")
+    c = m.get("content")
+    if isinstance(c, list):
+        for j, p in enumerate(c):
+            _check_part(p, f"messages[{i}].content[{j}]")
+    elif c is not None and not isinstance(c, str):
+        raise invalid(f"messages[{i}].content", "must be a string or an array of content parts")
+    tcs = m.get("tool_calls")
+    if tcs is not None:
+        if not isinstance(tcs, list):
+            raise invalid(f"messages[{i}].tool_calls", "must be an array")
+        for j, tc in enumerate(tcs):
+            _check_tool_call(tc, f"messages[{i}].tool_calls[{j}]")
+    if m.get("role") == "tool" and not isinstance(m.get("tool_call_id"), str):
+        raise invalid(f"messages[{i}].tool_call_id", "must be a string")
+
+
+def _check_tool_call(tc: Any, param: str) -> None:
+    if not isinstance(tc, dict):
+        raise invalid(param, "must be an object")
+    _check_function(tc.get("function"), f"{param}.function")
+    args = tc["function"].get("arguments")
+    if args is not None and not isinstance(args, (str, dict)):
+        raise invalid(f"{param}.function.arguments", "must be a JSON string")
+    if tc.get("id") is not None and not isinstance(tc["id"], str):
+        raise invalid(f"{param}.id", "must be a string")
+
+
+def _check_tools(tools: Any) -> None:
+    if not isinstance(tools, list):
+        raise invalid("tools", "must be an array")
+    for k, t in enumerate(tools):
+        if not isinstance(t, dict) or not isinstance(t.get("type"), str):
+            raise invalid(f"tools[{k}]", 'must be an object such as {"type": "function", "function": {...}}')
+        if t["type"] == "function":
+            fn = t.get("function")
+            _check_function(fn, f"tools[{k}].function")
+            if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
+                raise invalid(f"tools[{k}].function.parameters", "must be a JSON Schema object")
+            if fn.get("description") is not None and not isinstance(fn["description"], str):
+                raise invalid(f"tools[{k}].function.description", "must be a string")
+
+
+def _check_tool_choice(tc: Any, tools: list | None) -> None:
+    if isinstance(tc, str):
+        if tc not in ("none", "auto", "required"):
+            raise invalid("tool_choice", "must be 'none', 'auto', 'required' or a named function")
+    elif not isinstance(tc, dict) or tc.get("type") != "function":
+        raise invalid("tool_choice", 'must be a string or {"type": "function", "function": {"name": ...}}')
+    else:
+        _check_function(tc.get("function"), "tool_choice.function")
+        names = {t["function"]["name"] for t in tools or [] if t.get("type") == "function"}
+        if tc["function"]["name"] not in names:
+            raise invalid("tool_choice.function.name", "must name a function in 'tools'")
+
+
+def _check_response_format(rf: Any) -> None:
+    if not isinstance(rf, dict) or not isinstance(rf.get("type"), str):
+        raise invalid("response_format", 'must be an object such as {"type": "json_object"}')
+    if rf["type"] == "json_schema":
+        js = rf.get("json_schema")
+        if not isinstance(js, dict) or not isinstance(js.get("name"), str) or not js["name"]:
+            raise invalid("response_format.json_schema", "must be an object with a non-empty 'name' string")
+        if js.get("schema") is not None and not isinstance(js["schema"], dict):
+            raise invalid("response_format.json_schema.schema", "must be a JSON Schema object")
 
 
 def function_tools(body: dict) -> list[dict]:

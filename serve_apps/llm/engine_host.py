@@ -80,7 +80,7 @@ class EngineHost:
         import snapshots.vllm_engine.start  # noqa: F401
 
         # vLLM's frontend defaults (chat template, tool parsers, logging...). Building this parser
-        # walks every config dataclass: seconds on a busy 2-core node, so not on the cold path.
+        # walks every config dataclass: seconds on a busy node, so not on the cold path.
         self._frontend_defaults = vars(make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", "unset"]))
         self.import_s = time.time() - t0
         # seconds from the forkserver's launch (at the start of this constructor) to ready

@@ -3,7 +3,7 @@ its model-class inspection, model_info.py).
 
 Why: AsyncLLM always runs its EngineCore in a child process (vLLM 0.32 has no in-process async
 engine). Inside a Ray actor vLLM forces the `spawn` start method, so that child re-imports
-torch + vLLM from scratch (~7 s on 2 cores) on every cold start. A forkserver started ahead of
+torch + vLLM from scratch (seconds) on every cold start. A forkserver started ahead of
 time (in a warm-pool host, before any request) imports them once; each EngineCore is then a
 fork of that clean, single-threaded server: no re-import, and none of the Ray worker's threads
 are forked (the reason vLLM refuses plain `fork` in Ray actors).
@@ -89,7 +89,7 @@ def start() -> float:
 class Launch:
     """start() begun in a thread, so the server's imports run while the caller does its own
     (two single-threaded imports on two cores: a pooled host is ready in about the time of one,
-    not the sum: 8 s + 9 s sequential on the 2-core VM). `wait()` finishes what start() does and
+    not the sum). `wait()` finishes what start() does and
     returns the seconds since the launch, or raises the launch's error."""
 
     def __init__(self) -> None:

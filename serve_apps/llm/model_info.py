@@ -4,8 +4,8 @@ interpreter.
 Why: building an engine config, vLLM inspects the model's class (`_ModelInfo`: pooling,
 multimodal, LoRA support ...). It caches the result in VLLM_CACHE_ROOT/modelinfos; on a miss it
 runs the inspection in a subprocess, `python -m vllm.model_executor.models.registry`, which
-imports torch + vLLM from scratch: 7-8 s on the 2-core bench VM (bench/first_cold_start.py:
-engine_start_detail_s.config 7.4-7.9 s on the first cold start against 0.03 s after). A restored engine's
+imports torch + vLLM from scratch: seconds (bench/first_cold_start.py's engine_init.config on a
+first cold start against a later one shows it). A restored engine's
 VLLM_CACHE_ROOT is its snapshot's engine dir in the node cache (snapshots/vllm_engine/start.py), which
 the snapshot does not fill with model infos, so the first engine start of each snapshot on each
 node missed: the first cold start of every fresh node cache (every bench run, every new node)

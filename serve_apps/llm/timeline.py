@@ -23,9 +23,9 @@ def process_start_time(pid: int | str = "self") -> float:
     """time.time() at which process `pid` was created, to ~10 ms (Linux; psutil elsewhere).
 
     Not psutil's create_time(): it adds the start tick to /proc/stat's btime, which the kernel
-    rounds down to whole seconds, so it is up to 1 s early (0.5 s on the bench VM). That put the
-    worker Ray forks ~0.4 s after a cold request *before* the request: the router then took the
-    worker as reused, and its start went into serve_scheduling with worker_start logged as 0.
+    rounds down to whole seconds, so it is up to 1 s early. That can put the worker Ray forks
+    shortly after a cold request *before* the request: the router then takes the worker as
+    reused, and its start goes into serve_scheduling with worker_start logged as 0.
     Here: now minus the process's age, both read on the boot clock."""
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -97,9 +97,6 @@ class ThawlineLoader(BaseModelLoader):
         """(this rank's contribution to the TP agreement, its RankLoad timing fields)."""
         # The restore stack (pyarrow, fsspec) is imported here, not at module top: the plugin
         # imports this module in every process vLLM starts, and only TP workers restore.
-        from snapshots.cache import SnapshotCache
-        from snapshots.maprank import map_rank
-        from snapshots.restore import restore_resolved
         from snapshots.store import SnapshotStore
 
         store, ref = SnapshotStore.for_snapshot(url)
@@ -115,44 +112,9 @@ class ThawlineLoader(BaseModelLoader):
         rows = store.read_manifest(snap.ref)
         local = self._local_snapshot(store, snap, rank)
         if local is not None and all(p.device.type == "cpu" and p.data.is_contiguous() for p in params.values()):
-            # Host-resident parameters (CPU engines): the parameters become views of private
-            # mappings of the local (or node-cached) part files. No copy and no fresh memory to
-            # fault in: restore()+copy_ touched every byte twice, and even one preadv copy into
-            # vLLM's fresh parameters cost 3x the mapping + checksum pass in bench/engine_start.py.
-            mine_rows = [r for r in rows if r.rank == rank]
-            check_parameters(expected, {r.name: (tuple(r.shape), r.dtype) for r in mine_rows}, rank=rank, where=where)
-            try:
-                mapped = map_rank(local, mine_rows, rank=rank, verify=self.options.verify)
-            except SnapshotCorrupt:
-                if store.is_local:
-                    raise
-                # The node-cache copy went bad after it was marked complete: fetch it again once.
-                logger.warning("thawline: cached copy of rank %d of %s is corrupt; fetching it again", rank, where)
-                SnapshotCache().discard(snap.url, [rank])
-                local = self._local_snapshot(store, snap, rank)
-                mapped = map_rank(local, mine_rows, rank=rank, verify=self.options.verify)
-            with torch.no_grad():
-                for name, tensor in mapped.items():
-                    params[name].data = tensor
-            nbytes = sum(r.nbytes for r in mine_rows)
-            how = "mapped from the part files"
+            nbytes, how = self._map_into(params, expected, store, snap, rows, rank, local)
         else:
-            # Device parameters: the restore engine reads the rank into a host buffer (pinned
-            # when CUDA is present), then the bytes go into vLLM's parameters in chunks of at most
-            # THAWLINE_STAGING_BYTES (hostbuf.copy_into_params): the device never holds a second
-            # copy of the rank, so peak device memory during restore is the weights themselves.
-            from snapshots.hostbuf import copy_into_params
-
-            restored = restore_resolved(store, snap, rank, verify=self.options.verify, use_cache=self.options.use_cache,
-                                        device=None)
-            check_parameters(expected, {n: (tuple(t.shape), _dtype_name(t)) for n, t in restored.tensors.items()},
-                             rank=rank, where=where)
-            with torch.no_grad():
-                # copy, not assignment: on CPU process_weights_after_loading repacks and drops
-                # most parameters, and views would pin the whole restore buffer.
-                chunk = copy_into_params(restored.tensors, params)
-            nbytes = restored.timings.tensor_bytes
-            how = f"restore engine, staged in chunks of <= {chunk / 2**20:.0f} MiB"
+            nbytes, how = self._copy_into(params, expected, store, snap, rank)
         # peak_device_mib: the device's allocation high-water mark so far (weights + any staging);
         # bench/gpu_check.py compares it with the rank's weight bytes.
         peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
@@ -166,6 +128,54 @@ class ThawlineLoader(BaseModelLoader):
             "expected": rank_digests(rows, meta.tp_size),
             "error": None,
         }, {"restore_s": round(restore_s, 4), "nbytes": int(nbytes), "how": how, "peak_device_mib": round(peak, 1)}
+
+    def _map_into(self, params: dict[str, nn.Parameter], expected: dict, store: SnapshotStore,
+                  snap: ResolvedSnapshot, rows: list, rank: int, local: str) -> tuple[int, str]:
+        """Host-resident parameters (CPU engines): the parameters become views of private
+        mappings of the local (or node-cached) part files. No copy and no fresh memory to fault
+        in: restore()+copy_ touched every byte twice, and even one preadv copy into vLLM's fresh
+        parameters cost 3x the mapping + checksum pass in bench/engine_start.py.
+        Returns (bytes restored, how)."""
+        from snapshots.cache import SnapshotCache
+        from snapshots.maprank import map_rank
+
+        where = snap.url
+        mine_rows = [r for r in rows if r.rank == rank]
+        check_parameters(expected, {r.name: (tuple(r.shape), r.dtype) for r in mine_rows}, rank=rank, where=where)
+        try:
+            mapped = map_rank(local, mine_rows, rank=rank, verify=self.options.verify)
+        except SnapshotCorrupt:
+            if store.is_local:
+                raise
+            # The node-cache copy went bad after it was marked complete: fetch it again once.
+            logger.warning("thawline: cached copy of rank %d of %s is corrupt; fetching it again", rank, where)
+            SnapshotCache().discard(snap.url, [rank])
+            local = self._local_snapshot(store, snap, rank)
+            mapped = map_rank(local, mine_rows, rank=rank, verify=self.options.verify)
+        with torch.no_grad():
+            for name, tensor in mapped.items():
+                params[name].data = tensor
+        return sum(r.nbytes for r in mine_rows), "mapped from the part files"
+
+    def _copy_into(self, params: dict[str, nn.Parameter], expected: dict, store: SnapshotStore,
+                   snap: ResolvedSnapshot, rank: int) -> tuple[int, str]:
+        """Device parameters: the restore engine reads the rank into a host buffer (pinned when
+        CUDA is present), then the bytes go into vLLM's parameters in chunks of at most
+        THAWLINE_STAGING_BYTES (hostbuf.copy_into_params): the device never holds a second copy
+        of the rank, so peak device memory during restore is the weights themselves.
+        Returns (bytes restored, how)."""
+        from snapshots.hostbuf import copy_into_params
+        from snapshots.restore import restore_resolved
+
+        restored = restore_resolved(store, snap, rank, verify=self.options.verify, use_cache=self.options.use_cache,
+                                    device=None)
+        check_parameters(expected, {n: (tuple(t.shape), _dtype_name(t)) for n, t in restored.tensors.items()},
+                         rank=rank, where=snap.url)
+        with torch.no_grad():
+            # copy, not assignment: on CPU process_weights_after_loading repacks and drops
+            # most parameters, and views would pin the whole restore buffer.
+            chunk = copy_into_params(restored.tensors, params)
+        return restored.timings.tensor_bytes, f"restore engine, staged in chunks of <= {chunk / 2**20:.0f} MiB"
 
     def _local_snapshot(self, store: SnapshotStore, snap: ResolvedSnapshot, rank: int) -> str | None:
         """Local directory holding this rank's part files: the snapshot itself on file://, else the

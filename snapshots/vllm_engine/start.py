@@ -138,7 +138,7 @@ def _prefetch(store: SnapshotStore, snap: ResolvedSnapshot) -> threading.Thread:
     waits on the cache's per-rank lock for the transfer already in flight). Local store: ask the
     kernel to read the part files ahead into the page cache (pagecache.read_ahead: chunked
     POSIX_FADV_WILLNEED, asynchronous).
-    Either way the weight stream overlaps the ~15 s of process spawning and communicator setup.
+    Either way the weight stream overlaps vLLM's process spawning and communicator setup.
     The snapshot is the one resolved at the start: its snapshot.json is not read again.
     """
 
@@ -201,32 +201,43 @@ def prepare_engine_start(snapshot_url: str, *, storage_options: dict | None = No
     _materialise(store, snap.ref, state, edir)
     thread = _prefetch(store, snap) if prefetch else None
 
+    env = _engine_env(state, edir, replay)
+    os.environ.update(env)
+
+    kwargs = _engine_kwargs(state, meta.tp_size, edir, replay)
+    kwargs["model_loader_extra_config"] = LoaderOptions(
+        snapshot_url=snap.url, verify=verify, allow_version_mismatch=allow_version_mismatch,
+        rank_urls=rank_urls or {},
+    ).model_dump()
+    kwargs.update(overrides)
+    return PreparedStart(snapshot=snap, state=state, engine_dir=edir, kwargs=kwargs, env=env, prefetch=thread)
+
+
+def _engine_env(state: EngineState, edir: Path, replay: bool) -> dict[str, str]:
+    """The env vLLM and NCCL read at start: always the snapshot's vLLM cache root (its compile
+    cache), and the captured NCCL topology/graph when this machine matches the snapshot's."""
     env = {"VLLM_CACHE_ROOT": str(edir / "vllm_cache")}
     for var, rel in (("NCCL_TOPO_FILE", state.nccl_topo_file), ("NCCL_GRAPH_FILE", state.nccl_graph_file)):
         if rel and replay:
             # Read by NCCL when vLLM creates the TP communicators: skips topology detection and
             # the ring/tree search, reusing what was found when the snapshot was made.
             env[var] = str(edir / "nccl" / rel.rsplit("/", 1)[-1])
-    os.environ.update(env)
+    return env
 
+
+def _engine_kwargs(state: EngineState, tp_size: int, edir: Path, replay: bool) -> dict:
+    """vLLM engine args from the captured ones, pointed at this node's engine dir and the
+    thawline loader (the caller adds the loader's options and its overrides)."""
     kwargs = dict(state.engine_args)
-    kwargs["tensor_parallel_size"] = meta.tp_size
+    kwargs["tensor_parallel_size"] = tp_size
     if state.kv_cache.num_gpu_blocks > 0 and replay:
         # The block count found when the snapshot was made: vLLM sizes the KV cache from it
         # instead of profiling memory again.
         kwargs["num_gpu_blocks_override"] = state.kv_cache.num_gpu_blocks
     if state.kv_cache.kv_cache_memory_bytes and replay:
         kwargs["kv_cache_memory_bytes"] = state.kv_cache.kv_cache_memory_bytes
-    kwargs.update(
-        model=str(edir / "hf"),
-        load_format=LOAD_FORMAT,
-        model_loader_extra_config=LoaderOptions(
-            snapshot_url=snap.url, verify=verify, allow_version_mismatch=allow_version_mismatch,
-            rank_urls=rank_urls or {},
-        ).model_dump(),
-    )
-    kwargs.update(overrides)
-    return PreparedStart(snapshot=snap, state=state, engine_dir=edir, kwargs=kwargs, env=env, prefetch=thread)
+    kwargs.update(model=str(edir / "hf"), load_format=LOAD_FORMAT)
+    return kwargs
 
 
 def start_engine(snapshot_url: str, *, async_engine: bool = False, **overrides):

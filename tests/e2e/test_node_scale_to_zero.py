@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from testkit.fake_cluster import ENGINE_RESOURCE, engine_nodes, start_fake_cluster
+from cluster.fake_multinode import ENGINE_RESOURCE, fake_multinode_config
+from testkit.fake_cluster import engine_nodes, start_fake_cluster
 from testkit.moto_s3 import copy_tree, make_bucket, moto_env
 from testkit.serve_deploy import app_running, deploy, llm_app_config, load_config, server_replicas, wait_for
 from tests.conftest import free_port
@@ -49,7 +50,7 @@ def node_cluster(tiny_snapshot_url, moto_server, e2e_tmp):
     port = free_port()
     env = {**moto_env(moto_server), "THAWLINE_CACHE_DIR": cache_template,
            "THAWLINE_WARM_POOL_RETIRE_S": str(POOL_RETIRE_S)}
-    with start_fake_cluster(head_cpus=2, extra_env=env) as fc:
+    with start_fake_cluster(fake_multinode_config, head_cpus=2, extra_env=env) as fc:
         with fc.connected(namespace="thawline-e2e"):
             from ray import serve
 
@@ -101,10 +102,10 @@ def _cold_start_on_a_new_node(c, seen_nodes: set[str]) -> str:
 
     from snapshots.cache import SnapshotCache
 
-    assert engine_nodes() == [] and server_replicas(APP) == 0
+    assert engine_nodes(ENGINE_RESOURCE) == [] and server_replicas(APP) == 0
     t_req, ttft, text = _stream_first_token(c)
     assert text
-    nodes = [n["NodeID"] for n in engine_nodes()]
+    nodes = [n["NodeID"] for n in engine_nodes(ENGINE_RESOURCE)]
     assert len(nodes) == 1 and nodes[0] not in seen_nodes, nodes  # one engine node joined: a new one
     node = nodes[0]
     cold = _state(c)["last_cold_start"]
@@ -145,14 +146,14 @@ def _back_to_zero_nodes(node: str) -> None:
     wait_for(lambda: server_replicas(APP) == 0, 120, f"the replica gone after {IDLE_S}s idle")
     t1 = time.monotonic()
     # The node's warm pool retires, the node goes idle and the autoscaler removes it.
-    wait_for(lambda: not engine_nodes(), 180, "the idle engine node removed")
+    wait_for(lambda: not engine_nodes(ENGINE_RESOURCE), 180, "the idle engine node removed")
     print(f"\nreplica gone {t1 - t0:.1f} s, node gone {time.monotonic() - t1:.1f} s later")
     with pytest.raises(ValueError):
         ray.get_actor(warm_pool_name(node), namespace=NAMESPACE)
 
 
 def test_zero_engine_nodes_before_any_request(node_cluster):
-    assert engine_nodes() == []
+    assert engine_nodes(ENGINE_RESOURCE) == []
     assert server_replicas(APP) == 0
     st = _state(node_cluster)
     assert st["state"] == "cold" and st["prewarm"] == []  # the head cannot hold a replica
@@ -169,4 +170,4 @@ def test_a_second_node_gets_a_fresh_pool_and_goes_away_too(node_cluster):
     assert first, "needs the first cold start"
     second = _cold_start_on_a_new_node(node_cluster, {first})
     _back_to_zero_nodes(second)
-    assert engine_nodes() == []
+    assert engine_nodes(ENGINE_RESOURCE) == []

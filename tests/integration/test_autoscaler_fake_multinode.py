@@ -21,6 +21,7 @@ import pytest
 import ray.autoscaler._private.util  # noqa: E402,F401
 import ray.autoscaler.aws  # noqa: E402,F401
 import ray.autoscaler.local  # noqa: E402,F401
+from cluster.fake_multinode import fake_multinode_config
 from testkit.fake_cluster import REPO_ROOT, start_fake_cluster
 from testkit.sandbox import MARKER_ENV, sandbox_processes
 
@@ -79,7 +80,7 @@ print(json.dumps({"head": head_id, "before": before, "node": node_id, "node_type
 @pytest.fixture(scope="module")
 def fake_cluster():
     """A fake-multinode Ray cluster of our own (testkit/fake_cluster.py)."""
-    with start_fake_cluster(head_cpus=HEAD_CPUS,
+    with start_fake_cluster(fake_multinode_config, head_cpus=HEAD_CPUS,
                             extra_env={"THAWLINE_PROBE": PROBE, "THAWLINE_WARM_POOL_RETIRE_S": "2"}) as fc:
         yield fc
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cluster.cli.main import app
 from snapshots.store import SnapshotStore
-from testkit.tinyllama import generate_llama
+from cluster.models.tinyllama import generate_llama
 
 runner = CliRunner()
 

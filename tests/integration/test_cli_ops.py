@@ -59,7 +59,7 @@ def cached_snapshot(tmp_path_factory):
     """A real snapshot fetched into a node cache dir (memory:// store -> SnapshotCache on disk)."""
     from snapshots.cache import SnapshotCache
     from snapshots.offline import create_offline_snapshot
-    from testkit.tinyllama import generate_llama
+    from cluster.models.tinyllama import generate_llama
 
     root = tmp_path_factory.mktemp("cli-ops")
     hf = generate_llama(root / "tiny", preset="tiny")

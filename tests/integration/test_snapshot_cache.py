@@ -15,7 +15,7 @@ from snapshots.errors import RankOutOfRange
 from snapshots.offline import create_offline_snapshot
 from snapshots.restore import restore
 from snapshots.store import SnapshotStore
-from testkit.tinyllama import generate_llama
+from cluster.models.tinyllama import generate_llama
 
 
 @pytest.fixture(scope="module")

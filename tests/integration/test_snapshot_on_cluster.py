@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.cli.snapshot_cluster import task_options
+from cluster.cli.snapshot.on_cluster import task_options
 from tests.conftest import REPO_ROOT, free_port
 from testkit.sandbox import MARKER_ENV, stop_sandbox
 
@@ -67,7 +67,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_create_on_cluster_runs_on_the_node_with_the_resources(ray_head, tmp_path):
-    from testkit.tinyllama import generate_llama
+    from cluster.models.tinyllama import generate_llama
 
     model = generate_llama(tmp_path / "tiny", preset="tiny")
     store = (tmp_path / "store").as_uri()

@@ -29,7 +29,7 @@ from snapshots.format import ALIGN
 from snapshots.offline import create_offline_snapshot
 from snapshots.restore import restore
 from snapshots.store import SnapshotStore
-from testkit.tinyllama import generate_llama
+from cluster.models.tinyllama import generate_llama
 
 PART_BYTES = 256 << 10  # small parts so the tiny model spans several part files per rank
 

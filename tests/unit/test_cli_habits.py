@@ -11,7 +11,7 @@ from cluster.cli.errors import CLIError
 from cluster.cli.main import app
 from cluster.cli.ops.timeline import waterfall
 from gateway.cold_start_phases import PHASE_ORDER
-from cluster.cli.snapshot_helpers import parse_engine_args
+from cluster.cli.snapshot.helpers import parse_engine_args
 
 
 def test_version_flag():

@@ -1,7 +1,9 @@
 """The layout rules of docs/ARCHITECTURE.md, checked on the source (ast only, nothing imported).
 
-- dependencies go one way: snapshots <- gateway <- serve_apps <- cluster; product code never
-  imports tests/ or testkit/ (the demo, the `thawline model` generator and benches may use testkit);
+- dependencies go one way: snapshots and gateway are two bases that import neither each other
+  nor anything above them; serve_apps joins them; cluster imports anything. Product code never
+  imports tests/ or testkit/ (the demo, repo tooling left out of the wheel, and benches may use
+  testkit), and testkit imports nothing from cluster;
 - no import cycle between the project's modules, counting imports inside functions too (a
   function-level import is for a lazy heavy dependency, never to dodge a cycle);
 - no Python file over 400 lines.
@@ -21,14 +23,15 @@ MAX_LINES = 400
 # package -> top-level packages it must never import (anywhere in the file)
 FORBIDDEN = {
     "snapshots": {"gateway", "serve_apps", "cluster", "testkit", "tests", "bench"},
-    "gateway": {"serve_apps", "cluster", "testkit", "tests", "bench"},
+    "gateway": {"snapshots", "serve_apps", "cluster", "testkit", "tests", "bench"},
     "serve_apps": {"cluster", "testkit", "tests", "bench"},
-    "cluster": {"tests", "bench"},
-    "testkit": {"tests", "bench"},
+    "cluster": {"testkit", "tests", "bench"},
+    "testkit": {"cluster", "tests", "bench"},
 }
-# operator-side files allowed to use testkit (generated models, the demo's loopback fake)
+# the demo (repo tooling, excluded from the wheel in pyproject.toml) drives testkit's loopback
+# fake providers; every other file under cluster/ ships and must not import testkit
 TESTKIT_USERS = {"cluster/demo/__main__.py", "cluster/demo/stack.py", "cluster/demo/session.py",
-                 "cluster/demo/snapshot.py", "cluster/demo/ui.py", "cluster/cli/model.py"}
+                 "cluster/demo/snapshot.py", "cluster/demo/ui.py"}
 
 
 def _py_files(*tops: str) -> list[Path]:
@@ -292,3 +295,59 @@ def test_the_header_literal_check_can_fail(tmp_path, monkeypatch):
                  'def h(k):\n    """x-thawline-* docs."""\n    return f"x-thawline-{k}"\n')
     hits = _header_literals(f)
     assert [h.split(":")[1] for h in hits] == ["2", "3", "6"], hits
+
+
+# --- product vs support: function length, testkit both ways, the demo's exemption -------------
+import sys  # noqa: E402
+import tomllib  # noqa: E402
+
+MAX_FUNCTION_LINES = 60  # def line to last line, docstring included; nested defs count in both
+
+
+def _long_functions(paths: list[Path], root: Path) -> list[str]:
+    out = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                span = node.end_lineno - node.lineno + 1
+                if span > MAX_FUNCTION_LINES:
+                    out.append(f"{path.relative_to(root)}:{node.lineno} {node.name}: {span} lines")
+    return out
+
+
+def test_no_product_function_over_the_line_limit():
+    long = _long_functions(_py_files(*PRODUCT), ROOT)
+    assert not long, f"product functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long)
+
+
+def test_the_function_limit_can_fail(tmp_path):
+    body = "\n".join(f"        x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    f = tmp_path / "m.py"
+    f.write_text(f"def fits():\n    return 1\n\n\nclass C:\n    async def too_long(self):\n{body}\n")
+    assert _long_functions([f], tmp_path) == [f"m.py:6 too_long: {MAX_FUNCTION_LINES + 1} lines"]
+
+
+def test_the_import_rules_catch_testkit_both_ways(tmp_path, monkeypatch):
+    files = {"testkit/helper.py": "def later():\n    from cluster.config import deep_merge\n",
+             "cluster/cli/model.py": "from testkit.net import free_port\n",
+             "cluster/demo/stack.py": "from testkit.net import free_port\n"}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    with pytest.raises(AssertionError, match="testkit/helper.py imports cluster.config"):
+        test_dependencies_go_one_way("testkit")
+    with pytest.raises(AssertionError) as broken:
+        test_dependencies_go_one_way("cluster")
+    assert "cluster/cli/model.py imports testkit.net" in str(broken.value)
+    assert "cluster/demo" not in str(broken.value)  # the exempt demo file is not reported
+
+
+def test_only_files_left_out_of_the_wheel_may_use_testkit():
+    """The demo's exemption stands only because the wheel excludes it (pyproject.toml)."""
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert not any(pat.startswith("testkit") for pat in find["include"])
+    excluded = set(find.get("exclude", ()))
+    for rel in TESTKIT_USERS:
+        package = str(Path(rel).parent).replace("/", ".")
+        assert package in excluded, f"{rel} may import testkit but its package {package} ships in the wheel"

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from snapshots import tp_split
-from testkit.tinyllama import generate_llama
+from cluster.models.tinyllama import generate_llama
 
 
 @pytest.fixture(scope="module")

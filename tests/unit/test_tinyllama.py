@@ -10,8 +10,8 @@ import pytest
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from testkit import tinyllama
-from testkit.tinyllama import generate_llama, iter_tensor_names, resolve_preset
+from cluster.models import tinyllama
+from cluster.models.tinyllama import generate_llama, iter_tensor_names, resolve_preset
 
 
 @pytest.fixture(scope="module")

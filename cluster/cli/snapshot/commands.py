@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from cluster.cli.errors import CLIError, one_line_errors
-from cluster.cli.snapshot_helpers import confirm_delete, parse_engine_args, require_store
+from cluster.cli.snapshot.helpers import confirm_delete, parse_engine_args, require_store
 
 app = typer.Typer(
     help="Create, list, inspect, verify, remove and restore tensor-parallel snapshots on any fsspec URL.",
@@ -74,17 +74,9 @@ def create(
     from pathlib import Path
 
     if on_cluster:
-        from cluster.cli.snapshot_cluster import create_on_cluster, task_options
+        from cluster.cli.snapshot.on_cluster import create_on_cluster, task_options
 
-        argv = ["--tp", str(tp), "--store", store, "--name", name, "--engine", engine.value]
-        argv += [x for flag, v in (("--dtype", dtype), ("--max-model-len", max_model_len), ("--id", snapshot_id))
-                 if v is not None for x in (flag, str(v))]
-        for item in engine_arg or []:
-            argv += ["--engine-arg", item]
-        if engine is Engine.vllm and not any(a.startswith("distributed_executor_backend=") for a in engine_arg or []):
-            # vLLM's own workers on the task's GPUs: a Ray executor would ask the cluster for
-            # the GPUs this task already holds.
-            argv += ["--engine-arg", "distributed_executor_backend=mp"]
+        argv = _on_cluster_argv(tp, store, name, engine, dtype, max_model_len, snapshot_id, engine_arg or [])
         typer.echo(create_on_cluster(hf_dir, argv, address=address, options=task_options(tp, accelerator_type, resources),
                                      on_line=lambda line: typer.echo(line, err=True)))
         return
@@ -97,23 +89,47 @@ def create(
     if engine is Engine.vllm:
         if snapshot_id is not None:
             raise ValueError("--id applies to --engine none only (engine snapshots get a generated id)")
-        # Lazy: importing vLLM takes seconds and is only needed for this path.
-        from cluster.cli.snapshot_progress import engine_create_progress
-        from snapshots.vllm_engine.capture import create_engine_snapshot
-
-        with engine_create_progress() as on_phase:
-            url = create_engine_snapshot(hf_dir, tp=tp, store_url=store, name=name, dtype=dtype,
-                                         max_model_len=max_model_len, on_phase=on_phase, **extra)
+        url = _create_engine(hf_dir, tp, store, name, dtype, max_model_len, extra)
     else:
         if dtype is not None or max_model_len is not None or extra:
             raise ValueError("--dtype, --max-model-len and --engine-arg apply to --engine vllm only")
-        from snapshots.offline import create_offline_snapshot
-        from snapshots.progress import byte_bar
-
-        with byte_bar(f"create tp={tp}") as bar:
-            url = create_offline_snapshot(hf_dir, tp=tp, store_url=store, name=name, snapshot_id=snapshot_id,
-                                          part_bytes=part_size_mb << 20, progress=bar, on_total=bar.set_total)
+        url = _create_offline(hf_dir, tp, store, name, snapshot_id, part_size_mb)
     typer.echo(url)
+
+
+def _on_cluster_argv(tp: int, store: str, name: str, engine: Engine, dtype: str | None, max_model_len: int | None,
+                     snapshot_id: str | None, engine_arg: list[str]) -> list[str]:
+    """`thawline snapshot create` arguments for the same capture run as a task on the cluster."""
+    argv = ["--tp", str(tp), "--store", store, "--name", name, "--engine", engine.value]
+    argv += [x for flag, v in (("--dtype", dtype), ("--max-model-len", max_model_len), ("--id", snapshot_id))
+             if v is not None for x in (flag, str(v))]
+    for item in engine_arg:
+        argv += ["--engine-arg", item]
+    if engine is Engine.vllm and not any(a.startswith("distributed_executor_backend=") for a in engine_arg):
+        # vLLM's own workers on the task's GPUs: a Ray executor would ask the cluster for
+        # the GPUs this task already holds.
+        argv += ["--engine-arg", "distributed_executor_backend=mp"]
+    return argv
+
+
+def _create_engine(hf_dir: str, tp: int, store: str, name: str, dtype: str | None, max_model_len: int | None,
+                   extra: dict) -> str:
+    # Lazy: importing vLLM takes seconds and is only needed for this path.
+    from cluster.cli.snapshot.progress import engine_create_progress
+    from snapshots.vllm_engine.capture import create_engine_snapshot
+
+    with engine_create_progress() as on_phase:
+        return create_engine_snapshot(hf_dir, tp=tp, store_url=store, name=name, dtype=dtype,
+                                      max_model_len=max_model_len, on_phase=on_phase, **extra)
+
+
+def _create_offline(hf_dir: str, tp: int, store: str, name: str, snapshot_id: str | None, part_size_mb: int) -> str:
+    from snapshots.offline import create_offline_snapshot
+    from snapshots.progress import byte_bar
+
+    with byte_bar(f"create tp={tp}") as bar:
+        return create_offline_snapshot(hf_dir, tp=tp, store_url=store, name=name, snapshot_id=snapshot_id,
+                                       part_bytes=part_size_mb << 20, progress=bar, on_total=bar.set_total)
 
 
 @app.command("ls")

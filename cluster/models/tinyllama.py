@@ -28,7 +28,7 @@ from typing import Iterator
 
 import numpy as np
 
-from testkit.tokenizer_corpus import corpus
+from cluster.models.tokenizer_corpus import corpus
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 # A minimal ChatML-style template: enough for vLLM's chat endpoint and the OpenAI SDK's

@@ -1,0 +1,31 @@
+"""`cluster/fake-multinode.yaml` pointed at a running head: the autoscaler config that
+`RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=...` runs with on one machine, where
+Ray's fake multi-node provider "launches" each worker node as an extra raylet.
+
+The config is validated here, by Ray's own prepare step, so a bad node type fails before any
+process starts rather than inside the autoscaler monitor.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from cluster.config import deep_merge, load_cluster_config
+from cluster.validate import ray_prepare_and_validate
+
+FAKE_CONFIG = Path(__file__).with_name("fake-multinode.yaml")
+ENGINE_RESOURCE = "thawline_engine"  # what fake-multinode.yaml's cpu-engine type offers
+
+
+def fake_multinode_config(gcs_port: int, head_cpus: int, head_resources: dict[str, float],
+                          node_types: dict | None = None) -> dict:
+    """The validated autoscaler config for a head on 127.0.0.1:`gcs_port`. `node_types`: worker
+    node types added to (or merged over) fake-multinode.yaml's, in its `available_node_types`
+    shape."""
+    config = deep_merge(load_cluster_config(FAKE_CONFIG), {
+        "provider": {"gcs_address": f"127.0.0.1:{gcs_port}"},
+        # The autoscaler cannot configure the head: its type must say what `ray start` gives it.
+        "available_node_types": {"ray.head.default": {"resources": {"CPU": head_cpus, "GPU": 0, **head_resources}},
+                                 **(node_types or {})},
+    })
+    ray_prepare_and_validate(config)
+    return config

@@ -1,0 +1,1 @@
+"""Deterministic local Llama checkpoints (`thawline model tiny|bench`): no hub download."""
