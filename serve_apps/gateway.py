@@ -119,12 +119,32 @@ class GatewayIngress:
             yield item
 
 
+def expand_store_urls(config: GatewayConfig, env: dict[str, str] | None = None) -> GatewayConfig:
+    """`key_store.url` and `ledger.url` may name the node environment, as LLM app args do
+    (`${THAWLINE_GATEWAY_STORE}/keys`): one shipped gateway.yaml then serves every cluster, whose
+    bucket only Terraform knows. Expanded here, in the builder, which Serve runs on the cluster;
+    `thawline deploy --dry-run` on a laptop validates the file without them. Only these URLs:
+    expanding any other field could copy a secret from the environment into the Serve config."""
+    from serve_apps.llm.args import expand_env
+
+    updates: dict[str, Any] = {}
+    for field in ("key_store", "ledger"):
+        part = getattr(config, field)
+        if part is not None and part.url is not None and "${" in part.url:
+            try:
+                updates[field] = part.model_copy(update={"url": expand_env(part.url, env)})
+            except ValueError as exc:
+                raise ConfigError(f"{field}.url: {exc}") from None
+    return config.model_copy(update=updates) if updates else config
+
+
 def build_app(cfg: GatewayConfig | dict | str | os.PathLike, *, overrides: dict[str, Any] | None = None) -> Application:
     """Validate the config here, in the driver (fail before deploy), then bind the deployment."""
     if isinstance(cfg, (str, os.PathLike)):
         config = load_config(resolve_config_path(str(cfg)))
     else:
         config = parse_config(cfg)
+    config = expand_store_urls(config)
     dumped = config.model_dump(mode="json", exclude_none=False)
     options = {**DEFAULT_DEPLOYMENT_OPTIONS, "user_config": {"config": dumped}, **(overrides or {})}
     return GatewayIngress.options(**options).bind(dumped)
