@@ -36,7 +36,7 @@ def auth_setup_lines() -> list[str]:
     start = text.index("## Quickstart: local")
     section = text[start:text.index("\n## ", start + 1)]
     script = "\n".join(re.findall(r"```bash\n(.*?)```", section, flags=re.S))
-    return [ln for ln in script.splitlines() if "RAY_AUTH" in ln or "get-auth-token" in ln]
+    return [ln for ln in script.splitlines() if ln.startswith(("export RAY_AUTH", "ray get-auth-token"))]
 
 
 def _dashboard_status(url: str, token: str | None) -> int:
