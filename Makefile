@@ -75,5 +75,7 @@ clean:
 # pushed: make node-image NODE_IMAGE=$$(terraform -chdir=infra/terraform output -raw node_image)
 node-image:
 	@test -n "$(NODE_IMAGE)" || { echo "NODE_IMAGE=<repo>:<tag> is required (terraform output node_image)"; exit 1; }
-	docker build -f cluster/docker/Dockerfile -t "$(NODE_IMAGE)" .
+	# The nodes are x86_64 (aws-gpu.yaml's instance types): an image built on an arm64 laptop
+	# would otherwise be arm64 and fail to start there.
+	docker build --platform linux/amd64 -f cluster/docker/Dockerfile -t "$(NODE_IMAGE)" .
 	docker push "$(NODE_IMAGE)"

@@ -158,9 +158,11 @@ class RetryConfig(_Strict):
     backoff_max_s: float = Field(5.0, ge=0, description="Backoff cap; also caps a honoured Retry-After.")
 
 
-# A store URL may name `${VAR}` / `${VAR:-default}` (expanded where the config is parsed: the
-# replica), so a shipped config can keep its files under e.g. ${THAWLINE_DEMO_DIR}.
-StoreURL = Annotated[str, AfterValidator(expand_env)]
+# A store URL may name `${VAR}` / `${VAR:-default}`, so one shipped config serves every machine
+# (${THAWLINE_DEMO_DIR} locally, the cluster's bucket on AWS). Validation keeps the reference as
+# written (`thawline deploy --dry-run` on a laptop has no cluster environment); the app builder,
+# which Serve runs on the cluster, expands it with `expand_store_urls`.
+StoreURL = str
 
 
 class LedgerConfig(_Strict):
@@ -285,3 +287,18 @@ def load_config(path: str | os.PathLike) -> GatewayConfig:
         raise ConfigError(f"{p}: not valid YAML: {e}".replace("\n", " ")) from None
     return parse_config(data, source=str(p))
 
+
+
+def expand_store_urls(config: GatewayConfig, env: dict[str, str] | None = None) -> GatewayConfig:
+    """`key_store.url` and `ledger.url` with `${VAR}` / `${VAR:-default}` expanded from `env`
+    (default: os.environ). Only these URLs: expanding any other field could copy a secret from the
+    environment into the Serve config. An unset variable without a default is a ConfigError."""
+    updates: dict[str, Any] = {}
+    for name in ("key_store", "ledger"):
+        part = getattr(config, name)
+        if part is not None and part.url is not None and "${" in part.url:
+            try:
+                updates[name] = part.model_copy(update={"url": expand_env(part.url, env)})
+            except ValueError as exc:
+                raise ConfigError(f"{name}.url: {exc}") from None
+    return config.model_copy(update=updates) if updates else config

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve import Application
 
-from gateway.config import ConfigError, GatewayConfig, load_config, parse_config
+from gateway.config import ConfigError, GatewayConfig, expand_store_urls, load_config, parse_config
 
 _CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -140,6 +140,7 @@ def build_app(cfg: GatewayConfig | dict | str | os.PathLike, *, overrides: dict[
         config = load_config(resolve_config_path(str(cfg)))
     else:
         config = parse_config(cfg)
+    config = expand_store_urls(config)
     dumped = config.model_dump(mode="json", exclude_none=False)
     options = {**DEFAULT_DEPLOYMENT_OPTIONS, "user_config": {"config": dumped}, **(overrides or {})}
     return GatewayIngress.options(**options).bind(dumped)

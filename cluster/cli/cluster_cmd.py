@@ -135,5 +135,25 @@ def status(
     typer.echo(json.dumps({**summary(config, resolved), **parse_ray_status(proc.stdout)}, indent=2))
 
 
+@app.command("render-env")
+@one_line_errors
+def render_env(
+    secret_id: str = typer.Option(..., "--secret-id", help="Secrets Manager secret (name or ARN; terraform output node_secret_arn): a JSON object of env var -> value."),
+    out: Path = typer.Option(..., "--out", "-o", help="The env file to write (mode 600), sourced by the node's `ray start`."),
+    region: Optional[str] = typer.Option(None, "--region", help="AWS region of the secret (default: the AWS environment's)."),
+    require: list[str] = typer.Option([], "--require", help="Fail unless the secret sets this variable (repeatable)."),
+) -> None:
+    """Write the nodes' secrets from AWS Secrets Manager to an env file for `ray start` (node start,
+    cluster/aws-gpu.yaml). Prints the variable names, never their values."""
+    from cluster.secrets import env_file_text, fetch_secret_env, missing_names, write_private_file
+
+    env = fetch_secret_env(secret_id, region=region)
+    missing = missing_names(env, require)
+    if missing:
+        raise CLIError(f"secret {secret_id} does not set {', '.join(missing)}")
+    write_private_file(out, env_file_text(env, source=secret_id))
+    typer.echo(f"wrote {out}: {', '.join(sorted(env))}")
+
+
 if __name__ == "__main__":  # `python -m cluster.cli.cluster_cmd ...`, same as `thawline cluster ...`
     app(prog_name="thawline cluster")

@@ -2,21 +2,6 @@
 #   terraform output -json > tf-outputs.json
 #   thawline cluster up ../../cluster/aws-gpu.yaml --tf-outputs tf-outputs.json
 
-data "aws_ami" "ray_node" {
-  most_recent = true
-  owners      = ["amazon"]
-
-  filter {
-    name   = "name"
-    values = [var.ray_node_ami_name_filter]
-  }
-
-  filter {
-    name   = "architecture"
-    values = ["x86_64"]
-  }
-}
-
 output "region" {
   description = "AWS region of the cluster (provider.region in aws-gpu.yaml)."
   value       = var.region
@@ -53,8 +38,8 @@ output "ray_worker_instance_profile_arn" {
 }
 
 output "ray_node_ami_id" {
-  description = "AMI for all Ray nodes (NVIDIA driver preinstalled)."
-  value       = data.aws_ami.ray_node.id
+  description = "AMI of all Ray nodes: var.ray_node_ami_id, pinned (NVIDIA driver preinstalled)."
+  value       = var.ray_node_ami_id
 }
 
 output "snapshot_bucket_name" {
@@ -100,4 +85,14 @@ output "gateway_url" {
 output "gateway_lb_dns_name" {
   description = "DNS name of the gateway load balancer (CNAME your certificate's name to it)."
   value       = aws_lb.gateway.dns_name
+}
+
+output "node_secret_arn" {
+  description = "Secrets Manager secret holding the nodes' environment (JSON of env var -> value); each node renders it at start (thawline cluster render-env)."
+  value       = aws_secretsmanager_secret.node_env.arn
+}
+
+output "gateway_store_url" {
+  description = "fsspec URL under which the gateway keeps its key store and cost ledger (THAWLINE_GATEWAY_STORE on the nodes)."
+  value       = "s3://${aws_s3_bucket.snapshots.bucket}/${var.gateway_prefix}"
 }

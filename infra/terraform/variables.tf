@@ -82,10 +82,14 @@ variable "snapshot_infrequent_access_days" {
   }
 }
 
-variable "ray_node_ami_name_filter" {
-  description = "Name filter for the Amazon-owned AMI used by all Ray nodes (NVIDIA driver and CUDA preinstalled)."
+variable "ray_node_ami_id" {
+  description = "AMI id of every Ray node, pinned: an NVIDIA-driver AMI such as the Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) of your region, or your own AMI with the node image baked in. Choose it once with `aws ec2 describe-images` (infra/terraform/README.md, \"Choosing the AMI\") and change it deliberately: a new AMI brings a new driver."
   type        = string
-  default     = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
+
+  validation {
+    condition     = can(regex("^ami-[0-9a-f]{8,17}$", var.ray_node_ami_id))
+    error_message = "ray_node_ami_id must be an AMI id such as ami-0123456789abcdef0."
+  }
 }
 
 variable "flow_log_retention_days" {
@@ -125,4 +129,10 @@ variable "gateway_cidr_blocks" {
     condition     = length(var.gateway_cidr_blocks) > 0 && alltrue([for c in var.gateway_cidr_blocks : can(cidrhost(c, 0)) && !contains(["0.0.0.0/0", "::/0"], c)])
     error_message = "gateway_cidr_blocks must list at least one valid CIDR block, and not 0.0.0.0/0 or ::/0."
   }
+}
+
+variable "gateway_prefix" {
+  description = "Key prefix in the snapshot bucket under which the gateway keeps its key store (<prefix>/keys) and cost ledger (<prefix>/ledger)."
+  type        = string
+  default     = "gateway"
 }

@@ -34,6 +34,8 @@ TF_OUTPUTS = {
     "node_image": "123456789012.dkr.ecr.us-west-2.amazonaws.com/thawline-node:thawline0.1.0-vllm0.32.0-ray2.60.0",
     "node_image_registry": "123456789012.dkr.ecr.us-west-2.amazonaws.com",
     "gateway_target_group_arn": "arn:aws:elasticloadbalancing:us-west-2:123456789012:targetgroup/thawline-gateway/0123",
+    "node_secret_arn": "arn:aws:secretsmanager:us-west-2:123456789012:secret:thawline/node-env-AbCdEf",
+    "gateway_store_url": "s3://thawline-snapshots-123456789012/gateway",
 }
 
 

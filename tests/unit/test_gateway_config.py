@@ -142,14 +142,21 @@ def test_good_names_and_model_like_route_aliases_pass():
 
 
 def test_store_urls_expand_env_like_the_llm_args(monkeypatch):
-    """The shipped gateway-example.yaml keeps its key store and ledger under $THAWLINE_DEMO_DIR."""
+    """The shipped gateway-example.yaml keeps its key store and ledger under $THAWLINE_DEMO_DIR;
+    validation keeps the reference, the app builder expands it (expand_store_urls)."""
     from pathlib import Path
+
+    from gateway.config import expand_store_urls
     path = Path(__file__).resolve().parents[2] / "serve_apps/configs/gateway-example.yaml"
     monkeypatch.setenv("THAWLINE_DEMO_DIR", "/srv/demo")
-    cfg = load_config(path)
-    assert cfg.key_store is not None and cfg.key_store.url == "file:///srv/demo/keys"
+    raw = load_config(path)
+    assert raw.key_store is not None and "${THAWLINE_DEMO_DIR" in raw.key_store.url
+    cfg = expand_store_urls(raw)
+    assert cfg.key_store.url == "file:///srv/demo/keys"
     assert cfg.ledger.url == "file:///srv/demo/ledger"
     monkeypatch.delenv("THAWLINE_DEMO_DIR")
-    assert load_config(path).key_store.url == "file:///tmp/thawline-demo/keys"
+    assert expand_store_urls(load_config(path)).key_store.url == "file:///tmp/thawline-demo/keys"
+    assert expand_store_urls(raw, {"THAWLINE_DEMO_DIR": "/x"}).ledger.url == "file:///x/ledger"
+    unset = parse_config(_with("key_store", {"url": "file://${NOPE_UNSET}/keys"}))   # valid as written
     with pytest.raises(ConfigError, match=r"key_store\.url: environment variable NOPE_UNSET is not set"):
-        parse_config(_with("key_store", {"url": "file://${NOPE_UNSET}/keys"}))
+        expand_store_urls(unset)

@@ -261,3 +261,25 @@ def test_idle_timeout_outlasts_every_shipped_cold_start_and_keepalives_fit_it(tf
     assert longest >= 660, "the 70B route's budget should be among the shipped configs"
     assert idle > longest, f"idle_timeout {idle}s < a shipped target's silent budget {longest}s"
     assert idle <= 4000, "ALB's maximum idle timeout"
+
+def test_node_secret_is_kms_encrypted_and_only_it_is_readable(tf):
+    secret = tf["resource"]["aws_secretsmanager_secret"]["node_env"]
+    assert secret["kms_key_id"] == "${aws_kms_key.thawline.arn}"
+    # The value never goes through Terraform (it would sit in the state in plain text).
+    assert "aws_secretsmanager_secret_version" not in tf["resource"]
+    attached = {(p["role"], p["policy"]) for p in tf["resource"]["aws_iam_role_policy"].values()}
+    for role in ("ray_head", "ray_worker"):
+        assert (f"${{aws_iam_role.{role}.id}}", "${data.aws_iam_policy_document.node_secret_read.json}") in attached
+    for doc_name, doc in tf["data"]["aws_iam_policy_document"].items():
+        for st in _statements(doc):
+            actions = st.get("actions", [])
+            assert not [a for a in actions if a.startswith("ssm:")], f"{doc_name}: no SSM access"
+            sm = [a for a in actions if a.startswith("secretsmanager:")]
+            if sm:
+                assert sm == ["secretsmanager:GetSecretValue"], f"{doc_name}: read-only, got {sm}"
+                assert st["resources"] == ["${aws_secretsmanager_secret.node_env.arn}"], st["resources"]
+    decrypt = [st for st in _statements(tf["data"]["aws_iam_policy_document"]["node_secret_read"])
+               if "kms:Decrypt" in st["actions"]]
+    conds = {c["variable"]: c["values"] for st in decrypt for c in _blocks(st["condition"])}
+    assert conds["kms:EncryptionContext:SecretARN"] == ["${aws_secretsmanager_secret.node_env.arn}"]
+    assert {"node_secret_arn", "gateway_store_url"} <= set(tf["output"])

@@ -151,6 +151,11 @@ def status_cmd(
     from cluster.cli.ops.status import gather
 
     addr = address or os.environ.get("RAY_ADDRESS")
+    if addr and addr.startswith(("http://", "https://")):
+        # A driver connection needs the GCS port, which `ray dashboard` does not forward.
+        raise CLIError(f"`thawline status` needs a Ray GCS address (host:6379, or auto on a node), not the "
+                       f"dashboard URL {addr} (RAY_ADDRESS, for `ray job submit`); for a remote cluster run "
+                       f"it on the head: ray exec CLUSTER.resolved.yaml 'thawline status'")
     if timeline is not None:
         from cluster.cli.ops.timeline import fetch, waterfall
 
