@@ -123,12 +123,28 @@ def ray_gateway_session():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     yield
-    if started:
+    if started and ray.is_initialized():   # a module that needs a Ray of its own may have ended it
         from ray import serve
         try:
             serve.shutdown()
         finally:
             ray.shutdown()
+
+
+def end_session_ray() -> None:
+    """For a module that must start Ray itself (e.g. with env vars its replicas inherit): stop the
+    session's Ray and Serve now and forget what was deployed on them. No later module may use
+    the session gateway fixtures (their teardown then finds Ray gone and does nothing)."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    from ray import serve
+    _SHARED.pop("gateway", None)
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
 
 
 def serve_http_port() -> int:
@@ -164,8 +180,10 @@ def gateway(fake_providers, ray_gateway_session, request):
                                                 fake=fake_providers, port=port)
 
     def delete():
+        import ray
         _SHARED.pop("gateway", None)
-        serve.delete(APP_NAME)
+        if ray.is_initialized():   # else end_session_ray() took it down with the whole Serve
+            serve.delete(APP_NAME)
     request.addfinalizer(delete)
     return handle
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT, free_port
+from tests.integration.conftest_gateway import end_session_ray
 from testkit.serve_deploy import CONFIGS, app_running, deploy, start_ray_serve, stop_ray_serve, wait_for
 
 pytestmark = pytest.mark.integration
@@ -37,8 +38,13 @@ PROBES = [("POST", "/v1/chat/completions", {"model": "x", "messages": [{"role": 
 @pytest.fixture(scope="module")
 def port(tmp_path_factory):
     demo = tmp_path_factory.mktemp("demo")
+    # The replicas must inherit the env below, so this module starts Ray itself, after it: a Ray
+    # started earlier by the gateway modules' session fixture is ended first.
+    end_session_ray()
     os.environ.update({"THAWLINE_SNAPSHOT_STORE": (demo / "store").as_uri(), "THAWLINE_DEMO_DIR": str(demo),
-                       "THAWLINE_ADMIN_KEY": ADMIN, "THAWLINE_LLM_HTTP_TOKEN": LLM_TOKEN})
+                       "THAWLINE_ADMIN_KEY": ADMIN, "THAWLINE_LLM_HTTP_TOKEN": LLM_TOKEN,
+                       # gateway-aws.yaml's key store and ledger, and its hosted target's key
+                       "THAWLINE_GATEWAY_STORE": (demo / "gateway").as_uri(), "TOGETHER_API_KEY": "not-a-real-key"})
     p = free_port()
     start_ray_serve(p)
     yield p
