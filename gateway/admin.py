@@ -72,6 +72,7 @@ class AdminEndpoints:
         qs = parse_qs(scope.get("query_string", b"").decode())
         group_by = qs.get("group_by", ["key"])[0]
         since = parse_since(qs.get("since", [None])[0])
+        moved: list = []
         if self.costs is None:
             rows: list = []
         else:
@@ -79,8 +80,12 @@ class AdminEndpoints:
                 rows = await self.costs.query(group_by=group_by, since=since)
             except ValueError as e:
                 raise BadRequest(str(e), param="group_by") from None
-        await send_json(send, 200, orjson.dumps({"object": "list", "group_by": group_by, "data": rows},
-                                                default=str))
+            listing = getattr(self.costs, "quarantined", None)   # after the read: it may move files
+            moved = await listing() if listing is not None else []
+        out = {"object": "list", "group_by": group_by, "data": rows}
+        if moved:    # unreadable ledger files moved aside: their rows are not in `data`
+            out["quarantined"] = moved
+        await send_json(send, 200, orjson.dumps(out, default=str))
 
     async def metrics_text(self, scope, receive, send) -> None:
         # admin only: the series carry per-route and per-target spend and traffic. Prometheus

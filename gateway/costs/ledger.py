@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gateway.costs.budget import SpendTotals, periods
-from gateway.costs.compaction import compact, month_totals, read_files, spend_over_time, visible_files
+from gateway.costs.compaction import (compact, month_totals, quarantined, read_files, spend_over_time,
+                                      visible_files)
 from gateway.costs.usage import GROUP_COLUMNS, LEDGER_SCHEMA, aggregate, rows_to_table
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,10 @@ class Ledger:
         t = self.table(since, mem=mem, columns=["ts", column, "cost_usd", "status"])
         t = t.filter(pc.not_equal(t["status"], "idle")) if t.num_rows else t
         return spend_over_time(t, column, bucket)
+
+    def quarantined(self) -> list[str]:
+        """Ledger files moved aside because they did not read as Parquet (compaction.quarantine)."""
+        return quarantined(self.fs, self.root) if self.fs is not None else []
 
     def compact(self, now: datetime, *, include_today: bool) -> list[str]:
         """Compact closed days (and today, with `include_today`) into day files (compaction.py)."""

@@ -129,6 +129,9 @@ class LedgerActor:
         async with self._flush_lock:
             return await asyncio.to_thread(self.ledger.series, column, since, bucket, mem=self.ledger.unflushed())
 
+    async def quarantined(self) -> list[str]:
+        return await asyncio.to_thread(self.ledger.quarantined)
+
     async def stats(self) -> dict[str, Any]:
         return self.book.stats()
 

@@ -158,6 +158,12 @@ class CostTracker:
             raise ValueError(f"group_by must be one of {sorted(GROUP_COLUMNS)}, not {group_by!r}")
         return await self.actor.query.remote(group_by, since)
 
+    async def quarantined(self) -> list[str]:
+        """Ledger files moved aside as unreadable (named by /v1/usage and `thawline usage`)."""
+        if self.actor is None:
+            return await asyncio.to_thread(self.ledger.quarantined)
+        return await self.actor.quarantined.remote()
+
     async def series(self, *, column: str, since: datetime | None, bucket: str = "day") -> list[dict]:
         """Spend per `bucket` (day / hour) per ledger `column` (key_id, route, target, model)."""
         if column not in ("key_id", "route", "target", "model"):

@@ -194,25 +194,13 @@ def test_bad_key_ids_are_400_in_the_openai_shape(method, path, body):
 def test_cli_refuses_a_path_as_key_id(url):
     """`thawline keys set ../routes/r1 --rpm 1` against a live gateway: one line, exit 1, and route
     r1 keeps its limits (an HTTP client folds '..', so the id must be checked before the URL)."""
-    import threading
-    import time
-
-    import uvicorn
     from typer.testing import CliRunner
 
     from cluster.cli.main import app as cli
-    from tests.conftest import free_port
+    from testkit.asgi_server import served
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(Gateway(parse_config(cfg(url)), limits=None, costs=None),
-                                           host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    try:
-        deadline = time.time() + 20
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
-        env = {"THAWLINE_ADMIN_KEY": ADMIN, "THAWLINE_BASE_URL": f"http://127.0.0.1:{port}/v1"}
+    with served(Gateway(parse_config(cfg(url)), limits=None, costs=None)) as base:
+        env = {"THAWLINE_ADMIN_KEY": ADMIN, "THAWLINE_BASE_URL": f"{base}/v1"}
         runner = CliRunner()
         for argv in (["keys", "set", "../routes/r1", "--rpm", "1"], ["keys", "revoke", "a\x00b"],
                      ["keys", "rotate", "k" * 10_000], ["keys", "create", "--id", "../x"]):
@@ -222,9 +210,6 @@ def test_cli_refuses_a_path_as_key_id(url):
         assert KeyRecordStore(url).read_all().routes == {}
         ok = runner.invoke(cli, ["keys", "create", "--id", "fine"], env=env)
         assert ok.exit_code == 0 and "fine" in KeyRecordStore(url).read_all().keys, ok.output
-    finally:
-        server.should_exit = True
-        t.join(10)
 
 
 def test_digest_only_and_versions_recorded(url):
