@@ -91,7 +91,8 @@ class GatewayIngress:
         self._breakers.start()
         self._gateway = Gateway(config, limits=LimitClient.from_config(config, tuning=config.limiter),
                                 costs=CostTracker.from_config(config), breakers=self._breakers.local,
-                                metrics=METRICS, on_shutdown=[self._breakers.close])
+                                metrics=METRICS, on_shutdown=[self._breakers.close],
+                                costs_factory=CostTracker.from_config)
         self._gateway.replica_header = (b"x-thawline-replica", ctx.replica_id.unique_id.encode())
 
     async def reconfigure(self, user_config: dict) -> None:
