@@ -64,9 +64,7 @@ class Gateway:
         self.providers = providers or {n: build_provider(n, p) for n, p in cfg.providers.items()}
         self.breakers = breakers or BreakerSet(cfg.breaker)
         self.limits, self.costs, self.metrics = limits, costs, metrics
-        if limits is not None and costs is not None and getattr(limits, "budgets", None):
-            # budget reservations at the broker also count the spend the ledger already knows of
-            limits.spend_floor = costs.period_spend
+        self._wire_floors()
         self.dispatcher = Dispatcher(self.providers, self.breakers, cfg.retry, metrics)
         self.max_body = cfg.server.max_body_bytes
         self._on_shutdown = on_shutdown or []
@@ -101,6 +99,14 @@ class Gateway:
         self._paths = {p for _, p in self._handlers}
 
     # ---- live configuration ----------------------------------------------------------------
+    def _wire_floors(self) -> None:
+        """Budget reservations at the broker also count the spend the ledger already knows of,
+        with its accelerator-priced part apart (the broker never settles that part itself)."""
+        lim, costs = self.limits, self.costs
+        if lim is not None and costs is not None and getattr(lim, "budgets", None):
+            lim.spend_floor = costs.period_spend
+            lim.local_floor = getattr(costs, "period_local_spend", None)
+
     def _open_key_store(self, cfg: GatewayConfig) -> None:
         ks = cfg.key_store
         if ks is None:
@@ -129,8 +135,7 @@ class Gateway:
         budgets.update({f"key:{k.id}": k.budget for k in self.keys.all_keys.values() if k.budget is not None})
         if self.limits is not None and hasattr(self.limits, "reconfigure"):
             self.limits.reconfigure(route_limits, key_limits, budgets)
-            if self.costs is not None and self.limits.budgets:
-                self.limits.spend_floor = self.costs.period_spend
+            self._wire_floors()
         if self.costs is not None:
             self.costs.budgets = budgets
 
@@ -215,8 +220,7 @@ class Gateway:
         old, self.costs = self.costs, costs
         self._inference.costs = self.admin.costs = costs
         self._inference.accounting = Accounting(costs)
-        if self.limits is not None and costs is not None and getattr(self.limits, "budgets", None):
-            self.limits.spend_floor = costs.period_spend
+        self._wire_floors()
         return old
 
     def _retire(self, providers: list[Provider], costs: Any, grace_s: float) -> None:

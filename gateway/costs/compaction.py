@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from gateway.costs.budget import LOCAL
 from gateway.costs.usage import LEDGER_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -143,15 +144,19 @@ def visible_files(fs, root: str, since_day: str | None = None) -> list[str]:
 
 
 def scope_totals(table: pa.Table) -> dict[str, float]:
-    """{"key:<id>": usd, "route:<alias>": usd} of the rows (zero-cost groups left out)."""
+    """{"key:<id>": usd, "route:<alias>": usd} of the rows (zero-cost groups left out), and the
+    accelerator-priced part of each under budget.LOCAL + scope."""
     out: dict[str, float] = {}
     if table.num_rows == 0:
         return out
-    for col, prefix in (("key_id", "key:"), ("route", "route:")):
-        agg = table.select([col, "cost_usd"]).group_by(col).aggregate([("cost_usd", "sum")])
-        for name, usd in zip(agg[col].to_pylist(), agg["cost_usd_sum"].to_pylist()):
-            if usd:
-                out[prefix + name] = usd
+    local = (table.filter(pc.equal(table["pricing"], "local"))
+             if "pricing" in table.column_names else table.slice(0, 0))
+    for t, mark in ((table, ""), (local, LOCAL)):
+        for col, prefix in (("key_id", "key:"), ("route", "route:")):
+            agg = t.select([col, "cost_usd"]).group_by(col).aggregate([("cost_usd", "sum")])
+            for name, usd in zip(agg[col].to_pylist(), agg["cost_usd_sum"].to_pylist()):
+                if usd:
+                    out[mark + prefix + name] = usd
     return out
 
 
@@ -262,7 +267,7 @@ def month_totals(fs, root: str, month_start: datetime) -> list[tuple[str, dict[s
         for t in totals.values():
             for k, v in t.items():
                 sums[k] = sums.get(k, 0.0) + v
-        for k, v in scope_totals(read_files(fs, parts, ["key_id", "route", "cost_usd"])).items():
+        for k, v in scope_totals(read_files(fs, parts, ["key_id", "route", "cost_usd", "pricing"])).items():
             sums[k] = sums.get(k, 0.0) + v
         out.append((day, sums))
     return out

@@ -18,7 +18,7 @@ import logging
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
-from gateway.costs.budget import SpendTotals, check, periods
+from gateway.costs.budget import LOCAL, SpendTotals, check, periods
 from gateway.costs.ledger import Ledger
 from gateway.costs.pricing import PriceBook, cost_usd, worst_case_usd
 from gateway.costs.schema import BudgetSpec, LedgerRow
@@ -88,6 +88,10 @@ class CostTracker:
         as far as this replica knows (cluster-wide at the last sync plus its own since)."""
         day, month = periods(self.clock())
         return self._spent(scope, day if dim == "usd_day" else month)
+
+    def period_local_spend(self, scope: str, dim: str) -> float:
+        """The part of period_spend priced from accelerator time (local targets)."""
+        return self.period_spend(LOCAL + scope, dim)
 
     def worst_case_usd(self, targets: list[tuple[str, str]], *, prompt_tokens: int,
                        max_output_tokens: int) -> float:
