@@ -212,7 +212,10 @@ def compact_day(fs, d: str, *, min_inputs: int = 2) -> str | None:
     stale = [n for n in names if n.endswith(".parquet") and not n.startswith(".") and n not in visible]
     stale += [n for n in names if n.startswith(f".{DAY_PREFIX}") and n.endswith(".tmp")]   # a crashed write
     for n in stale:                                     # covered by a day file already: safe to drop
-        fs.rm(f"{d}/{n}")
+        try:
+            fs.rm(f"{d}/{n}")
+        except FileNotFoundError:
+            pass                                        # quarantined by day_state, or another compactor
     inputs = days + parts
     if len(inputs) < min_inputs:
         return None
