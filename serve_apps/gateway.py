@@ -26,6 +26,7 @@ proxy keeps working either way.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from ray.serve import Application
 from gateway.config import ConfigError, GatewayConfig, load_config, parse_config
 
 _CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+log = logging.getLogger("thawline.gateway")
 
 # An I/O-bound async ingress: Serve's default of 5 ongoing requests per replica would queue
 # requests that cost the replica almost nothing while they wait on upstreams.
@@ -100,10 +102,16 @@ class GatewayIngress:
         cfg = (user_config or {}).get("config")
         if cfg is None:
             return
-        config = parse_config(cfg, source="user_config.config")
-        if config == self._gateway.cfg:
-            return
-        self._gateway.reconfigure(config)
+        try:
+            config = parse_config(cfg, source="user_config.config")
+            if config == self._gateway.cfg:
+                return
+            self._gateway.reconfigure(config)     # all or nothing (Gateway.reconfigure)
+        except Exception as e:  # noqa: BLE001 - any refusal keeps the old configuration serving
+            # Not re-raised: Serve stops and restarts a replica whose reconfigure fails, and the
+            # restarted one would fail the same way, taking the gateway down over a typo.
+            log.error("gateway user_config change refused, the previous configuration keeps serving: %s",
+                      str(e).splitlines()[0] if str(e) else type(e).__name__)
 
     def __serve_build_asgi_app__(self):
         return self._gateway
