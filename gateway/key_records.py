@@ -166,7 +166,9 @@ class KeyRecordStore:
                 d = orjson.loads(f.read())
         except FileNotFoundError:
             return None
-        except (orjson.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        except orjson.JSONDecodeError as e:
+            # a store error (OSError) is not caught: the poller then keeps the keys it last read
+            # rather than dropping a key for one failed read
             self._warn(path, f"not readable JSON ({e})")
             return _MALFORMED
         if not isinstance(d, dict) or (key_id is not None and d.get("id") != key_id):
