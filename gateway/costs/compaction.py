@@ -102,13 +102,18 @@ def _day_files(fs, d: str) -> dict[str, tuple[frozenset[str], dict] | None]:
         if not n.startswith(DAY_PREFIX):
             out[n] = None
             continue
+        path = f"{d}/{n}"
         try:
-            meta = footer_meta(fs, f"{d}/{n}")
-            out[n] = (frozenset(json.loads(meta.get(COVERS_KEY, b"[]"))), json.loads(meta.get(TOTALS_KEY, b"{}")))
+            meta = footer_meta(fs, path)
         except FileNotFoundError:
             continue                  # compacted away since the listing
-        except (OSError, ValueError) as e:    # pyarrow: ArrowInvalid is a ValueError, IO an OSError
-            quarantine(fs, f"{d}/{n}", e)
+        except (OSError, ValueError):
+            err = _broken(fs, path, lambda f: pq.ParquetFile(f).schema_arrow)
+            if err is not None:
+                quarantine(fs, path, err)
+                continue
+            meta = footer_meta(fs, path)      # it reads now: that was a passing store error
+        out[n] = (frozenset(json.loads(meta.get(COVERS_KEY, b"[]"))), json.loads(meta.get(TOTALS_KEY, b"{}")))
     return out
 
 
@@ -160,18 +165,29 @@ def scope_totals(table: pa.Table) -> dict[str, float]:
     return out
 
 
+def _broken(fs, path: str, read) -> Exception | None:
+    """The error of `read(file)` when it fails twice in a row (a corrupt file fails every time; one
+    failed read of a store may be the network), else None. A missing file is not broken, and a
+    PermissionError (the store's settings, not the file) is raised."""
+    err = None
+    for _ in range(2):
+        try:
+            with fs.open(path, "rb") as f:
+                read(f)
+            return None
+        except FileNotFoundError:
+            return None
+        except PermissionError:
+            raise
+        except (OSError, ValueError) as e:    # pyarrow: ArrowInvalid is a ValueError, IO an OSError
+            err = e
+    return err
+
+
 def _unreadable(fs, files: list[str]) -> list[tuple[str, Exception]]:
     """The files of `files` that do not read as Parquet, each with its error."""
-    bad = []
-    for p in files:
-        try:
-            with fs.open(p, "rb") as f:
-                pq.read_table(f)
-        except FileNotFoundError:
-            continue
-        except (OSError, ValueError) as e:
-            bad.append((p, e))
-    return bad
+    errs = [(p, _broken(fs, p, pq.read_table)) for p in files]
+    return [(p, e) for p, e in errs if e is not None]
 
 
 def read_files(fs, files: list[str], columns: list[str] | None = None,
