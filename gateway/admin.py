@@ -45,6 +45,12 @@ def parse_since(since_s: str | None) -> datetime | None:
 _READINESS_FIELDS = ("state", "warm_replicas", "phase", "phase_s", "starting_s")
 
 
+def _check_id(key_id: object, param: str) -> None:
+    from gateway.key_records import ID_RULE, valid_id
+    if not valid_id(key_id):
+        raise BadRequest(f"invalid key id: {ID_RULE}", param=param, code="invalid_key_id")
+
+
 class AdminEndpoints:
     """`costs` is the CostTracker (None: an empty ledger), `metrics` the Prometheus registry
     wrapper (None: an empty scrape), `openapi` the rendered document."""
@@ -89,6 +95,7 @@ class AdminEndpoints:
         qs = parse_qs(scope.get("query_string", b"").decode())
         group_by = qs.get("group_by", ["key"])[0]
         since = parse_since(qs.get("since", [None])[0])
+        moved: list = []
         if self.costs is None:
             rows: list = []
         else:
@@ -96,8 +103,12 @@ class AdminEndpoints:
                 rows = await self.costs.query(group_by=group_by, since=since)
             except ValueError as e:
                 raise BadRequest(str(e), param="group_by") from None
-        await send_json(send, 200, orjson.dumps({"object": "list", "group_by": group_by, "data": rows},
-                                                default=str))
+            listing = getattr(self.costs, "quarantined", None)   # after the read: it may move files
+            moved = await listing() if listing is not None else []
+        out = {"object": "list", "group_by": group_by, "data": rows}
+        if moved:    # unreadable ledger files moved aside: their rows are not in `data`
+            out["quarantined"] = moved
+        await send_json(send, 200, orjson.dumps(out, default=str))
 
     async def metrics_text(self, scope, receive, send) -> None:
         # admin only: the series carry per-route and per-target spend and traffic. Prometheus
@@ -133,6 +144,8 @@ class AdminEndpoints:
         if root and path.startswith(root):
             path = path[len(root):]
         parts = path.removeprefix("/v1/admin/").strip("/").split("/")
+        if parts[0] == "keys" and len(parts) >= 2:
+            _check_id(parts[1], "id")    # never a path segment such as '..', a NUL, or 10k characters
         method = scope["method"]
         body: dict = {}
         if method in ("POST", "PATCH"):
@@ -199,58 +212,75 @@ class AdminEndpoints:
         import asyncio
 
         from gateway.config import KeyConfig
-        from gateway.key_records import digest, key_record, new_key_id, new_secret, public_view, valid_id
+        from gateway.key_records import KeyExists, digest, key_record, new_key_id, new_secret, public_view
         fields = self._fields(body, {"id", "routes", "limits", "budget"})
         key_id = body.get("id") or new_key_id()
-        if not isinstance(key_id, str) or not valid_id(key_id):
-            raise BadRequest("'id' must be letters, digits, '.', '_', '-' (at most 128)", param="id")
-        if key_id in self.keys.config_ids or await asyncio.to_thread(store.get_key, key_id) is not None:
-            raise GatewayError(f"key {key_id!r} already exists", status=409, type="invalid_request_error",
-                               code="key_exists")
+        _check_id(key_id, "id")
         secret = new_secret()
         rec = key_record(KeyConfig(id=key_id, sha256=digest(secret), **fields))
-        await asyncio.to_thread(store.put_key, rec)
+        try:
+            if key_id in self.keys.config_ids:
+                raise KeyExists(key_id)
+            await asyncio.to_thread(store.create_key, rec)
+        except KeyExists:
+            raise GatewayError(f"key {key_id!r} already exists", status=409, type="invalid_request_error",
+                               code="key_exists") from None
         return {**public_view(rec, "store"), "key": secret}
 
-    async def _stored(self, store, key_id: str) -> dict:
+    async def _edit(self, store, key_id: str, change) -> dict:
+        """`change` applied to the stored key as one conditional edit (KeyRecordStore.update_key)."""
         import asyncio
+
+        from gateway.key_records import KeyConflict, KeyMissing
+        self._not_in_config(key_id)
+        try:
+            return await asyncio.to_thread(store.update_key, key_id, change)
+        except KeyMissing:
+            raise NotFound(f"no key {key_id!r}", code="key_not_found") from None
+        except KeyConflict:
+            raise GatewayError(f"key {key_id!r} is being changed concurrently; try again", status=409,
+                               type="invalid_request_error", code="key_conflict") from None
+        except ValueError as e:
+            raise BadRequest(f"the change makes no valid key: {str(e).splitlines()[0]}") from None
+
+    def _not_in_config(self, key_id: str) -> None:
         if key_id in self.keys.config_ids:
             raise GatewayError(f"key {key_id!r} is defined in gateway.yaml: change it there", status=409,
                                type="invalid_request_error", code="key_in_config")
-        rec = await asyncio.to_thread(store.get_key, key_id)
-        if rec is None:
-            raise NotFound(f"no key {key_id!r}", code="key_not_found")
-        return rec
 
     async def _rotate_key(self, store, key_id: str) -> dict:
-        import asyncio
         import time
 
         from gateway.key_records import digest, new_secret, public_view
-        rec = await self._stored(store, key_id)
         secret = new_secret()
-        rec = {**rec, "sha256": digest(secret), "rotated_at": time.time()}
-        await asyncio.to_thread(store.put_key, rec)
+        rec = await self._edit(store, key_id,
+                               lambda r: {**r, "sha256": digest(secret), "rotated_at": time.time()})
         return {**public_view(rec, "store"), "key": secret}
 
     async def _patch_key(self, store, key_id: str, body: dict) -> dict:
-        import asyncio
-
         from gateway.key_records import key_from_record, public_view
-        rec = await self._stored(store, key_id)
         fields = self._fields(body, {"routes", "limits", "budget"})
-        for k in ("limits", "budget"):
-            if k in body and body[k] is None:
-                rec.pop(k, None)     # null removes the key's own limits / budget
-        rec = {**rec, **fields}
-        key_from_record(rec)         # still a valid key
-        await asyncio.to_thread(store.put_key, rec)
-        return public_view(rec, "store")
+
+        def change(rec: dict) -> dict:
+            # null removes the key's own limits / budget
+            rec = {k: v for k, v in rec.items() if not (k in ("limits", "budget") and k in body and body[k] is None)}
+            rec = {**rec, **fields}
+            key_from_record(rec)         # still a valid key
+            return rec
+        return public_view(await self._edit(store, key_id, change), "store")
 
     async def _revoke_key(self, store, key_id: str) -> dict:
         import asyncio
-        await self._stored(store, key_id)
-        await asyncio.to_thread(store.delete_key, key_id)
+
+        from gateway.key_records import KeyConflict
+        self._not_in_config(key_id)
+        try:
+            revoked = await asyncio.to_thread(store.delete_key, key_id)
+        except KeyConflict:
+            raise GatewayError(f"key {key_id!r} is being changed concurrently; try again", status=409,
+                               type="invalid_request_error", code="key_conflict") from None
+        if not revoked:
+            raise NotFound(f"no key {key_id!r}", code="key_not_found")
         return {"id": key_id, "revoked": True}
 
     async def _patch_route(self, store, alias: str, body: dict) -> dict:

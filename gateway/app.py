@@ -50,8 +50,13 @@ class Gateway:
 
     def __init__(self, cfg: GatewayConfig, *, limits: Any, costs: Any, breakers: BreakerSet | None = None,
                  metrics: Any = None, providers: dict[str, Provider] | None = None,
-                 on_shutdown: list[Callable[[], Awaitable[None]]] | None = None, tracer: Any = None):
+                 on_shutdown: list[Callable[[], Awaitable[None]]] | None = None, tracer: Any = None,
+                 costs_factory: Callable[[GatewayConfig], Any] | None = None):
         self.cfg = cfg
+        # builds the cost tracker of a changed `ledger` section (reconfigure); None: keep `costs`
+        self._costs_factory = costs_factory
+        self._retiring: set[asyncio.Task] = set()     # closing what a reconfigure replaced
+        self._retired: list[Provider] = []            # replaced providers not closed yet
         self.keys = KeyAuth(cfg)
         self.key_store = None                 # KeyRecordStore when `key_store` is configured
         self._stored_keys = None                 # the key store's content at the last poll
@@ -61,9 +66,7 @@ class Gateway:
         self.providers = providers or {n: build_provider(n, p) for n, p in cfg.providers.items()}
         self.breakers = breakers or BreakerSet(cfg.breaker)
         self.limits, self.costs, self.metrics = limits, costs, metrics
-        if limits is not None and costs is not None and getattr(limits, "budgets", None):
-            # budget reservations at the broker also count the spend the ledger already knows of
-            limits.spend_floor = costs.period_spend
+        self._wire_floors()
         self.dispatcher = Dispatcher(self.providers, self.breakers, cfg.retry, metrics)
         self.max_body = cfg.server.max_body_bytes
         self._on_shutdown = on_shutdown or []
@@ -110,6 +113,14 @@ class Gateway:
         self._replica = self._inference.replica = header
 
     # ---- live configuration ----------------------------------------------------------------
+    def _wire_floors(self) -> None:
+        """Budget reservations at the broker also count the spend the ledger already knows of,
+        with its accelerator-priced part apart (the broker never settles that part itself)."""
+        lim, costs = self.limits, self.costs
+        if lim is not None and costs is not None and getattr(lim, "budgets", None):
+            lim.spend_floor = costs.period_spend
+            lim.local_floor = getattr(costs, "period_local_spend", None)
+
     def _open_key_store(self, cfg: GatewayConfig) -> None:
         ks = cfg.key_store
         if ks is None:
@@ -138,8 +149,7 @@ class Gateway:
         budgets.update({f"key:{k.id}": k.budget for k in self.keys.all_keys.values() if k.budget is not None})
         if self.limits is not None and hasattr(self.limits, "reconfigure"):
             self.limits.reconfigure(route_limits, key_limits, budgets)
-            if self.costs is not None and self.limits.budgets:
-                self.limits.spend_floor = self.costs.period_spend
+            self._wire_floors()
         if self.costs is not None:
             self.costs.budgets = budgets
 
@@ -164,31 +174,85 @@ class Gateway:
 
     def reconfigure(self, cfg: GatewayConfig) -> None:
         """Apply a changed gateway.yaml in place (Serve's `reconfigure`): requests in flight keep
-        the route, provider and limit objects they started with; new requests see the new ones."""
+        the route, provider and limit objects they started with; new requests see the new ones.
+
+        All or nothing: everything new (providers, routes, the key store and its keys, the cost
+        tracker of a changed `ledger`) is built first; if any of it fails, this raises and the old
+        configuration keeps serving, whole. The swap itself has no await, so no request sees half
+        of it. Replaced providers are closed once requests that started on them have run out."""
+        staged = self._stage(cfg)
+        self._swap(cfg, staged)
+
+    def _stage(self, cfg: GatewayConfig) -> dict[str, Any]:
         old = self.cfg
-        for name, pcfg in cfg.providers.items():
-            if name not in self.providers or old.providers.get(name) != pcfg:
-                # replaced providers are not closed here: requests in flight may still use them
-                self.providers[name] = prov = build_provider(name, pcfg)
-                if self._started:
-                    asyncio.get_running_loop().create_task(prov.start())
-        routes = compile_routes(cfg)
-        for alias in [a for a in self.routes if a not in routes]:
+        out: dict[str, Any] = {"providers": {n: build_provider(n, p) for n, p in cfg.providers.items()
+                                             if n not in self.providers or old.providers.get(n) != p},
+                               "routes": compile_routes(cfg)}
+        if cfg.key_store != old.key_store:
+            store = None
+            if cfg.key_store is not None:
+                from gateway.key_records import KeyRecordStore
+                store = KeyRecordStore(cfg.key_store.url, cfg.key_store.storage_options)
+                out["stored_keys"] = store.read_all()    # unreachable or unreadable: raise now
+            out["key_store"] = store
+        if cfg.ledger != old.ledger and self._costs_factory is not None:
+            out["costs"] = self._costs_factory(cfg)
+        return out
+
+    def _swap(self, cfg: GatewayConfig, staged: dict[str, Any]) -> None:
+        old = self.cfg
+        retired = [self.providers[n] for n in staged["providers"] if n in self.providers]
+        retired += [self.providers.pop(n) for n in [n for n in self.providers if n not in cfg.providers]]
+        self.providers.update(staged["providers"])
+        for alias in [a for a in self.routes if a not in staged["routes"]]:
             del self.routes[alias]
-        self.routes.update(routes)
+        self.routes.update(staged["routes"])
         self.dispatcher.retry = cfg.retry
         self.max_body = self._inference.max_body = cfg.server.max_body_bytes
         self._inference.keepalive_s = cfg.server.stream_keepalive_s
         self.cfg = cfg
-        if cfg.key_store != old.key_store:
-            self._open_key_store(cfg)
-            self._stored_keys = None
+        if "key_store" in staged:
+            self.key_store = staged["key_store"]
+            self._stored_keys = staged.get("stored_keys")
+            if cfg.key_store is not None:
+                self._poll_s = cfg.key_store.poll_interval_s
             if self._poll_task is not None:
                 self._poll_task.cancel()
                 self._poll_task = None
-            if self.key_store is not None and self._started:
-                self._poll_task = asyncio.get_running_loop().create_task(self._poll())
+        old_costs = self._set_costs(staged["costs"]) if "costs" in staged else None
         self._apply()
+        if self._started:
+            loop = asyncio.get_running_loop()
+            for prov in staged["providers"].values():
+                loop.create_task(prov.start())
+            if self.key_store is not None and self._poll_task is None:
+                self._poll_task = loop.create_task(self._poll())
+            grace = max((t.first_token_timeout_s + t.timeout_s for r in old.routes.values() for t in r.targets),
+                        default=0.0)
+            self._retire(retired, old_costs, grace)
+
+    def _set_costs(self, costs: Any) -> Any:
+        old, self.costs = self.costs, costs
+        self._inference.costs = self.admin.costs = costs
+        self._inference.accounting = Accounting(costs)
+        self._wire_floors()
+        return old
+
+    def _retire(self, providers: list[Provider], costs: Any, grace_s: float) -> None:
+        """Close what a reconfigure replaced: the old cost tracker at once (its final push), the
+        providers after `grace_s` (no request started on them outlives its target's timeouts)."""
+        self._retired += providers
+
+        async def close() -> None:
+            if costs is not None:
+                await costs.close()
+            await asyncio.sleep(grace_s)
+            for p in providers:
+                self._retired.remove(p)
+                await p.close()
+        task = asyncio.get_running_loop().create_task(close())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -208,6 +272,11 @@ class Gateway:
         if self._poll_task is not None:
             self._poll_task.cancel()
             self._poll_task = None
+        for task in list(self._retiring):   # close what a reconfigure replaced now, not after its grace
+            task.cancel()
+        for p in self._retired:
+            await p.close()
+        self._retired.clear()
         for fn in self._on_shutdown:
             try:
                 await fn()

@@ -10,6 +10,11 @@ from typing import Any
 
 from gateway.errors import BadRequest
 
+# Deepest nesting of arrays/objects a body may have. Real requests (tool schemas included) stay far
+# below; deeper bodies would overflow the upstream JSON encoder (orjson stops at 255) or the schema
+# translators' recursion, which must answer 400, not 500.
+MAX_DEPTH = 64
+
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
@@ -25,7 +30,37 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _depth_exceeds(v: Any, limit: int) -> bool:
+    """Whether `v` nests arrays/objects more than `limit` deep (iterative: no recursion to overflow)."""
+    stack = [(v, 1)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, (dict, list)):
+            if d > limit:
+                return True
+            stack.extend((y, d + 1) for y in (x.values() if isinstance(x, dict) else x))
+    return False
+
+
+def check_depth(body: dict) -> None:
+    """400 naming the field (tools[i].function.parameters for a tool) nested beyond MAX_DEPTH."""
+    for k, v in body.items():
+        if not _depth_exceeds(v, MAX_DEPTH):
+            continue
+        param = k
+        if k == "tools" and isinstance(v, list):
+            for i, t in enumerate(v):
+                if _depth_exceeds(t, MAX_DEPTH):
+                    fn = t.get("function") if isinstance(t, dict) else None
+                    deep = isinstance(fn, dict) and _depth_exceeds(fn.get("parameters"), MAX_DEPTH - 2)
+                    param = f"tools[{i}].function.parameters" if deep else f"tools[{i}]"
+                    break
+        raise BadRequest(f"'{param}' is nested more than {MAX_DEPTH} levels deep", param=param,
+                         code="invalid_value")
+
+
 def _check_common(body: dict) -> None:
+    check_depth(body)
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise _bad("model", "'model' must be a non-empty string")
     s = body.get("stream")
@@ -85,6 +120,7 @@ def check_completions(body: dict) -> None:
 
 
 def check_embeddings(body: dict) -> None:
+    check_depth(body)
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise _bad("model", "'model' must be a non-empty string")
     if not _token_input(body.get("input")):

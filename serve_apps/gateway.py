@@ -26,6 +26,7 @@ proxy keeps working either way.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -38,6 +39,7 @@ from ray.serve import Application
 from gateway.config import ConfigError, GatewayConfig, expand_store_urls, load_config, parse_config
 
 _CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+log = logging.getLogger("thawline.gateway")
 
 # An I/O-bound async ingress: Serve's default of 5 ongoing requests per replica would queue
 # requests that cost the replica almost nothing while they wait on upstreams. No Serve access
@@ -106,7 +108,8 @@ class GatewayIngress:
         self._breakers.start()
         self._gateway = Gateway(config, limits=LimitClient.from_config(config, tuning=config.limiter),
                                 costs=CostTracker.from_config(config), breakers=self._breakers.local,
-                                metrics=METRICS, on_shutdown=[self._breakers.close])
+                                metrics=METRICS, on_shutdown=[self._breakers.close],
+                                costs_factory=CostTracker.from_config)
         self._gateway.replica_header = replica_header(ctx.replica_id.unique_id)
 
     async def reconfigure(self, user_config: dict) -> None:
@@ -114,10 +117,16 @@ class GatewayIngress:
         cfg = (user_config or {}).get("config")
         if cfg is None:
             return
-        config = parse_config(cfg, source="user_config.config")
-        if config == self._gateway.cfg:
-            return
-        self._gateway.reconfigure(config)
+        try:
+            config = parse_config(cfg, source="user_config.config")
+            if config == self._gateway.cfg:
+                return
+            self._gateway.reconfigure(config)     # all or nothing (Gateway.reconfigure)
+        except Exception as e:  # noqa: BLE001 - any refusal keeps the old configuration serving
+            # Not re-raised: Serve stops and restarts a replica whose reconfigure fails, and the
+            # restarted one would fail the same way, taking the gateway down over a typo.
+            log.error("gateway user_config change refused, the previous configuration keeps serving: %s",
+                      str(e).splitlines()[0] if str(e) else type(e).__name__)
 
     def __serve_build_asgi_app__(self):
         return self._gateway

@@ -59,6 +59,16 @@ def _call(method: str, base_url: str | None, admin_key: str | None, path: str, b
     return data
 
 
+def _key_path(key_id: str, suffix: str = "") -> str:
+    """The admin path of one key. The id is checked here, before any URL is built: an HTTP client
+    folds '..' segments, so `keys set ../routes/openai` would otherwise PATCH route `openai`."""
+    from gateway.key_records import ID_RULE, valid_id
+    if not valid_id(key_id):
+        shown = key_id if len(key_id) <= 40 else key_id[:40] + "..."
+        raise CLIError(f"invalid key id {shown!r}: {ID_RULE}")
+    return f"/v1/admin/keys/{key_id}{suffix}"
+
+
 def _print_secret(out: dict) -> None:
     typer.echo(f"key id: {out['id']}")
     typer.echo(f"secret (shown once, store it now): {out['key']}")
@@ -76,7 +86,8 @@ def create(key_id: Optional[str] = typer.Option(None, "--id", help="Key id (defa
            admin_key: Optional[str] = _ADMIN) -> None:
     """Create a client key; its secret is printed once."""
     body: dict[str, Any] = limits_body(rpm, tpm, max_concurrent, usd_per_day, usd_per_month)
-    if key_id:
+    if key_id is not None:
+        _key_path(key_id)
         body["id"] = key_id
     if route:
         body["routes"] = list(route)
@@ -109,7 +120,7 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of
 def rotate(key_id: str = typer.Argument(..., help="Key id."), as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
            base_url: Optional[str] = _BASE, admin_key: Optional[str] = _ADMIN) -> None:
     """Give a key a new secret (printed once); the old secret stops working."""
-    out = _call("POST", base_url, admin_key, f"/v1/admin/keys/{key_id}/rotate")
+    out = _call("POST", base_url, admin_key, _key_path(key_id, "/rotate"))
     typer.echo(json.dumps(out, indent=2)) if as_json else _print_secret(out)
 
 
@@ -118,7 +129,7 @@ def rotate(key_id: str = typer.Argument(..., help="Key id."), as_json: bool = ty
 def revoke(key_id: str = typer.Argument(..., help="Key id."), base_url: Optional[str] = _BASE,
            admin_key: Optional[str] = _ADMIN) -> None:
     """Revoke a key: it stops working on every replica within about a second."""
-    _call("DELETE", base_url, admin_key, f"/v1/admin/keys/{key_id}")
+    _call("DELETE", base_url, admin_key, _key_path(key_id))
     typer.echo(f"revoked {key_id}")
 
 
@@ -134,5 +145,5 @@ def set_limits(key_id: str = typer.Argument(..., help="Key id."),
     body = limits_body(rpm, tpm, max_concurrent, usd_per_day, usd_per_month)
     if not body:
         raise CLIError("nothing to change: give --rpm/--tpm/--max-concurrent/--usd-per-day/--usd-per-month")
-    out = _call("PATCH", base_url, admin_key, f"/v1/admin/keys/{key_id}", body)
+    out = _call("PATCH", base_url, admin_key, _key_path(key_id), body)
     typer.echo(json.dumps(out))

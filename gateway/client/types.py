@@ -143,6 +143,8 @@ class UsageReport(_WithMeta):
     object: str = "list"
     group_by: list[str] = Field(default_factory=list)
     data: list[dict[str, Any]] = Field(default_factory=list)
+    # ledger files the gateway moved aside as unreadable: their rows are not in `data`
+    quarantined: list[str] = Field(default_factory=list)
 
     @field_validator("group_by", mode="before")
     @classmethod

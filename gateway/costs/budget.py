@@ -27,16 +27,23 @@ class Overrun:
                 f"${self.limit:.4f} per {self.period} budget")
 
 
+# Spend priced from accelerator time (local targets) is also counted under LOCAL + scope: the limit
+# broker never sees it (it is priced after the request), so a restarted broker adds it to the
+# hosted spend it settles itself instead of taking the max of two views that each miss a part.
+LOCAL = "local@"
+
+
 class SpendTotals:
     """(scope, period-id) -> USD. Keys are tiny; old periods are pruned on month change."""
 
     def __init__(self) -> None:
         self.usd: dict[tuple[str, str], float] = {}
 
-    def add(self, key_id: str, route: str, cost: float, ts: datetime) -> None:
+    def add(self, key_id: str, route: str, cost: float, ts: datetime, *, local: bool = False) -> None:
         if not cost:
             return
-        for scope in (f"key:{key_id}", f"route:{route}"):
+        scopes = (f"key:{key_id}", f"route:{route}")
+        for scope in scopes + ((LOCAL + scopes[0], LOCAL + scopes[1]) if local else ()):
             for p in periods(ts):
                 k = (scope, p)
                 self.usd[k] = self.usd.get(k, 0.0) + cost

@@ -11,6 +11,15 @@ A compacted file's Parquet footer carries two key-value entries:
   `thawline.totals`  JSON {scope: usd} of its rows ("key:<id>" / "route:<alias>"), so start-up
                      rebuilds a month's budget totals from at most one footer per day.
 
+Two compactions of one day (two clusters on one ledger URL, or a restarted actor racing its
+predecessor) may both write a day file covering the same parts. Readers therefore also hide a day
+file whose coverage another visible day file's coverage contains (equal coverage: the
+lexicographically first name wins), so every part counts once whichever compactions ran.
+
+A file that does not read as Parquet (truncated, corrupt) is moved aside to
+`_quarantine/date=YYYY-MM-DD/<name>` (readers, Hive-style tools included, skip `_` paths) with a
+warning naming it; the rest of the day is read and compacted as usual.
+
 Atomicity: the compacted file is written under a dot-name (readers skip dot-names) and renamed
 (one PUT on object stores); only then are its inputs deleted. Readers drop every file a visible
 day file covers, so a crash between the rename and the deletes never double counts, and the next
@@ -29,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from gateway.costs.budget import LOCAL
 from gateway.costs.usage import LEDGER_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -37,6 +47,7 @@ COVERS_KEY = b"thawline.covers"
 TOTALS_KEY = b"thawline.totals"
 DAY_PREFIX = "day-"
 PART_PREFIX = "part-"
+QUARANTINE = "_quarantine"
 
 
 def _base(path: str) -> str:
@@ -60,22 +71,73 @@ def footer_meta(fs, path: str) -> dict[bytes, bytes]:
         return pq.ParquetFile(f).schema_arrow.metadata or {}
 
 
+def quarantine(fs, path: str, why: object) -> str:
+    """Move an unreadable ledger file aside (never deleted: an operator may recover rows from it)."""
+    d, name = path.rsplit("/", 1)
+    root, day = d.rsplit("/", 1)
+    dest = f"{root}/{QUARANTINE}/{day}/{name}"
+    fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
+    fs.mv(path, dest)
+    log.warning("ledger: %s is not readable Parquet (%s); moved aside to %s, the rest is read",
+                path, str(why).splitlines()[0] if str(why) else type(why).__name__, dest)
+    return dest
+
+
+def quarantined(fs, root: str) -> list[str]:
+    """Every file moved aside so far."""
+    try:
+        return sorted(map(str, fs.find(f"{root}/{QUARANTINE}")))
+    except FileNotFoundError:
+        return []
+
+
+def _day_files(fs, d: str) -> dict[str, tuple[frozenset[str], dict] | None]:
+    """{name: (what it covers, its totals) for day files, None for parts} of one directory; a day
+    file whose footer does not read is quarantined."""
+    names = [_base(f) for f in fs.ls(d, detail=False)]
+    out: dict[str, tuple[frozenset[str], dict] | None] = {}
+    for n in names:
+        if not n.endswith(".parquet") or n.startswith("."):
+            continue
+        if not n.startswith(DAY_PREFIX):
+            out[n] = None
+            continue
+        path = f"{d}/{n}"
+        try:
+            meta = footer_meta(fs, path)
+        except FileNotFoundError:
+            continue                  # compacted away since the listing
+        except (OSError, ValueError):
+            err = _broken(fs, path, lambda f: pq.ParquetFile(f).schema_arrow)
+            if err is not None:
+                quarantine(fs, path, err)
+                continue
+            meta = footer_meta(fs, path)      # it reads now: that was a passing store error
+        out[n] = (frozenset(json.loads(meta.get(COVERS_KEY, b"[]"))), json.loads(meta.get(TOTALS_KEY, b"{}")))
+    return out
+
+
+def _winners(files: dict) -> list[str]:
+    """The day files that count: none covered by another, and of day files whose coverage another's
+    contains (two compactions of one day), only the larger (equal: the first name)."""
+    days = {n: c[0] for n, c in files.items() if c is not None}
+    covered = set().union(*days.values()) if days else set()
+    kept: list[str] = []
+    for n in sorted((n for n in days if n not in covered), key=lambda n: (-len(days[n]), n)):
+        if not any(days[n] <= days[k] for k in kept):
+            kept.append(n)
+    return kept
+
+
 def day_state(fs, d: str) -> tuple[list[str], list[str], dict[str, dict]]:
     """(visible part files, visible day files, {day file: its totals}) of one day directory.
     A file that a visible day file covers is not visible (see module doc)."""
-    names = [_base(f) for f in fs.ls(d, detail=False)]
-    names = [n for n in names if n.endswith(".parquet") and not n.startswith(".")]
-    covered: set[str] = set()
-    totals: dict[str, dict] = {}
-    for n in names:
-        if n.startswith(DAY_PREFIX):
-            meta = footer_meta(fs, f"{d}/{n}")
-            covered |= set(json.loads(meta.get(COVERS_KEY, b"[]")))
-            totals[n] = json.loads(meta.get(TOTALS_KEY, b"{}"))
-    days = sorted(f"{d}/{n}" for n in names if n.startswith(DAY_PREFIX) and n not in covered)
-    parts = sorted(f"{d}/{n}" for n in names if not n.startswith(DAY_PREFIX) and n not in covered)
-    totals = {f"{d}/{n}": t for n, t in totals.items() if f"{d}/{n}" in days}
-    return parts, days, totals
+    files = _day_files(fs, d)
+    kept = _winners(files)
+    covered = set().union(*(files[n][0] for n in kept)) if kept else set()
+    days = sorted(f"{d}/{n}" for n in kept)
+    parts = sorted(f"{d}/{n}" for n, c in files.items() if c is None and n not in covered)
+    return parts, days, {f"{d}/{n}": files[n][1] for n in kept}
 
 
 def visible_files(fs, root: str, since_day: str | None = None) -> list[str]:
@@ -87,21 +149,51 @@ def visible_files(fs, root: str, since_day: str | None = None) -> list[str]:
 
 
 def scope_totals(table: pa.Table) -> dict[str, float]:
-    """{"key:<id>": usd, "route:<alias>": usd} of the rows (zero-cost groups left out)."""
+    """{"key:<id>": usd, "route:<alias>": usd} of the rows (zero-cost groups left out), and the
+    accelerator-priced part of each under budget.LOCAL + scope."""
     out: dict[str, float] = {}
     if table.num_rows == 0:
         return out
-    for col, prefix in (("key_id", "key:"), ("route", "route:")):
-        agg = table.select([col, "cost_usd"]).group_by(col).aggregate([("cost_usd", "sum")])
-        for name, usd in zip(agg[col].to_pylist(), agg["cost_usd_sum"].to_pylist()):
-            if usd:
-                out[prefix + name] = usd
+    local = (table.filter(pc.equal(table["pricing"], "local"))
+             if "pricing" in table.column_names else table.slice(0, 0))
+    for t, mark in ((table, ""), (local, LOCAL)):
+        for col, prefix in (("key_id", "key:"), ("route", "route:")):
+            agg = t.select([col, "cost_usd"]).group_by(col).aggregate([("cost_usd", "sum")])
+            for name, usd in zip(agg[col].to_pylist(), agg["cost_usd_sum"].to_pylist()):
+                if usd:
+                    out[mark + prefix + name] = usd
     return out
 
 
+def _broken(fs, path: str, read) -> Exception | None:
+    """The error of `read(file)` when it fails twice in a row (a corrupt file fails every time; one
+    failed read of a store may be the network), else None. A missing file is not broken, and a
+    PermissionError (the store's settings, not the file) is raised."""
+    err = None
+    for _ in range(2):
+        try:
+            with fs.open(path, "rb") as f:
+                read(f)
+            return None
+        except FileNotFoundError:
+            return None
+        except PermissionError:
+            raise
+        except (OSError, ValueError) as e:    # pyarrow: ArrowInvalid is a ValueError, IO an OSError
+            err = e
+    return err
+
+
+def _unreadable(fs, files: list[str]) -> list[tuple[str, Exception]]:
+    """The files of `files` that do not read as Parquet, each with its error."""
+    errs = [(p, _broken(fs, p, pq.read_table)) for p in files]
+    return [(p, e) for p, e in errs if e is not None]
+
+
 def read_files(fs, files: list[str], columns: list[str] | None = None,
-               since: datetime | None = None) -> pa.Table:
-    """The rows of `files` as one table (pyarrow.dataset: column projection, ts filter)."""
+               since: datetime | None = None, *, moved: list[str] | None = None) -> pa.Table:
+    """The rows of `files` as one table (pyarrow.dataset: column projection, ts filter). A file
+    that does not read is quarantined (appended to `moved`) and the rest is read."""
     if not files:
         t = LEDGER_SCHEMA.empty_table()
         return t.select(columns) if columns else t
@@ -110,8 +202,20 @@ def read_files(fs, files: list[str], columns: list[str] | None = None,
         if since.tzinfo is None:
             since = since.replace(tzinfo=timezone.utc)
         flt = ds.field("ts") >= pa.scalar(since, type=LEDGER_SCHEMA.field("ts").type)
-    dset = ds.dataset(files, schema=LEDGER_SCHEMA, format="parquet", filesystem=fs)
-    return dset.to_table(columns=columns, filter=flt)
+    try:
+        return ds.dataset(files, schema=LEDGER_SCHEMA, format="parquet", filesystem=fs).to_table(
+            columns=columns, filter=flt)
+    except FileNotFoundError:
+        raise                  # a listing raced a compaction: the caller lists again
+    except (OSError, ValueError) as e:
+        bad = _unreadable(fs, files)
+        if not bad:
+            raise e
+    for p, err in bad:
+        quarantine(fs, p, err)
+        if moved is not None:
+            moved.append(_base(p))
+    return read_files(fs, [p for p in files if p not in {b for b, _ in bad}], columns, since, moved=moved)
 
 
 def compact_day(fs, d: str, *, min_inputs: int = 2) -> str | None:
@@ -124,15 +228,20 @@ def compact_day(fs, d: str, *, min_inputs: int = 2) -> str | None:
     stale = [n for n in names if n.endswith(".parquet") and not n.startswith(".") and n not in visible]
     stale += [n for n in names if n.startswith(f".{DAY_PREFIX}") and n.endswith(".tmp")]   # a crashed write
     for n in stale:                                     # covered by a day file already: safe to drop
-        fs.rm(f"{d}/{n}")
+        try:
+            fs.rm(f"{d}/{n}")
+        except FileNotFoundError:
+            pass                                        # quarantined by day_state, or another compactor
     inputs = days + parts
     if len(inputs) < min_inputs:
         return None
+    moved: list[str] = []
+    table = read_files(fs, inputs, moved=moved).sort_by("ts")
+    inputs = [p for p in inputs if _base(p) not in moved]
     covers = set()
-    for p in days:
+    for p in (p for p in inputs if _base(p).startswith(DAY_PREFIX)):
         covers |= set(json.loads(footer_meta(fs, p).get(COVERS_KEY, b"[]")))
     covers |= {_base(p) for p in inputs}
-    table = read_files(fs, inputs).sort_by("ts")
     meta = {COVERS_KEY: json.dumps(sorted(covers)).encode(),
             TOTALS_KEY: json.dumps(scope_totals(table)).encode()}
     table = table.replace_schema_metadata(meta)
@@ -177,7 +286,7 @@ def month_totals(fs, root: str, month_start: datetime) -> list[tuple[str, dict[s
         for t in totals.values():
             for k, v in t.items():
                 sums[k] = sums.get(k, 0.0) + v
-        for k, v in scope_totals(read_files(fs, parts, ["key_id", "route", "cost_usd"])).items():
+        for k, v in scope_totals(read_files(fs, parts, ["key_id", "route", "cost_usd", "pricing"])).items():
             sums[k] = sums.get(k, 0.0) + v
         out.append((day, sums))
     return out

@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 
 from gateway.costs.activity import ACTIVITY_COLUMNS, summarize
 from gateway.costs.budget import SpendTotals, periods
-from gateway.costs.compaction import compact, month_totals, read_files, spend_over_time, visible_files
+from gateway.costs.compaction import (compact, month_totals, quarantined, read_files, spend_over_time,
+                                      visible_files)
 from gateway.costs.usage import GROUP_COLUMNS, IDLE_GROUP, LEDGER_SCHEMA, aggregate, rows_to_table
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class Ledger:
     # -- writing -------------------------------------------------------------------------
     def append(self, rows: list[dict]) -> None:
         for r in rows:
-            self.totals.add(r["key_id"], r["route"], r["cost_usd"], r["ts"])
+            self.totals.add(r["key_id"], r["route"], r["cost_usd"], r["ts"], local=r.get("pricing") == "local")
         if self.fs is None:
             self.memory.extend(rows)
             return
@@ -173,6 +174,10 @@ class Ledger:
     def activity(self, since: datetime | None, recent_n: int = 50, *, mem: list[dict] | None = None) -> dict:
         """Per-route latency / TTFT percentiles and the newest requests (the dashboard; activity.py)."""
         return summarize(self.table(since, mem=mem, columns=ACTIVITY_COLUMNS), recent_n)
+
+    def quarantined(self) -> list[str]:
+        """Ledger files moved aside because they did not read as Parquet (compaction.quarantine)."""
+        return quarantined(self.fs, self.root) if self.fs is not None else []
 
     def compact(self, now: datetime, *, include_today: bool) -> list[str]:
         """Compact closed days (and today, with `include_today`) into day files (compaction.py)."""

@@ -143,6 +143,9 @@ class LedgerActor:
             out = await asyncio.to_thread(self.ledger.activity, since, recent_n, mem=self.book.unflushed())
         return {**out, "traffic": self.traffic.total()}
 
+    async def quarantined(self) -> list[str]:
+        return await asyncio.to_thread(self.ledger.quarantined)
+
     async def stats(self) -> dict[str, Any]:
         return self.book.stats()
 

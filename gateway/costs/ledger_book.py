@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
-from gateway.costs.budget import periods
+from gateway.costs.budget import LOCAL, periods
 from gateway.costs.ledger import Ledger
 from gateway.costs.pricing import accelerator_cost_usd, allocate_local
 from gateway.costs.schema import LedgerRow
@@ -51,7 +51,10 @@ class LedgerBook:
             self.ledger.append(priced)
         day, month = periods(self.clock())
         t = self.ledger.totals
-        return {(s, p): t.get(s, p) for s in budget_scopes for p in (day, month)}
+        out = {(s, p): t.get(s, p) for s in budget_scopes for p in (day, month)}
+        # and the accelerator-priced part of each, where there is one (see budget.LOCAL)
+        out.update({(LOCAL + s, p): v for s in budget_scopes for p in (day, month) if (v := t.get(LOCAL + s, p))})
+        return out
 
     def local_apps(self) -> list[str]:
         """The serve apps whose replica-seconds the next `price_local` needs."""

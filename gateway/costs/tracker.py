@@ -18,7 +18,7 @@ import logging
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
-from gateway.costs.budget import SpendTotals, check, periods
+from gateway.costs.budget import LOCAL, SpendTotals, check, periods
 from gateway.costs.ledger import Ledger
 from gateway.costs.pricing import PriceBook, cost_usd, worst_case_usd
 from gateway.costs.schema import BudgetSpec, LedgerRow
@@ -95,6 +95,10 @@ class CostTracker:
         as far as this replica knows (cluster-wide at the last sync plus its own since)."""
         day, month = periods(self.clock())
         return self._spent(scope, day if dim == "usd_day" else month)
+
+    def period_local_spend(self, scope: str, dim: str) -> float:
+        """The part of period_spend priced from accelerator time (local targets)."""
+        return self.period_spend(LOCAL + scope, dim)
 
     def worst_case_usd(self, targets: list[tuple[str, str]], *, prompt_tokens: int,
                        max_output_tokens: int) -> float:
@@ -188,6 +192,12 @@ class CostTracker:
         if group_by not in GROUP_COLUMNS:
             raise ValueError(f"group_by must be one of {sorted(GROUP_COLUMNS)}, not {group_by!r}")
         return await self.actor.query.remote(group_by, since)
+
+    async def quarantined(self) -> list[str]:
+        """Ledger files moved aside as unreadable (named by /v1/usage and `thawline usage`)."""
+        if self.actor is None:
+            return await asyncio.to_thread(self.ledger.quarantined)
+        return await self.actor.quarantined.remote()
 
     async def series(self, *, column: str, since: datetime | None, bucket: str = "day") -> list[dict]:
         """Spend per `bucket` (day / hour) per ledger `column` (key_id, route, target, model)."""

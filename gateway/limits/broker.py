@@ -75,11 +75,12 @@ class LimitBroker:
 
     async def acquire(self, holder: str, needs: dict[Cell, tuple[int, int, int]],
                       wait_s: float | None = None, returns: dict[Cell, tuple[int, int]] | None = None,
-                      floors: dict[Cell, int] | None = None) -> dict[str, Any]:
+                      floors: dict[Cell, int | tuple[int, int]] | None = None) -> dict[str, Any]:
         """needs: cell -> (limit, need, want_extra). Returns the GrantResult as a dict.
         returns: the caller's unreserved remainder of the needed cells, handed back first, so
         the whole need is judged against all free quota at once (LocalLeases.take_avail).
-        floors: budget cell -> spend the caller's cost ledger view knows of this period."""
+        floors: budget cell -> spend the caller's cost ledger view knows of this period, or (that
+        spend, its part priced from accelerator time), see pool.CellState."""
         self.calls["acquire"] += 1
         for c in needs:
             self.askers.setdefault(c, set()).add(holder)
@@ -176,7 +177,7 @@ class LimitBroker:
         for c, st in self.pool.cells.items():
             self.pool.free(c, now)                       # roll the window
             cells[f"{c[0]}|{c[1]}"] = {"limit": st.limit, "held": dict(st.held), "debt": st.debt,
-                                        "floor": st.floor,
+                                        "floor": st.floor, "local": st.local,
                                         "free": st.free(), "window": st.window,
                                         "askers": len(self.askers.get(c, ()))}
         return {"cells": cells, "calls": dict(self.calls), "holders": sorted(self.last_seen)}

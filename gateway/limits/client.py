@@ -56,6 +56,8 @@ class LimitClient:
         # (scope, dim) -> USD the cost ledger already knows this scope spent this period (set by
         # the gateway from its CostTracker); sent along with budget requests to the broker.
         self.spend_floor: Callable[[str, str], float] | None = None
+        # the part of spend_floor priced from accelerator time, which the broker never settles
+        self.local_floor: Callable[[str, str], float] | None = None
         self.tuning = tuning or LimiterTuning()
         self.holder = holder_id or f"replica-{uuid.uuid4().hex[:12]}"
         self.clock, self.wall, self.window_s = clock, wall, window_s
@@ -266,14 +268,17 @@ class LimitClient:
             self.leases.apply_grants(reply["grants"], reply["window"], reply["reset_s"], t_sent, {},
                                      Reservation(), self.clock())
 
-    def _floors(self, cells) -> dict[Cell, int]:
+    def _floors(self, cells) -> dict[Cell, int | tuple[int, int]]:
+        """budget cell -> the ledger's spend, or (its spend, the local part of it)."""
         if self.spend_floor is None:
             return {}
-        out = {}
+        out: dict[Cell, int | tuple[int, int]] = {}
         for c in cells:
             if c[1] in BUDGET_DIMS:
                 try:
-                    out[c] = usd_to_nano(self.spend_floor(c[0], c[1]))
+                    total = usd_to_nano(self.spend_floor(c[0], c[1]))
+                    out[c] = total if self.local_floor is None else (
+                        total, min(total, usd_to_nano(self.local_floor(c[0], c[1]))))
                 except Exception as e:      # a view of spend is an optimisation, never a failure
                     log.debug("spend floor unavailable: %s", e)
         return out

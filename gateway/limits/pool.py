@@ -50,13 +50,17 @@ class CellState:
     held: dict[str, int] = field(default_factory=dict)
     debt: int = 0                           # rate cells: usage above what was leased (tpm overage);
                                             # budget cells: cost settled (consumed) this period
-    floor: int = 0                          # budget cells: spend the cost ledger knows of (it also
-                                            # sees spend the broker never did: local pricing, restarts)
+    floor: int = 0                          # budget cells: hosted spend the cost ledger knows of
+                                            # (it also saw what this broker did not: restarts)
+    local: int = 0                          # budget cells: spend priced from accelerator time,
+                                            # which only the ledger ever sees
 
     def spent(self) -> int:
-        # Both are lower bounds of the real spend (each may miss what the other saw); their max
-        # is one too, and counting it once never double-counts a request both know of.
-        return max(self.debt, self.floor)
+        # debt and floor are lower bounds of the same hosted spend (each may miss what the other
+        # saw): their max is one too, never double-counting a request both know of. Local spend
+        # is in neither debt nor floor, so it is added, not folded into the max (a restarted
+        # broker's debt would otherwise hide it).
+        return max(self.debt, self.floor) + self.local
 
     def free(self) -> int:
         return self.limit - sum(self.held.values()) - self.spent()
@@ -117,12 +121,12 @@ class QuotaPool:
             if st.window != w:
                 # A new window: every lease of the old one is void on the holders' side too (they
                 # expire locally no later than the window end), so nothing is carried over.
-                st.window, st.held, st.debt, st.floor = w, {}, 0, 0
+                st.window, st.held, st.debt, st.floor, st.local = w, {}, 0, 0, 0
         return st
 
     # -- operations ----------------------------------------------------------------------
     def grant(self, holder: str, needs: dict[Cell, tuple[int, int, int]], now: float,
-              floors: dict[Cell, int] | None = None) -> GrantResult:
+              floors: dict[Cell, int | tuple[int, int]] | None = None) -> GrantResult:
         """All-or-nothing: give `holder` `need` of every cell, plus up to `want` extra each.
 
         needs: cell -> (limit, need, want_extra). Extra quota is what makes the hot path local:
@@ -133,7 +137,8 @@ class QuotaPool:
         Budget cells admit a request while anything at all is free, reserving its whole worst
         case even past the limit: a budget blocks once reached, and the request that crosses it
         crosses it by at most its own worst case (never by the sum of a concurrent burst's).
-        `floors`: budget cell -> spend the cost ledger knows of this period (see CellState).
+        `floors`: budget cell -> spend the cost ledger knows of this period, or (that spend, the
+        part of it priced from accelerator time) (see CellState).
         """
         w = self.window_of(now)
         res = GrantResult(ok=True, window=w, reset_s=self.reset_s(now))
@@ -141,7 +146,9 @@ class QuotaPool:
         for c, n in (floors or {}).items():
             st = states.get(c)
             if st is not None and c[1] in BUDGET_DIMS:
-                st.floor = max(st.floor, n)
+                total, local = (n[0], n[1]) if isinstance(n, (tuple, list)) else (n, 0)
+                st.floor = max(st.floor, total - local)
+                st.local = max(st.local, local)
         for c, (lim, need, _) in needs.items():
             st = states[c]
             free = st.free()

@@ -21,6 +21,8 @@ _PLAIN = {"description": "description", "title": "title", "format": "format", "m
           "maxLength": "maxLength", "pattern": "pattern", "minProperties": "minProperties",
           "maxProperties": "maxProperties", "default": "default", "nullable": "nullable",
           "propertyOrdering": "propertyOrdering"}
+# deeper than any real tool schema, far below Python's recursion limit (each level recurses twice)
+MAX_DEPTH = 64
 _DROP = {"$schema", "$id", "$comment", "examples", "example", "readOnly", "writeOnly", "deprecated"}
 
 
@@ -32,7 +34,9 @@ class Unexpressible(ValueError):
         self.pointer, self.why = pointer, why
 
 
-def to_gemini_schema(schema: Any, pointer: str = "") -> dict:
+def to_gemini_schema(schema: Any, pointer: str = "", _depth: int = 0) -> dict:
+    if _depth > MAX_DEPTH:
+        raise Unexpressible(pointer, f"schema nested deeper than {MAX_DEPTH} levels")
     if not isinstance(schema, dict):
         raise Unexpressible(pointer, "a schema must be an object (boolean schemas are not supported)")
     out: dict[str, Any] = {}
@@ -63,17 +67,17 @@ def to_gemini_schema(schema: Any, pointer: str = "") -> dict:
         elif k == "properties":
             if not isinstance(v, dict):
                 raise Unexpressible(p, "must be an object")
-            out["properties"] = {name: to_gemini_schema(sub, f"{p}/{name}") for name, sub in v.items()}
+            out["properties"] = {name: to_gemini_schema(sub, f"{p}/{name}", _depth + 1) for name, sub in v.items()}
         elif k == "required":
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 raise Unexpressible(p, "must be a list of property names")
             out["required"] = list(v)
         elif k == "items":
-            out["items"] = to_gemini_schema(v, p)
+            out["items"] = to_gemini_schema(v, p, _depth + 1)
         elif k == "anyOf":
             if not isinstance(v, list) or not v:
                 raise Unexpressible(p, "must be a non-empty list of schemas")
-            out["anyOf"] = [to_gemini_schema(sub, f"{p}/{i}") for i, sub in enumerate(v)]
+            out["anyOf"] = [to_gemini_schema(sub, f"{p}/{i}", _depth + 1) for i, sub in enumerate(v)]
         elif k == "additionalProperties":
             if v is not False:
                 raise Unexpressible(p, "open objects (additionalProperties) are not supported")

@@ -12,6 +12,7 @@ from typing import AsyncIterator
 import aiohttp
 import orjson
 
+from gateway.errors import BadRequest
 from gateway.fallback import Failure, Kind
 from gateway.providers.base import Provider, ProviderError, scrub
 from gateway.retry import parse_retry_after
@@ -78,8 +79,14 @@ class HttpProvider(Provider):
         if tp is not None:   # tracing on: the upstream's spans join this request's trace
             headers = {**headers, "traceparent": tp}
         try:
+            data = orjson.dumps(payload)
+        except orjson.JSONEncodeError as e:
+            # nesting beyond orjson's limit (request validation bounds it well below) or a value
+            # JSON cannot carry: the request's fault, never a bare 500
+            raise BadRequest(f"request cannot be sent upstream: {e}", code="invalid_value") from None
+        try:
             async with asyncio.timeout(target.cfg.first_token_timeout_s):
-                resp = await session().post(url, data=orjson.dumps(payload), headers=headers)
+                resp = await session().post(url, data=data, headers=headers)
                 if resp.status >= 400:
                     try:
                         raw = await resp.read()

@@ -159,6 +159,35 @@ def test_created_key_works_on_every_replica_within_a_second_and_revoke_too(gw):
     asyncio.run(main())
 
 
+def test_revoke_that_answered_stays_revoked_under_racing_edits_on_other_replicas(gw):
+    """A revoke racing a rotate or a PATCH of the same key (the proxy spreads them over both
+    replicas): once the revoke answered 200, neither the old nor a rotated secret works anywhere.
+    Two racing creates of one id: one 201, one 409."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    v1, p, replicas = gw["v1"], gw["p"], gw["replicas"]
+    route = f"{p}-chat"
+    with ThreadPoolExecutor(4) as pool:
+        for i in range(6):
+            st, k = _admin(v1, "POST", "/v1/admin/keys", {"id": unique(f"race{i}")})
+            assert st == 201, k
+            edit = (("POST", f"/v1/admin/keys/{k['id']}/rotate", None) if i % 2 else
+                    ("PATCH", f"/v1/admin/keys/{k['id']}", {"limits": {"rpm": 5}}))
+            rev = pool.submit(_admin, v1, "DELETE", f"/v1/admin/keys/{k['id']}")
+            other = pool.submit(_admin, v1, *edit)
+            (st_rev, _), (st_edit, edited) = rev.result(), other.result()
+            assert st_rev == 200 and st_edit in (200, 404), (st_rev, st_edit, edited)
+            secrets = [k["key"]] + ([edited["key"]] if st_edit == 200 and "key" in edited else [])
+            for secret in secrets:
+                asyncio.run(_until_every_replica(_client(v1, secret), route, replicas, 401, time.monotonic()))
+            assert _admin(v1, "PATCH", f"/v1/admin/keys/{k['id']}", {"limits": {"rpm": 1}})[0] == 404
+        for i in range(4):
+            kid = unique(f"twin{i}")
+            a = pool.submit(_admin, v1, "POST", "/v1/admin/keys", {"id": kid})
+            b = pool.submit(_admin, v1, "POST", "/v1/admin/keys", {"id": kid})
+            assert sorted([a.result()[0], b.result()[0]]) == [201, 409]
+
+
 def _thawline(*args: str, admin: str | None = ADMIN) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("THAWLINE_ADMIN_KEY", "THAWLINE_BASE_URL")}
     if admin is not None:

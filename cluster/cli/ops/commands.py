@@ -205,6 +205,8 @@ def usage_cmd(
         typer.echo(EMPTY_USAGE)
         return
     _console().print(usage_table(report.data, group_by))
+    for path in report.quarantined:
+        typer.echo(f"warning: unreadable ledger file moved aside, its rows are not counted: {path}", err=True)
 
 
 def chat_cmd(
