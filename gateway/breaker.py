@@ -149,5 +149,11 @@ class BreakerSet:
     def adopt(self, snaps: dict[str, dict], local_now: float, remote_now: float) -> None:
         # opened_at is on the actor's monotonic clock; shift it onto ours
         shift = local_now - remote_now
+        # A target with outcomes recorded here after the batch was taken (while the sync was in
+        # flight) keeps its local state this round: the snapshot predates them, and adopting it
+        # would e.g. close a breaker that the last failure just opened and forget its count. The
+        # next sync sends them, and the answer then reflects them.
+        unsent = {t for t, _, _ in self.pending}
         for t, s in snaps.items():
-            self.get(t).adopt({"state": s["state"], "opened_at": s["opened_at"] + shift})
+            if t not in unsent:
+                self.get(t).adopt({"state": s["state"], "opened_at": s["opened_at"] + shift})

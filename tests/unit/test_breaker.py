@@ -88,6 +88,25 @@ def test_targets_are_independent_and_sync_adopts_authority():
     assert replica.take_pending() == []
 
 
+def test_a_failure_recorded_while_a_sync_is_in_flight_is_not_forgotten():
+    """The board's answer predates outcomes recorded during the sync: adopting it must not close
+    the breaker the last of them opened (nor reset its count); the next sync carries them."""
+    authority, aclock = make(consecutive_failures=4)
+    replica, rclock = make(consecutive_failures=4)
+    for _ in range(3):
+        replica.record("dead", False)
+    batch = replica.take_pending()          # the sync takes 3 failures ...
+    replica.record("dead", False)           # ... the 4th lands while it is in flight: open here
+    assert replica.state("dead") == OPEN
+    authority.apply_events(batch)
+    assert authority.state("dead") == CLOSED      # the board has seen 3
+    replica.adopt(authority.snapshot(), local_now=rclock(), remote_now=aclock())
+    assert replica.state("dead") == OPEN and not replica.allow("dead")
+    authority.apply_events(replica.take_pending())   # the next sync: the board opens too
+    replica.adopt(authority.snapshot(), local_now=rclock(), remote_now=aclock())
+    assert authority.state("dead") == OPEN and replica.state("dead") == OPEN
+
+
 def test_a_probe_refused_before_sending_is_released():
     """A half-open probe whose request was refused as a 400 before reaching the target must not
     keep the target blocked: the next request gets to probe."""
