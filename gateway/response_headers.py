@@ -77,3 +77,19 @@ def thawline_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """Client side: the `x-thawline-*` headers of an answer, prefix stripped (`target`, ...)."""
     n = len(PREFIX)
     return {k[n:]: v for k, v in headers.items() if k.startswith(PREFIX)}
+
+
+def outcome_comment(target: Any, attempts: int, failures: list[str] | None) -> bytes:
+    """The outcome headers as SSE comment lines (`: name: value`), for a stream whose headers went
+    out before its target was known (kept alive while cold). SSE clients ignore comments; this
+    gateway's own client reads them back into the answer's headers (`header_from_comment`)."""
+    return b"".join(b": " + k + b": " + v + b"\n" for k, v in outcome_headers(target, attempts, failures)) + b"\n"
+
+
+def header_from_comment(line: str) -> tuple[str, str] | None:
+    """(name, value) of one `: x-thawline-...: value` SSE comment line, else None."""
+    body = line[1:].strip()
+    if not body.startswith(PREFIX):
+        return None
+    name, sep, value = body.partition(": ")
+    return (name, value) if sep else None

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError
+from gateway.response_headers import header_from_comment
 
 DONE = b"data: [DONE]\n\n"
 
@@ -32,12 +33,13 @@ class SSEParser:
     """Feed raw bytes, get complete events. Handles \\n, \\r\\n and \\r line ends, multi-line data,
     comments (`: keep-alive`) and frames split across reads (WHATWG event-stream rules)."""
 
-    __slots__ = ("_buf", "_event", "_data")
+    __slots__ = ("_buf", "_event", "_data", "headers")
 
     def __init__(self) -> None:
         self._buf = b""
         self._event = ""
         self._data: list[str] = []
+        self.headers: dict[str, str] = {}   # x-thawline-* sent as comments (a stream kept alive while cold)
 
     def feed(self, chunk: bytes) -> list[Event]:
         # Scan with a cursor and cut the buffer once per feed: slicing the rest off after every
@@ -72,6 +74,9 @@ class SSEParser:
             self._event, self._data = "", []
             return ev
         if line[0] == ":":
+            h = header_from_comment(line)
+            if h is not None:
+                self.headers[h[0]] = h[1]
             return None
         field, _, value = line.partition(":")
         if value.startswith(" "):
@@ -127,6 +132,11 @@ class PayloadReader:
     def __init__(self) -> None:
         self._parser = SSEParser()
         self.done = False
+
+    @property
+    def late_headers(self) -> dict[str, str]:
+        """Outcome headers that came as SSE comments (the caller takes them and clears this)."""
+        return self._parser.headers
 
     def feed(self, chunk: bytes) -> list[Any]:
         if self.done:

@@ -17,7 +17,7 @@ import asyncio
 import logging
 
 from gateway.asgi import SSE_HDRS, SSESink
-from gateway.response_headers import early_headers
+from gateway.response_headers import early_headers, outcome_comment
 
 log = logging.getLogger("thawline.gateway")
 KEEPALIVE = b": keep-alive\n\n"
@@ -72,3 +72,7 @@ class KeepAliveSink(SSESink):
         await self.stop()
         if not self.started:
             await super().start(target, attempts, failures)
+        else:
+            # the headers went out before any target answered: say which one did, in band
+            await self._send({"type": "http.response.body", "more_body": True,
+                              "body": outcome_comment(target, attempts, failures)})

@@ -10,7 +10,7 @@ import time
 from typing import Any, AsyncIterator, Generic, Iterator
 
 from gateway.client.base import C
-from gateway.client.types import ResponseMeta, Usage
+from gateway.client.types import LateHeaders, ResponseMeta, Usage
 from gateway.errors import error_from_stream_event
 
 
@@ -50,6 +50,9 @@ class Stream(_StreamBase[C]):
 
     def __next__(self) -> C:
         item = next(self._items)
+        while isinstance(item, LateHeaders):
+            self.meta.headers.update(item)
+            item = next(self._items)
         if _is_error(item):
             self.close()
             raise error_from_stream_event(item)
@@ -80,6 +83,9 @@ class AsyncStream(_StreamBase[C]):
 
     async def __anext__(self) -> C:
         item = await self._items.__anext__()
+        while isinstance(item, LateHeaders):
+            self.meta.headers.update(item)
+            item = await self._items.__anext__()
         if _is_error(item):
             await self.aclose()
             raise error_from_stream_event(item)

@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator, Iterator
 
 import httpx
 
+from gateway.client.types import LateHeaders
 from gateway.errors import Unavailable
 from gateway.sse import PayloadReader
 
@@ -81,7 +82,11 @@ class HTTPTransport:
                 yield RawResponse(resp.status_code, _lower(resp.headers))
                 reader = PayloadReader()
                 for chunk in resp.iter_bytes():
-                    yield from reader.feed(chunk)
+                    payloads = reader.feed(chunk)
+                    if reader.late_headers:
+                        yield LateHeaders(reader.late_headers)
+                        reader.late_headers.clear()
+                    yield from payloads
                     if reader.done:
                         return
                 yield from reader.close()
@@ -117,7 +122,11 @@ class AsyncHTTPTransport:
                 yield RawResponse(resp.status_code, _lower(resp.headers))
                 reader = PayloadReader()
                 async for chunk in resp.aiter_bytes():
-                    for payload in reader.feed(chunk):
+                    payloads = reader.feed(chunk)
+                    if reader.late_headers:
+                        yield LateHeaders(reader.late_headers)
+                        reader.late_headers.clear()
+                    for payload in payloads:
                         yield payload
                     if reader.done:
                         return

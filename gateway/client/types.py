@@ -19,6 +19,12 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+
+class LateHeaders(dict):
+    """Answer headers that arrived inside the stream (SSE comments, sent when the gateway started
+    the stream before a target answered); the stream adds them to its `meta.headers`."""
+
+
 class ResponseMeta(_Open):
     headers: dict[str, str] = Field(default_factory=dict, description="Response headers, lower-cased.")
     elapsed_s: float | None = Field(None, description="Client-side seconds from send to full response.")

@@ -72,7 +72,12 @@ def test_cold_stream_gets_headers_and_keepalives_before_the_first_token(gw):
     r, lines = _raw(gw, "cold")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     first_data = next(i for i, ln in enumerate(lines) if ln.startswith("data:"))
-    assert first_data >= 1 and all(ln == ": keep-alive" for ln in lines[:first_data])
+    # keep-alives, then the target that answered as comment lines (its header could not wait)
+    head = lines[:first_data]
+    beats = [ln for ln in head if ln == ": keep-alive"]
+    outcome = dict(ln[2:].split(": ", 1) for ln in head if ln != ": keep-alive")
+    assert beats and head[:len(beats)] == beats and outcome["x-thawline-target"].startswith("cold/")
+    assert outcome["x-thawline-attempts"] == "1"
     assert not any(ln.startswith(":") for ln in lines[first_data:])   # none once tokens flow
     assert lines[-1] == "data: [DONE]"
     # the official SDK ignores the comments: the same answer as a warm stream

@@ -89,3 +89,26 @@ def test_no_interval_means_no_task():
         return rec
 
     assert asyncio.run(run()).kinds() == ["start"]
+
+
+def test_an_early_started_stream_names_its_target_in_band_and_the_client_reads_it():
+    """Headers that went out before the first token cannot carry the target: it follows as SSE
+    comment lines, which SDKs ignore and the gateway's own client turns back into headers."""
+    from gateway.sse import PayloadReader
+
+    async def run():
+        rec = Recorder(beats_wanted=1)
+        sink = KeepAliveSink(rec, None, None, 0.01)
+        await asyncio.wait_for(rec.enough.wait(), 30)
+        await sink.start(TARGET, 2, ["t/0:x/y"])
+        await sink.send({"choices": [{"delta": {"content": "hi"}}]})
+        return rec
+
+    rec = asyncio.run(run())
+    body = b"".join(m["body"] for m in rec.msgs if m["type"] == "http.response.body")
+    reader = PayloadReader()
+    payloads = reader.feed(body)
+    assert payloads == [{"choices": [{"delta": {"content": "hi"}}]}]   # the comments are no payload
+    assert reader.late_headers["x-thawline-target"] == TARGET.id
+    assert reader.late_headers["x-thawline-attempts"] == "2"
+    assert reader.late_headers["x-thawline-fallbacks"] == "t/0:x/y"
