@@ -5,7 +5,8 @@ a load balancer closes a connection that carried no byte for its idle timeout (3
 on AWS). So a stream that has no token after `interval_s` sends its 200 headers then, and an SSE
 comment (`: keep-alive`, which OpenAI SDKs and EventSource ignore) every `interval_s` until the
 first token. Streams faster than that are untouched and keep their x-thawline-target /
--attempts / -fallbacks headers; a stream whose headers went out early cannot carry them.
+-attempts / -fallbacks headers; a stream whose headers went out early sends them in band, as SSE
+comment lines before its first token (response_headers.outcome_comment).
 
 The fallback chain is unaffected: no data frame goes out before the first token, so a target
 that fails before it is still replaced invisibly; a stream that then fails for good ends with
