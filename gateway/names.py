@@ -23,6 +23,9 @@ _LEDGER_PREFIX = "thawline-ledger-"          # gateway.costs.ledger_actor.Ledger
 _BREAKERS_PREFIX = "thawline-breakers-"      # gateway.breaker_actor.BreakerBoard, per gateway app
 _WARM_POOL_PREFIX = "thawline-warm-pool-"    # serve_apps.llm.warm_pool.WarmPool, per node
 
+# -- Serve deployment names of an LLM app (serve_apps/llm/builder.py) --------------------------------
+LLM_SERVER_DEPLOYMENT = "LLMServer"  # the replicas that hold an engine and scale to zero
+
 
 def ledger_actor_name(url: str | None) -> str:
     """One ledger actor per ledger URL: two gateways (or two tests) with different ledgers never mix."""

@@ -7,6 +7,12 @@ a cold start is in progress, `phase` / `phase_s` / `starting_s` of the oldest st
 (what `thawline chat` shows; phase names: gateway/cold_start_phases.py). `replica_seconds` is the replica time the app
 has used so far (starting + warm, all replicas, running ones counted up to now): what a
 scaled-to-zero app costs, in replica units.
+Warm pools record the engines they keep parked for an app (`record_parked(app, node, {key: n})`,
+serve_apps/llm/warm_pool.py); `parked_nodes(app, key)` tells the app's router where one is, and
+`get` adds `parked` (engines) and `tier`, the fastest way the app's next request is answered:
+warm (a replica serves) | parked (a parked engine answers at once) | cached (a replica starts
+from a snapshot already made) | cold (nothing known yet: the first replica may have to boot from
+the source and write the snapshot).
 The LLM router also records its node-join prewarm there (`record_prewarm(app, node, fields)`,
 read back by `prewarm(app)`): when each node was seen, its pool ensured, its snapshot prefetched.
 
@@ -34,6 +40,11 @@ COLD = "cold"          # an app with no live replica
 WARMING = "warming"    # an app whose replicas are all still starting
 APP_STATES = (COLD, WARMING, WARM)
 
+# Tiers (`get(app)["tier"]`): how the app's next request will be answered, fastest first.
+PARKED = "parked"      # a parked engine answers while a replica adopts it
+CACHED = "cached"      # a replica starts an engine from a committed snapshot
+TIERS = (WARM, PARKED, CACHED, COLD)
+
 
 @dataclass
 class _Replica:
@@ -51,6 +62,9 @@ class _App:
     cold_starts: list[dict] = field(default_factory=list)  # the newest COLD_STARTS_KEPT, oldest first
     failed_starts: list[float] = field(default_factory=list)  # when replicas stopped before serving
     prewarm: dict[str, dict] = field(default_factory=dict)  # node id -> its prewarm events
+    parked: dict[str, dict[str, int]] = field(default_factory=dict)  # node id -> {parked key: engines}
+    parked_key: str | None = None  # the key the app's current router parks under (its args)
+    has_snapshot: bool = False  # a replica started from (or wrote) a committed snapshot
 
 
 PREWARM_NODES_KEPT = 20  # the newest nodes' prewarm records; older ones are dropped
@@ -111,16 +125,45 @@ class Board:
         a = self._apps.get(app)
         return [] if a is None else [dict(r) for r in a.prewarm.values()]
 
+    def record_parked(self, app: str, node_id: str, counts: dict[str, int]) -> None:
+        """The engines a node's warm pool keeps parked for `app` now, per parked key."""
+        a = self._apps.setdefault(app, _App())
+        counts = {k: int(n) for k, n in counts.items() if n > 0}
+        if counts:
+            a.parked[node_id] = counts
+            a.has_snapshot = True  # an engine ran: its snapshot exists
+        else:
+            a.parked.pop(node_id, None)
+
+    def parked_nodes(self, app: str, key: str) -> list[str]:
+        """Nodes whose pool has an engine parked under `key`."""
+        a = self._apps.get(app)
+        return [] if a is None else [n for n, counts in a.parked.items() if counts.get(key)]
+
+    def note_snapshot(self, app: str) -> None:
+        """The app restores a committed snapshot (its router knows from its args, a replica from
+        its start): its next cold start is at worst `cached`."""
+        self._apps.setdefault(app, _App()).has_snapshot = True
+
+    def note_parked_key(self, app: str, key: str) -> None:
+        """The key the app's router answers from (serve_apps/llm/args.parked_key): engines parked
+        under another (the app's args before a redeploy) do not count toward its tier."""
+        self._apps.setdefault(app, _App()).parked_key = key
+
     def get(self, app: str) -> dict:
         a = self._apps.get(app)
         if a is None:
-            return {"state": COLD, "warm_replicas": 0, "replica_seconds": 0.0}
+            return {"state": COLD, "warm_replicas": 0, "replica_seconds": 0.0, "parked": 0, "tier": COLD}
         now = self._clock()
         warm = sum(1 for r in a.replicas.values() if r.state == WARM)
         starting = sum(1 for r in a.replicas.values() if r.state == STARTING)
         live = sum(now - r.born for r in a.replicas.values())
         state = WARM if warm else (WARMING if starting else COLD)
-        out = {"state": state, "warm_replicas": warm, "replica_seconds": round(a.spent_s + live, 3)}
+        parked = sum(n for counts in a.parked.values() for k, n in counts.items()
+                     if a.parked_key is None or k == a.parked_key)
+        tier = WARM if warm else PARKED if parked else CACHED if a.has_snapshot else COLD
+        out = {"state": state, "warm_replicas": warm, "replica_seconds": round(a.spent_s + live, 3),
+               "parked": parked, "tier": tier}
         if not warm and starting:
             # the starting replica furthest along: its phase and since when (a cold start in progress)
             r = min((r for r in a.replicas.values() if r.state == STARTING), key=lambda r: r.born)
@@ -158,6 +201,18 @@ class ReadinessBoard:
 
     def prewarm(self, app: str) -> list[dict]:
         return self._board.prewarm(app)
+
+    def record_parked(self, app: str, node_id: str, counts: dict[str, int]) -> None:
+        self._board.record_parked(app, node_id, counts)
+
+    def parked_nodes(self, app: str, key: str) -> list[str]:
+        return self._board.parked_nodes(app, key)
+
+    def note_snapshot(self, app: str) -> None:
+        self._board.note_snapshot(app)
+
+    def note_parked_key(self, app: str, key: str) -> None:
+        self._board.note_parked_key(app, key)
 
 
 def get_or_create_board():

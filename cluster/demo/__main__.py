@@ -296,6 +296,7 @@ def _requests(steps, client, fake, base_url: str) -> None:
     steps.soft("Cold request: the LLM app scales from zero", s.cold_request, client)
     steps.soft("Warm request", s.warm_request, client)
     steps.soft("Streaming", s.streaming, client)
+    steps.soft("Idle to zero, then a request: the parked tier answers", s.parked_request, client)
     steps.soft("Fallback: the hosted provider (a loopback FAKE) fails, the local model answers",
                s.fallback, client, fake.state)
     steps.soft("Rate-limited burst", s.rate_limited_burst, base_url, st.DEMO_KEY)

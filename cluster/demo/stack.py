@@ -24,6 +24,8 @@ ADMIN_KEY = "admin-thawline-demo"
 FAKE_HOSTED_MODEL = "gpt-4o-mini"   # what the fake hosted provider is asked for
 BURST_RPM = 5
 MAX_TOKENS_CAP = 128                # below the served max_model_len (256, local-cpu.yaml)
+DEMO_IDLE_S = 8.0                    # the LLM replica scales to zero (and parks) after this much idle
+PARKED_MEMORY_GB = 4.0               # the warm pool's budget for parked engines (a tiny engine: ~1-2 GB)
 COLD_WAIT_S = 300.0                 # how long a request may wait for the model to come up from zero
 
 
@@ -99,10 +101,12 @@ def serve_config(http_port: int, snapshot_url: str, gateway_yaml: Path) -> dict[
         if key in local["args"]:
             llm["args"][key] = local["args"][key]
     llm["args"]["cold_start_max_wait_s"] = COLD_WAIT_S
-    # local-cpu's short metric intervals make scale-from-zero start within a second or so;
-    # the long downscale delay keeps the replica warm for the rest of the session.
+    # local-cpu's short metric intervals make scale-from-zero start within a second or so; the
+    # short downscale delay lets the session show a scale-down that parks the engine, and the
+    # request at zero that the parked engine answers.
     llm["args"]["autoscaling"] = {**local["args"].get("autoscaling", {}), "min_replicas": 0,
-                                  "max_replicas": 1, "downscale_delay_s": 600}
+                                  "max_replicas": 1, "downscale_delay_s": DEMO_IDLE_S}
+    llm["args"]["parked_memory_gb"] = PARKED_MEMORY_GB
     if "runtime_env" in local and "runtime_env" not in llm:
         llm["runtime_env"] = local["runtime_env"]
     gw["args"]["config_path"] = str(gateway_yaml)

@@ -16,7 +16,7 @@ from typing import AsyncIterator
 from gateway.fallback import Failure, Kind
 from gateway.llm_protocol import HandleRequest, as_app_error
 from gateway.names import NAMESPACE, READINESS_ACTOR
-from gateway.readiness import WARM
+from gateway.readiness import PARKED, WARM
 from gateway.providers.base import CHAT, COMPLETIONS, Provider, ProviderError, Response, Usage, unsupported
 
 log = logging.getLogger("thawline.gateway")
@@ -105,8 +105,10 @@ class ServeProvider(Provider):
         return None if self._state is None else dict(self._state)
 
     def is_cold(self) -> bool:
+        """No warm replica and no parked engine (a parked engine answers within a second: no
+        reason to spill over)."""
         st = self._state
-        return st is not None and st.get("state") != WARM
+        return st is not None and st.get("state") != WARM and st.get("tier") != PARKED
 
     def _failure(self, e: Exception, *, started: bool) -> ProviderError:
         """An LLM app's own error keeps its status: a 4xx is the request's fault (no fallback,

@@ -74,6 +74,7 @@ class LLMAppArgs(_Strict):
     max_ongoing_requests: int = Field(64, ge=1, description="Concurrent requests one replica accepts (vLLM batches them).")
     cold_start_max_wait_s: float = Field(120.0, gt=0, description="How long a request waits for a replica at zero before a 503 `cold_start_timeout`.")
     warm_pool_size: int = Field(1, ge=0, description="Pre-imported, model-less engine hosts kept per node for new replicas to claim; a replica of any TP degree claims one host, which runs its whole TP group (CPU: the rank workers are its processes; GPU: vLLM's Ray workers in the replica's bundles, with their GPUs). 0 disables.")
+    parked_memory_gb: float = Field(0.0, ge=0, description="Host memory (GB, per node) the node's warm pool may keep in parked engines: a replica that scales down hands its started engine to the pool instead of stopping it, the app's router answers requests at zero replicas from it at once, and the next replica adopts it (no engine start). Least recently used engines are stopped beyond the budget. A parked engine holds no Ray CPU/GPU resource. CPU: it keeps its weights and KV cache in host memory (vLLM has no sleep mode on CPU). GPU: not supported yet (a GPU engine's rank workers live in the replica's placement group, which Serve removes with the replica); refused. 0 disables; so does warm_pool_size: 0 (the pool keeps parked engines).")
     engine_overrides: dict[str, Any] = Field(default_factory=dict, description="vLLM engine args applied over the snapshot's recorded ones, e.g. max_model_len, enforce_eager.")
     verify_checksums: bool = Field(False, description="Verify every tensor's checksum at restore (slower cold start).")
     http_auth_token_env: str | None = Field(
@@ -131,11 +132,28 @@ class LLMAppArgs(_Strict):
                 _check_location(v, what)
         if self.accelerator == "cpu" and self.accelerator_type:
             raise ValueError("accelerator_type applies to accelerator: gpu only")
+        if self.parked_memory_gb > 0 and self.accelerator == "gpu":
+            raise ValueError("parked_memory_gb applies to accelerator: cpu only (a GPU engine's rank workers "
+                             "live in the replica's placement group, which Serve removes with the replica)")
         return self
 
     @property
     def first_boot(self) -> bool:
         return self.snapshot_url is None
+
+    @property
+    def parks_engines(self) -> bool:
+        """Whether this app's replicas park their engine when they scale down (see parked_memory_gb;
+        the warm pool keeps them, so none without one)."""
+        return self.parked_memory_gb > 0 and self.warm_pool_size > 0
+
+
+def parked_key(app_name: str, args: LLMAppArgs) -> str:
+    """The key a parked engine is kept under: `<app>/<digest of the args>`. Only a replica of the
+    same app with the same args (same snapshot, overrides, TP degree) adopts it; a redeploy with
+    other args starts its own engine and the old one ages out of the budget."""
+    digest = hashlib.sha1(args.model_dump_json().encode()).hexdigest()[:16]
+    return f"{app_name}/{digest}"
 
 
 def first_boot_prefix(args: LLMAppArgs) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
 
+from gateway.names import LLM_SERVER_DEPLOYMENT
 from serve_apps.llm.args import LLMAppArgs, metrics_env, server_deployment_options
 from serve_apps.llm.router import LLMRouter
 from serve_apps.llm.server import LLMServer
@@ -39,7 +40,7 @@ def build_app(cfg: LLMAppArgs, *, overrides: dict[str, Any] | None = None) -> Ap
                     ", ".join(missing))
     args = cfg.model_dump()
     server = serve.deployment(LLMServer).options(
-        name="LLMServer", **{**server_deployment_options(cfg), **(overrides or {})}).bind(args)
+        name=LLM_SERVER_DEPLOYMENT, **{**server_deployment_options(cfg), **(overrides or {})}).bind(args)
     router = serve.deployment(LLMRouter).options(
         name="LLMRouter", num_replicas=1, max_ongoing_requests=10_000,
         ray_actor_options={"num_cpus": 0},

@@ -213,6 +213,27 @@ class EngineHost:
         except Exception as e:  # noqa: BLE001 - mid-stream: the router turns it into a broken stream
             yield _vllm_error(e)
 
+    # -- parking ---------------------------------------------------------------------------------
+
+    def park(self) -> int:
+        """The engine stays started while its replica is gone (warm_pool.WarmPool.park); returns the
+        host memory its processes hold (this one and its EngineCore / rank workers), the figure the
+        pool's budget counts. On CPU there is nothing to release: vLLM has no sleep mode there, so
+        weights and KV cache stay where they are."""
+        if self._engine is None:
+            raise RuntimeError("no started engine to park")
+        from serve_apps.llm.host_memory import tree_rss_bytes
+
+        return tree_rss_bytes(os.getpid())
+
+    def adopt(self) -> dict:
+        """A new replica takes this started engine over: the start's facts, and its two marks set
+        to now (no engine starts)."""
+        if self._engine is None:
+            raise RuntimeError("no started engine to adopt")
+        now = time.time()
+        return {cs.ENGINE_PREPARED: now, cs.ENGINE_READY: now, **self.info}
+
     def shutdown(self) -> None:
         if self._engine is not None:
             self._engine.shutdown()

@@ -7,6 +7,9 @@ LLMServer deployment is at zero. For each request it:
   LLMServer replica (a `ready()` call that queues at zero and so makes Serve's autoscaler start
   one); past the bound: HTTP 503 `cold_start_timeout` in OpenAI's error shape (handle calls raise
   ColdStartTimeout);
+- when the app parks engines (`parked_memory_gb`) and no replica answers `ready()` within
+  PARKED_PROBE_S, answers from an engine parked in a node's warm pool instead, at once, while the
+  queued `ready()` call still makes Serve start a replica (which adopts that engine);
 - forwards the OpenAI body through the server's handle, streaming chunk by chunk;
 - after the first token of a request that waited for a cold start, logs that cold start's
   timeline as one structured line and records it in a Prometheus histogram.
@@ -38,12 +41,14 @@ from gateway.llm_protocol import (
     error_body,
     max_wait_from,
 )
-from gateway.readiness import get_or_create_board
+from gateway.names import NAMESPACE, warm_pool_name
+from gateway.readiness import CACHED, COLD, PARKED, get_or_create_board
 from gateway.response_headers import MAX_WAIT_S
-from serve_apps.llm.args import LLMAppArgs
+from serve_apps.llm.args import LLMAppArgs, parked_key
 from serve_apps.llm.http_auth import check_http_access
 from serve_apps.llm.prewarm import Prewarmer
 from serve_apps.llm.sse import sse_frames
+from serve_apps.llm.warm_pool import host_stream
 from serve_apps.llm.timeline import log_line
 
 log = logging.getLogger("thawline.serve")
@@ -52,8 +57,11 @@ api = FastAPI(title="thawline LLM app")
 # Lowers cold_start_max_wait_s for one request (seconds).
 MAX_WAIT_HEADER = MAX_WAIT_S
 
-# Histogram boundaries (s): from a warm-pool cold start (~1 s) to a big-model first boot.
-_BOUNDARIES = [0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 90, 120, 180, 300]
+# Histogram boundaries (s): from a parked engine's answer to a big-model first boot.
+_BOUNDARIES = [0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 90, 120, 180, 300]
+# A warm replica answers ready() within milliseconds; one that has not after this is starting
+# (or the app is at zero), and a parked engine answers instead.
+PARKED_PROBE_S = 0.05
 
 
 @serve.ingress(api)
@@ -73,6 +81,14 @@ class LLMRouter:
         # Warm pool + snapshot prefetch on every node that can hold a replica: the nodes alive
         # now, and each node the autoscaler adds later, the moment it joins (prewarm.py).
         self._prewarm = Prewarmer(self.app_name, self.args, self._board).start()
+        self._park_key = parked_key(self.app_name, self.args)
+        self._pools: dict[str, object] = {}  # node id -> its warm pool's handle
+        self._wakes: set[asyncio.Task] = set()  # ready() calls kept queued while a parked engine answers
+        self._parked_logged = False  # this parked episode's first answer is recorded
+        if self.args.snapshot_url:
+            self._board.note_snapshot.remote(self.app_name)
+        if self.args.parks_engines:
+            self._board.note_parked_key.remote(self.app_name, self._park_key)
 
     def __del__(self) -> None:
         # Serve stops this replica (app deleted or redeployed): no prewarm for it from here on.
@@ -87,13 +103,63 @@ class LLMRouter:
         bound = self.args.cold_start_max_wait_s
         return bound if asked is None else min(bound, asked)
 
-    async def _wait_ready(self, max_wait_s: float) -> tuple[float, dict]:
+    async def _wait_ready(self, max_wait_s: float) -> tuple[float, dict | None, object | None]:
+        """(request time, the ready replica's info, None), or (request time, None, a parked
+        engine host) when the app is starting from zero and an engine is parked for it."""
         t_req = time.time()
+        ready = asyncio.get_running_loop().create_task(self._ready())
+        if self.args.parks_engines:
+            done, _ = await asyncio.wait({ready}, timeout=PARKED_PROBE_S)
+            if not done and (host := await self._lend_parked()) is not None:
+                self._keep_queued(ready)
+                return t_req, None, host
         try:
-            info = await asyncio.wait_for(self._server.ready.remote(), max_wait_s)
+            info = await asyncio.wait_for(ready, max(0.0, max_wait_s - (time.time() - t_req)))
         except asyncio.TimeoutError:
             raise cold_start_timeout(self.args.served_model_id, max_wait_s) from None
-        return t_req, info
+        self._parked_logged = False  # a replica serves: the next parked answer starts a new episode
+        return t_req, info, None
+
+    async def _ready(self) -> dict:
+        return await self._server.ready.remote()
+
+    def _keep_queued(self, ready: asyncio.Task) -> None:
+        """The ready() call stays queued at the server's handle while the parked engine answers:
+        it is the load Serve's autoscaler sees, so a replica starts (and adopts the engine)."""
+        task = asyncio.get_running_loop().create_task(asyncio.wait_for(ready, self.args.cold_start_max_wait_s))
+        self._wakes.add(task)
+        task.add_done_callback(lambda t: (self._wakes.discard(t), t.cancelled() or t.exception()))
+
+    async def _lend_parked(self):
+        """An engine host parked for this app (same args) in some node's warm pool, or None."""
+        import ray
+
+        try:
+            for node in await self._board.parked_nodes.remote(self.app_name, self._park_key):
+                pool = self._pools.get(node)
+                if pool is None:
+                    # a blocking GCS lookup: off the event loop that serves requests
+                    pool = await asyncio.to_thread(ray.get_actor, warm_pool_name(node), namespace=NAMESPACE)
+                    self._pools[node] = pool
+                lent = await pool.lend_parked.remote(self._park_key)
+                if lent:
+                    return lent[0]
+        except Exception as e:  # noqa: BLE001 - no parked engine then: wait for a replica
+            log.warning("thawline: looking for a parked engine failed: %s: %s", type(e).__name__, e)
+        return None
+
+    def _parked_answered(self, t_req: float) -> None:
+        """Log and record the first answer of a parked episode (the app at zero, a parked engine
+        answering) as this app's cold start: tier parked, request to first token."""
+        if self._parked_logged:
+            return
+        self._parked_logged = True
+        full = {cs.REQUEST: t_req, cs.FIRST_TOKEN: time.time()}
+        ph = cs.phases(full)
+        log.info("thawline: %s answered from a parked engine in %.3f s", self.app_name, ph[cs.TOTAL])
+        self._hist.observe(ph[cs.TOTAL], tags={"app": self.app_name, "phase": cs.TOTAL})
+        self._board.record_cold_start.remote(self.app_name, {"replica": "", "host": PARKED, "tier": PARKED,
+                                                             "phases_s": ph, "marks": full})
 
     def _first_token(self, t_req: float, info: dict) -> None:
         """Log the cold start this request waited for (once per replica)."""
@@ -107,34 +173,41 @@ class LLMRouter:
             # Ray reused a worker process it had started earlier: no process start in this cold
             # start; request -> constructor is all Serve's scheduling.
             full[cs.PROCESS_START] = full[cs.INIT_START]
-        line = log_line(self.app_name, rid, full, host=info["info"].get("host"),
-                        first_boot=info["info"].get("first_boot"))
+        host, first_boot = info["info"].get("host"), info["info"].get("first_boot")
+        line = log_line(self.app_name, rid, full, host=host, first_boot=first_boot)
         log.info(line)
         print(line, flush=True)  # the replica's stdout reaches the driver and Ray's log files
         ph = cs.phases(full)
         for name, secs in ph.items():
             self._hist.observe(secs, tags={"app": self.app_name, "phase": name})
-        self._board.record_cold_start.remote(self.app_name, {"replica": rid, "phases_s": ph, "marks": full,
-                                                             **info["info"]})
+        tier = PARKED if host == PARKED else COLD if first_boot else CACHED
+        self._board.record_cold_start.remote(self.app_name, {"replica": rid, "tier": tier, "phases_s": ph,
+                                                             "marks": full, **info["info"]})
 
     # -- handle API (gateway) ------------------------------------------------------------------
 
     async def generate(self, request: dict) -> dict:
         """request: a HandleRequest on the wire; raises LLMAppError (503 on cold-start timeout)."""
         req = HandleRequest.from_wire(request)
-        t_req, info = await self._wait_ready(self._max_wait(req.max_wait_s))
-        out = await self._server.generate.remote(self._normalise(req))
+        t_req, info, parked = await self._wait_ready(self._max_wait(req.max_wait_s))
+        server = self._server if parked is None else parked
+        out = await server.generate.remote(self._normalise(req))
         err = app_error_in(out)
         if err is not None:
             raise err
-        self._first_token(t_req, info)
+        if parked is None:
+            self._first_token(t_req, info)
+        else:
+            self._parked_answered(t_req)
         return out
 
     async def generate_stream(self, request: dict) -> AsyncIterator[dict]:
         req = HandleRequest.from_wire(request)
-        t_req, info = await self._wait_ready(self._max_wait(req.max_wait_s))
+        t_req, info, parked = await self._wait_ready(self._max_wait(req.max_wait_s))
+        chunks = (self._server_stream.generate_stream.remote(self._normalise(req)) if parked is None
+                  else host_stream(parked, self._normalise(req)))
         first = True
-        async for chunk in self._server_stream.generate_stream.remote(self._normalise(req)):
+        async for chunk in chunks:
             err = app_error_in(chunk)
             if err is not None:
                 # before the first chunk: a rejected request (its 4xx); later: the engine failed
@@ -142,7 +215,10 @@ class LLMRouter:
                 raise err
             if first:
                 first = False
-                self._first_token(t_req, info)
+                if parked is None:
+                    self._first_token(t_req, info)
+                else:
+                    self._parked_answered(t_req)
             yield chunk
 
     def _normalise(self, req: HandleRequest) -> dict:

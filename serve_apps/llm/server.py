@@ -23,7 +23,7 @@ from ray import serve
 
 from gateway import cold_start_phases as cs
 from gateway.readiness import REPLICA_STATES, STARTING, STOPPED, WARM, get_or_create_board
-from serve_apps.llm.args import LLMAppArgs, effective_engine_overrides, first_boot_ref
+from serve_apps.llm.args import LLMAppArgs, effective_engine_overrides, first_boot_ref, parked_key
 from serve_apps.llm.first_boot import committed_snapshot, engine_identity, local_source
 from serve_apps.llm.node_cache import pin_node_id
 from serve_apps.llm.gpus import rank_bundles, visible_devices
@@ -37,6 +37,11 @@ log = logging.getLogger("thawline.serve")
 POOL_PENDING_WAIT_S = 120.0
 # The GPU probe tasks need only a worker process: their bundles are reserved and idle.
 GPU_PROBE_TIMEOUT_S = 60.0
+# Parking is two actor calls on this node; past this the engine is stopped instead.
+PARK_TIMEOUT_S = 30.0
+# How a replica got its engine host (info["host"]): a parked engine it adopted, a pooled host it
+# started an engine in, or its own process.
+HOST_PARKED, HOST_POOLED, HOST_OWN = "parked", "warm_pool", "replica"
 
 
 class _LocalHost:
@@ -74,15 +79,30 @@ class _PooledHost:
         return await self.actor.generate.remote(request)
 
     async def generate_stream(self, request: dict) -> AsyncIterator[dict]:
-        gen = self.actor.generate_stream.options(num_returns="streaming").remote(request)
-        async for ref in gen:
-            yield await ref
+        from serve_apps.llm.warm_pool import host_stream
+
+        async for chunk in host_stream(self.actor, request):
+            yield chunk
+
+    async def adopt(self) -> dict:
+        return await self.actor.adopt.remote()
 
     async def close(self) -> None:
         # The replica owns the claimed host and stops it (the pool does only if we die first).
         from serve_apps.llm.warm_pool import stop_host
 
         await stop_host(self.actor)
+
+    async def park(self, pool, app: str, key: str, owner: str, budget_bytes: int) -> None:
+        """Hand the started engine back to the node's pool (it stops it when over budget); stop
+        it here if the pool cannot take it."""
+        try:
+            nbytes = await asyncio.wait_for(self.actor.park.remote(), PARK_TIMEOUT_S)
+            await asyncio.wait_for(pool.park.remote(app, key, [self.actor], owner, nbytes, budget_bytes),
+                                   PARK_TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 - an engine nobody keeps must not linger
+            log.warning("thawline: parking the engine failed (%s: %s); stopping it", type(e).__name__, e)
+            await self.close()
 
 
 def _gpu_ids_here() -> list:
@@ -135,12 +155,13 @@ class LLMServer:
         self._state = _replica_state_gauge()
         self._report(STARTING, cs.IMPORTS)
         self._host = None
+        self._park_key = parked_key(self.app_name, self.args)
         try:
             self._host, how = await self._get_host()
             marks[cs.IMPORTS_DONE] = time.time()
             # engine_prepare, then engine_start_with_weights: both inside the host, one report
             self._report(STARTING, cs.ENGINE_PREPARE)
-            started = await self._start_engine()
+            started = await (self._host.adopt() if how == HOST_PARKED else self._start_engine())
         except BaseException:
             self._report(STOPPED)
             if self._host is not None:
@@ -152,6 +173,8 @@ class LLMServer:
         self.marks = marks
         self.info = {"host": how, **started}
         self._report(WARM)
+        if self.info.get("snapshot_url"):
+            self._board.note_snapshot.remote(self.app_name)
         log.info("thawline: replica %s of %s warm (%s)", self.replica_id, self.app_name, self.info)
 
     async def _get_host(self):
@@ -162,6 +185,14 @@ class LLMServer:
             pool = get_or_create_pool(ray.get_runtime_context().get_node_id(), a.warm_pool_size)
             # By actor id, not name: the pool stops the host once this replica's actor is dead.
             owner = ray.get_runtime_context().get_actor_id()
+            if a.parks_engines:
+                try:
+                    parked = await pool.claim_parked.remote(self.app_name, self._park_key, owner)
+                except ray.exceptions.RayError as e:
+                    log.warning("thawline: warm pool unavailable (%s); no parked engine", e)
+                    parked = None
+                if parked:
+                    return _PooledHost(parked[0]), HOST_PARKED
             try:
                 claimed = await asyncio.wait_for(pool.claim.remote(POOL_PENDING_WAIT_S, owner),
                                                  POOL_PENDING_WAIT_S + 5)
@@ -169,9 +200,9 @@ class LLMServer:
                 log.warning("thawline: warm pool unavailable (%s); importing in the replica", e)
                 claimed = None
             if claimed:
-                return _PooledHost(claimed[0]), "warm_pool"
+                return _PooledHost(claimed[0]), HOST_POOLED
         # No pooled host ready: import here (the cold start pays for it).
-        return await asyncio.to_thread(_LocalHost), "replica"
+        return await asyncio.to_thread(_LocalHost), HOST_OWN
 
     def _spec(self, *, snapshot_url: str | None = None, capture: CaptureSpec | None = None,
               accelerator: dict | None = None, gpu_ids: list[str] | None = None) -> EngineSpec:
@@ -228,4 +259,11 @@ class LLMServer:
             self._report(STOPPED)
         if host is not None:
             self._host = None
-            await host.close()
+            if isinstance(host, _PooledHost) and self.args.parks_engines and getattr(self, "marks", None):
+                from serve_apps.llm.warm_pool import get_or_create_pool
+
+                pool = get_or_create_pool(ray.get_runtime_context().get_node_id(), self.args.warm_pool_size)
+                await host.park(pool, self.app_name, self._park_key, ray.get_runtime_context().get_actor_id(),
+                                int(self.args.parked_memory_gb * 1e9))
+            else:
+                await host.close()

@@ -29,6 +29,14 @@ A pool on a worker node retires once unused for $THAWLINE_WARM_POOL_RETIRE_S (de
 Ray counts any live actor as work, so a pool that stayed would keep its idle node from ever
 being removed by the autoscaler. The LLM router starts a pool again when a node joins
 (prewarm.py), and a replica landing on a node without one creates it.
+
+Parked engines (apps with `parked_memory_gb` > 0): a replica that scales down hands its started
+engine back (`park`) instead of stopping it. The pool keeps it within the node's host-memory
+budget (parked_book.ParkedBook, least recently used evicted), lends it to the app's router,
+which answers requests from it while the app is at zero replicas (`lend_parked`), and hands it to
+the next replica of the same app (`claim_parked`), which then starts no engine. The pool tells
+the ReadinessBoard how many engines each app has parked here, so routers find them and
+`thawline status` shows the tier. A retiring pool stops its parked engines too.
 """
 from __future__ import annotations
 
@@ -42,6 +50,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from gateway.names import get_or_create_actor, warm_pool_name
 from serve_apps.llm.host_claims import ClaimBook
+from serve_apps.llm.parked_book import ParkedBook
 
 log = logging.getLogger("thawline.serve")
 
@@ -83,6 +92,12 @@ async def stop_host(host) -> None:
             pass
 
 
+async def host_stream(host, request: dict):
+    """An engine host actor's generate_stream, chunk by chunk (async iterator of chunk dicts)."""
+    async for ref in host.generate_stream.options(num_returns="streaming").remote(request):
+        yield await ref
+
+
 async def _host_stopped(host) -> bool:
     """True when the host actor is already dead; a host too busy to answer counts as alive."""
     try:
@@ -115,6 +130,7 @@ class WarmPool:
         self._ready: list = []        # hosts whose constructor finished
         self._pending: set = set()   # hosts still importing
         self._claims = ClaimBook()   # claimed hosts by owner actor id
+        self._parked = ParkedBook()  # started engines of apps at zero replicas
         self._claimed = 0
         self._refill_task = None
         self._reap_task = None
@@ -185,6 +201,53 @@ class WarmPool:
                 self._reap_task = asyncio.get_running_loop().create_task(self._reap())
         return [host]  # wrapped: a bare handle in a return value would be resolved differently
 
+    # -- parked engines ----------------------------------------------------------------------------
+
+    async def park(self, app: str, key: str, wrapped_host: list, owner_actor_id: str, nbytes: int,
+                   budget_bytes: int) -> bool:
+        """A scaling-down replica hands its started engine back: it stays started, parked under
+        `key`, within `budget_bytes` of parked engines on this node (LRU evicted and stopped).
+        True when it was kept."""
+        host = wrapped_host[0]
+        for claim in self._claims.all():
+            if claim.owner == owner_actor_id and claim.host._actor_id == host._actor_id:
+                self._claims.forget(claim)  # no longer the replica's: its death must not reap it
+        self._last_claim = time.monotonic()
+        # a retiring pool keeps nothing: the node is on its way down
+        evicted = self._parked.drop_stale(app, key)
+        evicted += [host] if self._retired else self._parked.park(app, key, host, nbytes, budget_bytes)
+        if evicted:
+            log.info("thawline: stopping %d parked engine(s) on %s (parked_memory_gb budget %.2f GB, "
+                     "this one %.2f GB)", len(evicted), self.node_id, budget_bytes / 1e9, nbytes / 1e9)
+        await asyncio.gather(*(stop_host(h) for h in evicted))
+        self._report_parked(app)
+        return all(h is not host for h in evicted)
+
+    async def claim_parked(self, app: str, key: str, owner_actor_id: str):
+        """The newest parked engine for `key`, now the claiming replica's, or None."""
+        host = self._parked.take(key)
+        if host is None:
+            return None
+        self._last_claim = time.monotonic()
+        self._claims.add(host, owner_actor_id)
+        if self._reap_task is None or self._reap_task.done():
+            self._reap_task = asyncio.get_running_loop().create_task(self._reap())
+        self._report_parked(app)
+        return [host]
+
+    def lend_parked(self, key: str):
+        """A parked engine for `key` that stays parked (the router answers from it while the app
+        is at zero replicas), or None."""
+        host = self._parked.lend(key)
+        if host is not None:
+            self._last_claim = time.monotonic()
+        return None if host is None else [host]
+
+    def _report_parked(self, app: str) -> None:
+        from gateway.readiness import get_or_create_board
+
+        get_or_create_board().record_parked.remote(app, self.node_id, self._parked.counts(app))
+
     async def _reap(self) -> None:
         """Stop claimed hosts whose owner died. A replica that stopped cleanly killed its host
         already: its claim is dropped without counting it as reaped."""
@@ -217,6 +280,10 @@ class WarmPool:
         if self._refill_task is not None:
             self._refill_task.cancel()
         hosts, self._ready = self._ready, []
+        parked_apps = self._parked.apps()
+        hosts += self._parked.drain()
+        for app in parked_apps:
+            self._report_parked(app)
         for host in list(self._pending):
             ray.kill(host, no_restart=True)
         await asyncio.gather(*(stop_host(h) for h in hosts))
@@ -233,7 +300,7 @@ class WarmPool:
 
     def stats(self) -> dict:
         return {"node_id": self.node_id, "size": self.size, "ready": len(self._ready),
-                "pending": len(self._pending), "claimed": self._claimed, **self._claims.stats()}
+                "pending": len(self._pending), "claimed": self._claimed, **self._claims.stats(), **self._parked.stats()}
 
 
 def _is_head(node_id: str) -> bool:

@@ -121,16 +121,16 @@ def test_timeline_phases_and_log_line():
 def test_readiness_board_states_and_replica_seconds():
     now = [0.0]
     b = Board(clock=lambda: now[0])
-    assert b.get("tiny") == {"state": "cold", "warm_replicas": 0, "replica_seconds": 0.0}
+    assert b.get("tiny") == {"state": "cold", "warm_replicas": 0, "replica_seconds": 0.0, "parked": 0, "tier": "cold"}
     b.report("tiny", "r1", "starting")
     now[0] = 2.0
     assert b.get("tiny")["state"] == "warming"
     b.report("tiny", "r1", "warm")
     now[0] = 5.0
-    assert b.get("tiny") == {"state": "warm", "warm_replicas": 1, "replica_seconds": 5.0}
+    assert b.get("tiny") == {"state": "warm", "warm_replicas": 1, "replica_seconds": 5.0, "parked": 0, "tier": "warm"}
     b.report("tiny", "r1", "stopped")
     now[0] = 100.0
-    assert b.get("tiny") == {"state": "cold", "warm_replicas": 0, "replica_seconds": 5.0}
+    assert b.get("tiny") == {"state": "cold", "warm_replicas": 0, "replica_seconds": 5.0, "parked": 0, "tier": "cold"}
     with pytest.raises(ValueError, match="state must be one of"):
         b.report("tiny", "r1", "hot")
 

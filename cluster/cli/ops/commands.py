@@ -90,14 +90,15 @@ def usage_table(rows: list[dict[str, Any]], group_by: str) -> Table:
 
 def status_tables(report: Any) -> list[Table]:
     apps = Table(title="Serve applications")
-    for c in ("app", "app status", "deployment", "status", "replicas", "starting", "state"):
+    for c in ("app", "app status", "deployment", "status", "replicas", "starting", "state", "tier"):
         apps.add_column(c, justify="right" if c in ("replicas", "starting") else "left")
-    from gateway.readiness import COLD, WARM, WARMING
+    from gateway.readiness import CACHED, COLD, PARKED, WARM, WARMING
 
-    colors = {WARM: "green", WARMING: "yellow", COLD: "cyan"}
+    colors = {WARM: "green", WARMING: "yellow", COLD: "cyan", PARKED: "green", CACHED: "yellow"}
     for r in report.rows:
         apps.add_row(r.app, r.app_status, r.deployment, r.status, str(r.running), str(r.starting),
-                     f"[{colors.get(r.state, 'white')}]{r.state}[/]")
+                     f"[{colors.get(r.state, 'white')}]{r.state}[/]",
+                     f"[{colors.get(r.tier, 'white')}]{r.tier}[/]" if r.tier else "")
     caches = Table(title="Snapshots cached on each node")
     for c in ("node", "cache dir", "snapshot", "MB"):
         caches.add_column(c, justify="right" if c == "MB" else "left")

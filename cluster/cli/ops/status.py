@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.names import NAMESPACE, READINESS_ACTOR
+from gateway.names import LLM_SERVER_DEPLOYMENT, NAMESPACE, READINESS_ACTOR
 from gateway.readiness import COLD, WARM, WARMING
 from snapshots.format import SNAPSHOT_JSON
 
@@ -27,6 +27,9 @@ class DeploymentRow:
     other: int
     state: str  # cold | warming | warm
     route_prefix: str | None = None
+    # an LLM app's tier (gateway/readiness.TIERS): how its next request is answered:
+    # warm | parked (a parked engine, at once) | cached (an engine starts from a snapshot) | cold
+    tier: str | None = None
 
 
 @dataclass
@@ -135,6 +138,8 @@ def gather(ray_address: str | None, *, timeout_s: float = 30.0) -> StatusReport:
                     running=running, starting=starting,
                     other=sum(states.values()) - running - starting,
                     state=derive_state(states, board_state if isinstance(board_state, dict) else None),
+                    tier=(board_state.get("tier") if isinstance(board_state, dict) and dep_name == LLM_SERVER_DEPLOYMENT
+                          else None),
                 ))
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
