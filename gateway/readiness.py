@@ -64,6 +64,7 @@ class _App:
     prewarm: dict[str, dict] = field(default_factory=dict)  # node id -> its prewarm events
     parked: dict[str, dict[str, int]] = field(default_factory=dict)  # node id -> {parked key: engines}
     parked_key: str | None = None  # the key the app's current router parks under (its args)
+    parked_router: str | None = None  # the router replica that set it (only it may clear it)
     has_snapshot: bool = False  # a replica started from (or wrote) a committed snapshot
 
 
@@ -145,10 +146,24 @@ class Board:
         its start): its next cold start is at worst `cached`."""
         self._apps.setdefault(app, _App()).has_snapshot = True
 
-    def note_parked_key(self, app: str, key: str) -> None:
+    def note_parked_key(self, app: str, key: str, router_id: str) -> None:
         """The key the app's router answers from (serve_apps/llm/args.parked_key): engines parked
-        under another (the app's args before a redeploy) do not count toward its tier."""
-        self._apps.setdefault(app, _App()).parked_key = key
+        under another (the app's args before a redeploy) do not count toward its tier, and warm
+        pools stop them (`current_parked_key`)."""
+        a = self._apps.setdefault(app, _App())
+        a.parked_key, a.parked_router = key, router_id
+
+    def forget_parked_key(self, app: str, router_id: str) -> None:
+        """The app's router stopped (app deleted or redeployed): pools stop the app's parked
+        engines, unless a newer router already set its own key."""
+        a = self._apps.get(app)
+        if a is not None and a.parked_router == router_id:
+            a.parked_key = a.parked_router = None
+
+    def current_parked_key(self, app: str) -> str | None:
+        """The key engines of `app` may stay parked under; None: none may (no router parks)."""
+        a = self._apps.get(app)
+        return None if a is None else a.parked_key
 
     def get(self, app: str) -> dict:
         a = self._apps.get(app)
@@ -211,8 +226,14 @@ class ReadinessBoard:
     def note_snapshot(self, app: str) -> None:
         self._board.note_snapshot(app)
 
-    def note_parked_key(self, app: str, key: str) -> None:
-        self._board.note_parked_key(app, key)
+    def note_parked_key(self, app: str, key: str, router_id: str) -> None:
+        self._board.note_parked_key(app, key, router_id)
+
+    def forget_parked_key(self, app: str, router_id: str) -> None:
+        self._board.forget_parked_key(app, router_id)
+
+    def current_parked_key(self, app: str) -> str | None:
+        return self._board.current_parked_key(app)
 
 
 def get_or_create_board():

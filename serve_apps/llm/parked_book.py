@@ -51,9 +51,10 @@ class ParkedBook:
             evicted.append(oldest.host)
         return evicted
 
-    def drop_stale(self, app: str, key: str) -> list[Any]:
-        """Forget `app`'s engines parked under another key (the app was redeployed with other
-        args: no replica will ever adopt them); returns their hosts, to stop."""
+    def drop_stale(self, app: str, key: str | None) -> list[Any]:
+        """Forget `app`'s engines parked under another key than `key` (the app was redeployed with
+        other args: no replica will ever adopt them), or all of them for None (the app is gone);
+        returns their hosts, to stop."""
         stale = [e for e in self._engines if e.app == app and e.key != key]
         for e in stale:
             self._engines.remove(e)

@@ -87,14 +87,19 @@ class LLMRouter:
         self._parked_logged = False  # this parked episode's first answer is recorded
         if self.args.snapshot_url:
             self._board.note_snapshot.remote(self.app_name)
+        self._router_id = serve.get_replica_context().replica_id.unique_id
         if self.args.parks_engines:
-            self._board.note_parked_key.remote(self.app_name, self._park_key)
+            self._board.note_parked_key.remote(self.app_name, self._park_key, self._router_id)
 
     def __del__(self) -> None:
         # Serve stops this replica (app deleted or redeployed): no prewarm for it from here on.
         prewarm = getattr(self, "_prewarm", None)
         if prewarm is not None:
             prewarm.stop()
+        if getattr(self, "_router_id", None) is not None and self.args.parks_engines:
+            # the app is deleted or redeployed: warm pools stop its parked engines (a newer
+            # router's key, already set, stays)
+            self._board.forget_parked_key.remote(self.app_name, self._router_id)
 
     # -- cold start ----------------------------------------------------------------------------
 

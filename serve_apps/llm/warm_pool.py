@@ -57,6 +57,7 @@ log = logging.getLogger("thawline.serve")
 REFILL_DELAY_S = 20.0
 REAP_INTERVAL_S = 5.0  # how often the pool checks that the owners of claimed hosts still live
 HOST_SHUTDOWN_TIMEOUT_S = 15.0
+PARKED_RECONCILE_S = 10.0  # how often parked engines are checked against their app's current args
 # Seconds a pool on a worker node outlives its last claimed host. Every live actor, even one
 # that reserves nothing, makes Ray count its node as busy ("Busy workers on node"), so a pool
 # that stayed forever would keep an idle engine node, and its GPUs, from ever scaling down.
@@ -131,6 +132,7 @@ class WarmPool:
         self._pending: set = set()   # hosts still importing
         self._claims = ClaimBook()   # claimed hosts by owner actor id
         self._parked = ParkedBook()  # started engines of apps at zero replicas
+        self._reconcile_task = None
         self._claimed = 0
         self._refill_task = None
         self._reap_task = None
@@ -221,7 +223,31 @@ class WarmPool:
                      "this one %.2f GB)", len(evicted), self.node_id, budget_bytes / 1e9, nbytes / 1e9)
         await asyncio.gather(*(stop_host(h) for h in evicted))
         self._report_parked(app)
+        if self._reconcile_task is None or self._reconcile_task.done():
+            self._reconcile_task = asyncio.get_running_loop().create_task(self._reconcile_parked())
         return all(h is not host for h in evicted)
+
+    async def _reconcile_parked(self) -> None:
+        """While engines are parked here: stop those whose app is gone or redeployed with other
+        args (the board's current key for the app is None or another), so a deleted app's engines
+        do not hold this node's memory until the budget or the pool's retirement ends them."""
+        from gateway.readiness import get_or_create_board
+
+        board = get_or_create_board()
+        while self._parked:
+            await asyncio.sleep(PARKED_RECONCILE_S)
+            for app in self._parked.apps():
+                try:
+                    key = await board.current_parked_key.remote(app)
+                except Exception as e:  # noqa: BLE001 - the board restarts: keep them this round
+                    log.debug("parked reconcile: board unavailable: %s", e)
+                    continue
+                stale = self._parked.drop_stale(app, key)
+                if stale:
+                    log.info("thawline: stopping %d parked engine(s) of %s on %s (app %s)", len(stale), app,
+                             self.node_id, "gone" if key is None else "redeployed")
+                    await asyncio.gather(*(stop_host(h) for h in stale))
+                    self._report_parked(app)
 
     async def claim_parked(self, app: str, key: str, owner_actor_id: str):
         """The newest parked engine for `key`, now the claiming replica's, or None."""

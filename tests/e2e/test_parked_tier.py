@@ -150,6 +150,9 @@ def test_engine_over_the_budget_is_stopped_and_the_next_request_takes_the_cached
     wait_for(lambda: server_replicas(APP) == 0, 120, "scaled down")
     wait_for(lambda: _pool_stats()["evicted"] >= 1, 60, "the over-budget engine stopped")
     assert _state(stack)["tier"] == "cached"
+    # the pool refills its claimed host after a delay: a cold start before that imports vLLM in
+    # the replica itself (tier cached all the same, host "replica"); wait, as a later request would
+    wait_for(lambda: _pool_stats()["ready"] >= 1, 300, "the pool's refilled host")
     _chat(stack)
     cold = _state(stack)["last_cold_start"]
     assert cold["tier"] == "cached" and cold["host"] == "warm_pool", cold

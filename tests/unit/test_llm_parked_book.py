@@ -53,6 +53,7 @@ def test_a_redeploy_with_other_args_drops_the_stale_engines_of_that_app_only():
     book.park("b", "b/k", "h2", GB, 4 * GB)
     assert book.drop_stale("a", "a/new") == ["h1"] and book.counts("b") == {"b/k": 1}
     assert book.stats()["evicted"] == 1
+    assert book.drop_stale("b", None) == ["h2"] and not book  # the app is gone: all of its engines
 
 
 def test_board_tiers_follow_parked_engines_and_snapshots():
@@ -70,8 +71,13 @@ def test_board_tiers_follow_parked_engines_and_snapshots():
     assert b.get("t")["tier"] == "cached" and b.parked_nodes("t", "t/k") == []
     # after a redeploy with other args, engines of the old args do not make the app `parked`
     b.record_parked("t", "node1", {"t/old": 1})
-    b.note_parked_key("t", "t/new")
+    b.note_parked_key("t", "t/new", "router-2")
     assert b.get("t")["tier"] == "cached" and b.get("t")["parked"] == 0
+    # the old router stopping after the new one started leaves the new key; the new one's clears it
+    b.forget_parked_key("t", "router-1")
+    assert b.current_parked_key("t") == "t/new"
+    b.forget_parked_key("t", "router-2")
+    assert b.current_parked_key("t") is None and b.current_parked_key("unknown") is None
 
 
 def test_parking_args_are_checked_and_keyed_by_app_and_args():
