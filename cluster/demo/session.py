@@ -155,18 +155,27 @@ def _tier_note(cold: dict | None, elapsed_s: float | None) -> None:
     note(f"answered by tier [bold]{tier}[/]{took}: {how}")
 
 
-def cold_request(client: Client) -> float:
-    waited = wait_for_warm_pool()
-    if waited > 1:
-        note(f"waited {waited:.0f}s for the node's warm pool to import vLLM first (a cluster does that when a "
-             "node joins, not on a request)")
+def _watched_request(client: Client, title: str, then: Callable[[Timeline], None] | None = None):
+    """One chat request with its timeline: Serve's replicas and the board's state and tier as
+    they change while it is in flight (and during `then`, if given)."""
     tl = Timeline()
     before, board = read_llm_state()
     tl.mark(f"request sent to route [bold]{MODEL}[/] (engine replicas: {sum(before.values())}, board: {board or 'cold'})")
     with StateWatcher(tl, read_llm_state):
         r = client.chat(MODEL, PROMPT, max_tokens=8, temperature=0)
         tl.mark(f"[green]answer[/]: {escape(repr(r.text))} ({r.usage.completion_tokens if r.usage else '?'} tokens)")
-    console.print(tl.table("Cold request timeline (scale from zero)"))
+        if then is not None:
+            then(tl)
+    console.print(tl.table(title))
+    return r
+
+
+def cold_request(client: Client) -> float:
+    waited = wait_for_warm_pool()
+    if waited > 1:
+        note(f"waited {waited:.0f}s for the node's warm pool to import vLLM first (a cluster does that when a "
+             "node joins, not on a request)")
+    r = _watched_request(client, "Cold request timeline (scale from zero)")
     cold = last_cold_start()
     if cold:
         pt = phases_table(cold)
@@ -191,15 +200,11 @@ def parked_request(client: Client, timeout_s: float = 180) -> float:
              timeout_s, "the replica to scale to zero and park its engine")
     note(f"idle {time.perf_counter() - t0:.0f}s: the replica scaled to zero and parked its engine in the warm pool "
          "(no Ray CPU held; weights and KV cache stay in host memory on CPU)")
-    tl = Timeline()
-    before, board = read_llm_state()
-    tl.mark(f"request sent (engine replicas: {sum(before.values())}, board: {board})")
-    with StateWatcher(tl, read_llm_state):
-        r = client.chat(MODEL, PROMPT, max_tokens=8, temperature=0)
-        tl.mark(f"[green]answer[/]: {escape(repr(r.text))}")
+    def adopted(tl: Timeline) -> None:
         wait_for(lambda: _board_get().get("state") == WARM, 60, "the new replica to adopt the parked engine")
         tl.mark("a replica is warm again, on the same engine (no second engine start)")
-    console.print(tl.table("Request at zero replicas, parked engine"))
+
+    r = _watched_request(client, "Request at zero replicas, parked engine", then=adopted)
     _tier_note(last_cold_start(), r.meta.elapsed_s)
     return r.meta.elapsed_s or 0.0
 

@@ -8,9 +8,9 @@ One stack (gateway + one LLM app with `parked_memory_gb`, short idle delay), in 
 3. a request at zero replicas is answered from the parked engine (the same greedy text as the
    first answer) while Serve starts a replica, and that replica adopts the same engine host
    (no second host claimed, no second engine started);
-4. idle again: back to parked, the same host;
-5. a budget too small for the engine: the next scale-down stops the engine instead of parking
-   it, and the next request takes the cached tier again.
+4. deleting the app stops the engine it had parked (nothing holds the node's memory after it);
+5. redeployed with a budget too small for the engine: the scale-down stops the engine instead
+   of parking it, and the next request takes the cached tier again.
 """
 from __future__ import annotations
 
@@ -140,18 +140,28 @@ def test_request_at_zero_is_answered_by_the_parked_engine_which_the_replica_adop
     assert _pool_stats()["parked"] == 1
 
 
+def test_deleting_the_app_stops_its_parked_engine(stack):
+    from ray import serve
+
+    assert _parked(stack)
+    serve.delete(APP)
+    # the router's stop clears the app's key on the board; the pool's reconcile then stops it
+    wait_for(lambda: _pool_stats()["parked"] == 0, 90, "the deleted app's parked engine stopped")
+
+
 def test_engine_over_the_budget_is_stopped_and_the_next_request_takes_the_cached_tier(stack):
     import ray
 
-    # a budget no engine fits: the app's args change, so the parked engine of the old args is
-    # never adopted (another parked key) and the next scale-down stops its engine
-    stack["redeploy"](0.001)
-    _chat(stack)
-    wait_for(lambda: server_replicas(APP) == 0, 120, "scaled down")
-    wait_for(lambda: _pool_stats()["evicted"] >= 1, 60, "the over-budget engine stopped")
-    assert _state(stack)["tier"] == "cached"
+    stack["redeploy"](0.001)  # a budget no engine fits
     # the pool refills its claimed host after a delay: a cold start before that imports vLLM in
-    # the replica itself (tier cached all the same, host "replica"); wait, as a later request would
+    # the replica itself, whose engine dies with it and is never parked; wait as a later request would
+    wait_for(lambda: _pool_stats()["ready"] >= 1, 300, "the pool's refilled host")
+    evicted = _pool_stats()["evicted"]
+    _chat(stack)
+    # Serve counts a replica still stopping as gone; the board hears of it from its __del__
+    wait_for(lambda: server_replicas(APP) == 0 and _state(stack)["state"] == "cold", 120, "scaled down")
+    wait_for(lambda: _pool_stats()["evicted"] > evicted, 60, "the over-budget engine stopped")
+    assert _state(stack)["tier"] == "cached" and _pool_stats()["parked"] == 0
     wait_for(lambda: _pool_stats()["ready"] >= 1, 300, "the pool's refilled host")
     _chat(stack)
     cold = _state(stack)["last_cold_start"]
