@@ -25,7 +25,7 @@ FAKE_HOSTED_MODEL = "gpt-4o-mini"   # what the fake hosted provider is asked for
 BURST_RPM = 5
 MAX_TOKENS_CAP = 128                # below the served max_model_len (256, local-cpu.yaml)
 DEMO_IDLE_S = 8.0                    # the LLM replica scales to zero (and parks) after this much idle
-PARKED_MEMORY_GB = 4.0               # the warm pool's budget for parked engines (a tiny engine: ~1-2 GB)
+PARKED_MEMORY_GB = 8.0               # the warm pool's budget for parked engines (the tiny one: ~2-3 GB with its 1 GiB KV cache)
 COLD_WAIT_S = 300.0                 # how long a request may wait for the model to come up from zero
 
 
