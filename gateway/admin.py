@@ -42,7 +42,7 @@ def parse_since(since_s: str | None) -> datetime | None:
 
 
 # what a client key may read of a local model's readiness (not its replica-seconds: spend is admin's)
-_READINESS_FIELDS = ("state", "warm_replicas", "phase", "phase_s", "starting_s")
+_READINESS_FIELDS = ("state", "tier", "warm_replicas", "phase", "phase_s", "starting_s")
 
 
 def _check_id(key_id: object, param: str) -> None:

@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCHES: dict[str, tuple[str, str]] = {
     "restore": ("restore.py", "Snapshot restore throughput (GB/s) per rank vs a safetensors load."),
     "engine-start": ("engine_start.py", "vLLM engine start from a snapshot vs from the HF checkpoint."),
-    "cold-start": ("cold_start.py", "Scale-from-zero to first token (replica, tp2, node scenarios) vs Ray Serve LLM."),
+    "cold-start": ("cold_start.py", "Scale-from-zero to first token (replica, parked, tp2, node scenarios) vs Ray Serve LLM, default and tuned."),
     "gateway": ("gateway.py", "Gateway throughput/latency against a loopback upstream vs a direct call."),
 }
 
