@@ -215,8 +215,8 @@ class WarmPool:
             if claim.owner == owner_actor_id and claim.host._actor_id == host._actor_id:
                 self._claims.forget(claim)  # no longer the replica's: its death must not reap it
         self._last_claim = time.monotonic()
+        evicted = self._parked.drop_stale(app, key)  # parked under the app's old args: never adopted
         # a retiring pool keeps nothing: the node is on its way down
-        evicted = self._parked.drop_stale(app, key)
         evicted += [host] if self._retired else self._parked.park(app, key, host, nbytes, budget_bytes)
         if evicted:
             log.info("thawline: stopping %d parked engine(s) on %s (parked_memory_gb budget %.2f GB, "
