@@ -51,3 +51,16 @@ async def test_models_carry_a_local_routes_readiness_without_its_replica_seconds
                                           "warm_replicas": 0, "phase": "engine_prepare", "phase_s": 1.5, "starting_s": 4.0}
     assert "thawline" not in models["hosted"]
     await gw.shutdown()
+
+
+async def test_a_parked_app_is_not_cold_to_spillover_and_clients_see_its_tier():
+    gw = _gateway()
+    local = gw.providers["local"]
+    local._state = {"state": "cold", "warm_replicas": 0, "replica_seconds": 0.0, "parked": 0, "tier": "cached"}
+    assert local.is_cold(), "no replica and nothing parked: spill over while it starts"
+    local._state = {"state": "cold", "warm_replicas": 0, "replica_seconds": 0.0, "parked": 1, "tier": "parked"}
+    assert not local.is_cold(), "a parked engine answers within a second: no reason to spill over"
+    req = {"method": "GET", "path": "/v1/models", "headers": {"authorization": f"Bearer {KEY}"}, "body": None}
+    models = {m["id"]: m for m in (await call_asgi(gw, req))["body"]["data"]}
+    assert models["tiny"]["thawline"]["tier"] == "parked" and "parked" not in models["tiny"]["thawline"]
+    await gw.shutdown()
