@@ -151,7 +151,7 @@ class LLMAppArgs(_Strict):
 def parked_key(app_name: str, args: LLMAppArgs) -> str:
     """The key a parked engine is kept under: `<app>/<digest of the args>`. Only a replica of the
     same app with the same args (same snapshot, overrides, TP degree) adopts it; a redeploy with
-    other args starts its own engine and the old one ages out of the budget."""
+    other args starts its own engine, and the pool stops the old one (warm_pool: drop_stale)."""
     digest = hashlib.sha1(args.model_dump_json().encode()).hexdigest()[:16]
     return f"{app_name}/{digest}"
 

@@ -217,9 +217,9 @@ class EngineHost:
 
     def park(self) -> int:
         """The engine stays started while its replica is gone (warm_pool.WarmPool.park); returns the
-        host memory its processes hold (this one and its EngineCore / rank workers), the figure the
-        pool's budget counts (proportional set sizes, serve_apps/llm/host_memory.py). On CPU there is nothing to release: vLLM has no sleep mode there, so
-        weights and KV cache stay where they are."""
+        host memory its processes hold (this one and its EngineCore / rank workers), the figure
+        the pool's budget counts (proportional set sizes, serve_apps/llm/host_memory.py). On CPU
+        there is nothing to release: vLLM has no sleep mode there, so weights and KV cache stay."""
         if self._engine is None:
             raise RuntimeError("no started engine to park")
         from serve_apps.llm.host_memory import tree_memory_bytes
