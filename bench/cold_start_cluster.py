@@ -27,14 +27,15 @@ def deployment_replicas(app: str) -> int:
 
 
 def wait_zero(app: str, timeout: float = 300) -> None:
-    _wait(lambda: deployment_replicas(app) == 0, timeout, f"{app} to scale to zero")
+    wait_until(lambda: deployment_replicas(app) == 0, timeout, f"{app} to scale to zero")
 
 
 def wait_no_engine_nodes(timeout: float = 300) -> None:
-    _wait(lambda: not _engine_node_ids(), timeout, "the engine nodes to go away")
+    wait_until(lambda: not _engine_node_ids(), timeout, "the engine nodes to go away")
 
 
-def _wait(cond, timeout: float, what: str) -> None:
+def wait_until(cond, timeout: float, what: str) -> None:
+    """Poll `cond` every 0.25 s until it is true; RuntimeError naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

@@ -7,7 +7,6 @@ route ("tiny") to the thawline app over a Serve handle, as tests/e2e/test_parked
 from __future__ import annotations
 
 import hashlib
-import time
 
 GATEWAY_KEY = "tl-bench-parked-key"
 _ADMIN_KEY = "tl-bench-parked-admin"
@@ -47,13 +46,7 @@ def board_state(port: int, app: str = "thawline") -> dict:
 def wait_parked(port: int, replicas, app: str = "thawline", timeout: float = 300) -> None:
     """Until the app's LLMServer has 0 replicas (`replicas(app)`) and the board says tier
     `parked`: the next request is answered from the parked engine."""
-    deadline = time.monotonic() + timeout
-    st: dict = {}
-    while time.monotonic() < deadline:
-        if replicas(app) == 0:
-            st = board_state(port, app)
-            if st.get("tier") == "parked":
-                return
-        time.sleep(0.25)
-    raise RuntimeError(f"timed out after {timeout}s waiting for {app} to park (board: {st.get('tier')!r}, "
-                       f"parked {st.get('parked')!r})")
+    from bench.cold_start_cluster import wait_until
+
+    wait_until(lambda: replicas(app) == 0 and board_state(port, app).get("tier") == "parked", timeout,
+               f"{app} to park (0 LLMServer replicas, board tier parked)")

@@ -79,14 +79,21 @@ class StateWatcher:
         self._thread.join(5)
 
 
-def _board_get() -> dict:
+def _board():
+    """The readiness board actor, or None: no replica has reported yet, so it does not exist."""
     import ray
 
     try:
-        actor = ray.get_actor(READINESS_ACTOR, namespace=NAMESPACE)
+        return ray.get_actor(READINESS_ACTOR, namespace=NAMESPACE)
     except ValueError:
-        return {}  # no replica has reported yet: the board does not exist
-    return ray.get(actor.get.remote(LLM_APP), timeout=5)
+        return None
+
+
+def _board_get() -> dict:
+    import ray
+
+    board = _board()
+    return {} if board is None else ray.get(board.get.remote(LLM_APP), timeout=5)
 
 
 def read_llm_state() -> tuple[dict[str, int], str | None]:
@@ -100,11 +107,8 @@ def read_llm_state() -> tuple[dict[str, int], str | None]:
 def last_cold_start() -> dict | None:
     import ray
 
-    try:
-        actor = ray.get_actor(READINESS_ACTOR, namespace=NAMESPACE)
-    except ValueError:
-        return None
-    return ray.get(actor.last_cold_start.remote(LLM_APP), timeout=5)
+    board = _board()
+    return None if board is None else ray.get(board.last_cold_start.remote(LLM_APP), timeout=5)
 
 
 def phases_table(cold: dict) -> Table | None:

@@ -22,7 +22,7 @@ class ParkedEngine:
     app: str
     key: str
     host: Any          # the EngineHost actor handle
-    nbytes: int        # host memory its processes hold (RSS, measured when it parked)
+    nbytes: int        # host memory its processes hold (PSS sum, host_memory.py; measured when it parked)
     used_at: float     # when it parked, was lent or served last (the LRU clock)
 
 

@@ -155,6 +155,7 @@ class LLMServer:
         self._state = _replica_state_gauge()
         self._report(STARTING, cs.IMPORTS)
         self._host = None
+        self._pool = None  # the node's warm pool, when the host came from it (parking goes back there)
         self._park_key = parked_key(self.app_name, self.args)
         try:
             self._host, how = await self._get_host()
@@ -182,7 +183,7 @@ class LLMServer:
         if a.warm_pool_size:
             from serve_apps.llm.warm_pool import get_or_create_pool
 
-            pool = get_or_create_pool(ray.get_runtime_context().get_node_id(), a.warm_pool_size)
+            self._pool = pool = get_or_create_pool(ray.get_runtime_context().get_node_id(), a.warm_pool_size)
             # By actor id, not name: the pool stops the host once this replica's actor is dead.
             owner = ray.get_runtime_context().get_actor_id()
             if a.parks_engines:
@@ -260,10 +261,7 @@ class LLMServer:
         if host is not None:
             self._host = None
             if isinstance(host, _PooledHost) and self.args.parks_engines and getattr(self, "marks", None):
-                from serve_apps.llm.warm_pool import get_or_create_pool
-
-                pool = get_or_create_pool(ray.get_runtime_context().get_node_id(), self.args.warm_pool_size)
-                await host.park(pool, self.app_name, self._park_key, ray.get_runtime_context().get_actor_id(),
+                await host.park(self._pool, self.app_name, self._park_key, ray.get_runtime_context().get_actor_id(),
                                 int(self.args.parked_memory_gb * 1e9))
             else:
                 await host.close()

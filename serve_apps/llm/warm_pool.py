@@ -133,6 +133,7 @@ class WarmPool:
         self._claims = ClaimBook()   # claimed hosts by owner actor id
         self._parked = ParkedBook()  # started engines of apps at zero replicas
         self._reconcile_task = None
+        self._board_handle = None  # the readiness board, where parked engines are reported
         self._claimed = 0
         self._refill_task = None
         self._reap_task = None
@@ -231,9 +232,7 @@ class WarmPool:
         """While engines are parked here: stop those whose app is gone or redeployed with other
         args (the board's current key for the app is None or another), so a deleted app's engines
         do not hold this node's memory until the budget or the pool's retirement ends them."""
-        from gateway.readiness import get_or_create_board
-
-        board = get_or_create_board()
+        board = self._board()
         while self._parked:
             await asyncio.sleep(PARKED_RECONCILE_S)
             for app in self._parked.apps():
@@ -269,10 +268,16 @@ class WarmPool:
             self._last_claim = time.monotonic()
         return None if host is None else [host]
 
-    def _report_parked(self, app: str) -> None:
-        from gateway.readiness import get_or_create_board
+    def _board(self):
+        """The readiness board's handle, looked up once (a GCS call) and kept."""
+        if self._board_handle is None:
+            from gateway.readiness import get_or_create_board
 
-        get_or_create_board().record_parked.remote(app, self.node_id, self._parked.counts(app))
+            self._board_handle = get_or_create_board()
+        return self._board_handle
+
+    def _report_parked(self, app: str) -> None:
+        self._board().record_parked.remote(app, self.node_id, self._parked.counts(app))
 
     async def _reap(self) -> None:
         """Stop claimed hosts whose owner died. A replica that stopped cleanly killed its host
