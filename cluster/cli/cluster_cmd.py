@@ -155,5 +155,29 @@ def render_env(
     typer.echo(f"wrote {out}: {', '.join(sorted(env))}")
 
 
+@app.command()
+@one_line_errors
+def preload(
+    socket_path: Optional[str] = typer.Option(None, "--socket", help="Unix socket of the node zygote (default: $THAWLINE_ZYGOTE_SOCKET, else /tmp/thawline-zygote.sock)."),
+    log: Path = typer.Option(Path("~/.thawline/zygote.log"), "--log", help="Where the zygote writes its output."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Give up if its imports take longer than this many seconds."),
+) -> None:
+    """Import torch + vLLM on this node before it joins Ray (run it before `ray start`, as the
+    cluster configs' start commands do). Starts the node zygote in the background and returns
+    when its imports are done; the node's engine hosts are then forks of it, with nothing left
+    to import. Does nothing if one is already running."""
+    from serve_apps.llm.zygote import ZygoteStartError, socket_path as default_socket, start_detached
+
+    sock = socket_path or default_socket()
+    if not sock:
+        raise CLIError("no zygote socket: $THAWLINE_ZYGOTE_SOCKET names {node_id}, which is unknown before `ray start`; pass --socket")
+    try:
+        status = start_detached(sock, log.expanduser(), timeout_s=timeout)
+    except ZygoteStartError as e:
+        raise CLIError(str(e)) from None
+    how = "already running" if status["already"] else f"imports done in {status['import_s']:.1f} s"
+    typer.echo(f"node zygote {how} (pid {status['pid']}, socket {sock})")
+
+
 if __name__ == "__main__":  # `python -m cluster.cli.cluster_cmd ...`, same as `thawline cluster ...`
     app(prog_name="thawline cluster")

@@ -27,6 +27,8 @@ from gateway import cold_start_phases as cs
 from gateway.llm_protocol import CHAT, HandleRequest, LLMAppError, error_body
 from serve_apps.llm.node_cache import pin_node_id, restore_downloads, restore_tag
 from serve_apps.llm.spec import CaptureSpec, EngineSpec
+from serve_apps.llm.vllm_frontend import frontend_defaults
+from serve_apps.llm.zygote import forked_from_zygote
 from snapshots.errors import SnapshotExists
 from snapshots.vllm_engine.load_errors import engine_start_errors
 
@@ -57,10 +59,16 @@ class EngineHost:
     def __init__(self, *, forkserver: bool = True) -> None:
         t0 = time.time()
         pin_node_id()  # before any cache use or engine process: THAWLINE_CACHE_DIR may say {node_id}
-        launch = None
-        if forkserver:
-            from serve_apps.llm import forkserver as llm_forkserver
+        from serve_apps.llm import forkserver as llm_forkserver
 
+        # A host forked from the node zygote (serve_apps/llm/zygote.py) has every import below
+        # done before its node joined Ray, and forks its EngineCore from the same zygote.
+        self.zygote = forked_from_zygote() if forkserver else None
+        launch = None
+        if self.zygote is not None:
+            # This host's forkserver comes from the zygote too (imports Ray and the engine core only).
+            launch = llm_forkserver.ZygoteLaunch(self.zygote["socket"])
+        elif forkserver:
             # Its server imports torch + vLLM while this process does the same below.
             launch = llm_forkserver.Launch()
         # Imports are the cold start's biggest fixed cost: done here, ahead of any request when
@@ -68,10 +76,8 @@ class EngineHost:
         import vllm  # noqa: F401
         from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: F401
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state  # noqa: F401
-        from vllm.entrypoints.launchers.cli_args import make_arg_parser
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest  # noqa: F401
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest  # noqa: F401
-        from vllm.utils.argparse_utils import FlexibleArgumentParser
         from vllm.v1.engine.async_llm import AsyncLLM  # noqa: F401
 
         import snapshots.vllm_engine.capture  # noqa: F401
@@ -79,9 +85,7 @@ class EngineHost:
         import snapshots.vllm_engine.loader  # noqa: F401
         import snapshots.vllm_engine.start  # noqa: F401
 
-        # vLLM's frontend defaults (chat template, tool parsers, logging...). Building this parser
-        # walks every config dataclass: seconds on a busy node, so not on the cold path.
-        self._frontend_defaults = vars(make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", "unset"]))
+        self._frontend_defaults = frontend_defaults()
         self.import_s = time.time() - t0
         # seconds from the forkserver's launch (at the start of this constructor) to ready
         self.forkserver_s = launch.wait() if launch is not None else 0.0
@@ -93,7 +97,9 @@ class EngineHost:
 
     def describe(self) -> dict:
         return {"pid": os.getpid(), "import_s": round(self.import_s, 3),
-                "forkserver_s": round(self.forkserver_s, 3), "started": self._engine is not None}
+                "forkserver_s": round(self.forkserver_s, 3), "started": self._engine is not None,
+                # the node zygote this host was forked from (its pid, when its imports finished)
+                "zygote": self.zygote}
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -125,6 +131,8 @@ class EngineHost:
         self.info = _engine_facts(boot, vllm_config, snapshot_url,
                                   config_s=config_done - prepared, engine_s=engine_done - config_done,
                                   serving_state_s=serving_done - engine_done)
+        # the node zygote this host was forked from: its imports were done before the node joined
+        self.info["zygote"] = self.zygote
         if boot.fetch_tag is not None:
             # what this start downloaded into the node cache itself (0: a node prefetch had it)
             self.info["node_cache"] = await asyncio.to_thread(restore_downloads, boot.fetch_tag, boot.prefetch)

@@ -118,6 +118,57 @@ class Launch:
         return time.perf_counter() - self._t0
 
 
+class ZygoteLaunch:
+    """This host's preloaded forkserver, forked from the node zygote (serve_apps/llm/zygote.py)
+    instead of started from scratch: the zygote's child already has torch and vLLM's bulk, and
+    imports only what the zygote may not (Ray, vLLM's engine core: ~0.6 s). Same `wait()` as
+    Launch. The server exits when this process does (its "alive" pipe closes)."""
+
+    def __init__(self, sock: str) -> None:
+        import socket
+        from multiprocessing import connection
+
+        from serve_apps.llm import zygote
+        from serve_apps.llm.zygote_worker import InheritedFd
+
+        self._t0 = time.perf_counter()
+        zygote.attach(sock)
+        self._ctx = multiprocessing.get_context("forkserver")
+        with socket.socket(socket.AF_UNIX) as listener:
+            self._address = connection.arbitrary_address("AF_UNIX")
+            listener.bind(self._address)
+            os.chmod(self._address, 0o600)
+            listener.listen()
+            alive_r, self._alive_w = os.pipe()
+            try:
+                server = self._ctx.Process(target=_serve_forkserver, name="thawline-forkserver", daemon=True,
+                                           args=(InheritedFd(listener.fileno()), InheritedFd(alive_r), os.getpgid(0)))
+                server.start()
+            finally:
+                os.close(alive_r)
+
+    def wait(self) -> float:
+        global _CONTEXT
+        from serve_apps.llm import zygote
+
+        zygote.attach(self._address, alive_fd=self._alive_w)
+        ready = self._ctx.Process(target=time.sleep, args=(0,))  # returns once PRELOAD is imported
+        ready.start()
+        ready.join()
+        _CONTEXT = PreloadedContext(self._ctx)
+        install()
+        return time.perf_counter() - self._t0
+
+
+def _serve_forkserver(listener_fd: int, alive_r: int, host_group: int) -> None:
+    """In the zygote's child: become a forkserver with PRELOAD imported, in the host's process
+    group, so that Ray's kill of the host's group takes this server and its EngineCores too."""
+    import multiprocessing.forkserver as mp_forkserver
+
+    os.setpgid(0, host_group)
+    mp_forkserver.main(listener_fd, alive_r, PRELOAD)
+
+
 def install() -> None:
     """Point vLLM's EngineCore launcher (vllm.v1.engine.utils.get_mp_context) at the forkserver.
     That module imported the function by name, so its reference is the one to replace."""

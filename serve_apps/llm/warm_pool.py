@@ -70,13 +70,16 @@ HEAD_RESOURCE = "node:__internal_head__"
 
 def _host_actor(node_id: str):
     from serve_apps.llm.engine_host import EngineHost
+    from serve_apps.llm.zygote import worker_runtime_env
 
-    return (
-        ray.remote(EngineHost)
-        .options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-                 max_concurrency=1000)
-        .remote()
-    )
+    options = {"num_cpus": 0, "max_concurrency": 1000,
+               "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False)}
+    # On a node whose zygote is up (started before the node joined), the host's process is a
+    # fork of it: its imports are done already (serve_apps/llm/zygote.py).
+    runtime_env = worker_runtime_env(node_id)
+    if runtime_env is not None:
+        options["runtime_env"] = runtime_env
+    return ray.remote(EngineHost).options(**options).remote()
 
 
 async def stop_host(host) -> None:

@@ -13,6 +13,7 @@ the seconds seen are printed, never asserted.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 import urllib.request
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from cluster.fake_multinode import ENGINE_RESOURCE, fake_multinode_config
+from serve_apps.llm.zygote import SOCKET_ENV as ZYGOTE_SOCKET_ENV, read_status
 from testkit.fake_cluster import engine_nodes, start_fake_cluster
 from testkit.moto_s3 import copy_tree, make_bucket, moto_env
 from testkit.serve_deploy import app_running, deploy, llm_app_config, load_config, server_replicas, wait_for
@@ -49,8 +51,11 @@ def node_cluster(tiny_snapshot_url, moto_server, e2e_tmp):
         "autoscaling": {"downscale_delay_s": IDLE_S, "look_back_period_s": 1}})
     port = free_port()
     env = {**moto_env(moto_server), "THAWLINE_CACHE_DIR": cache_template,
-           "THAWLINE_WARM_POOL_RETIRE_S": str(POOL_RETIRE_S)}
-    with start_fake_cluster(fake_multinode_config, head_cpus=2, extra_env=env) as fc:
+           "THAWLINE_WARM_POOL_RETIRE_S": str(POOL_RETIRE_S),
+           # one node zygote per fake node, started before the node's raylet (cluster/fake_multinode_provider.py)
+           ZYGOTE_SOCKET_ENV: str(e2e_tmp / "nodes" / "z-{node_id}.sock")}
+    preloading = functools.partial(fake_multinode_config, preload=True)
+    with start_fake_cluster(preloading, head_cpus=2, extra_env=env) as fc:
         with fc.connected(namespace="thawline-e2e"):
             from ray import serve
 
@@ -58,7 +63,8 @@ def node_cluster(tiny_snapshot_url, moto_server, e2e_tmp):
                 deploy([app], port)
                 wait_for(lambda: app_running(APP), 180, "the app RUNNING")
                 yield {"base": f"http://127.0.0.1:{port}", "store": store, "snapshot_id": src.name,
-                       "cache_template": cache_template, "cluster": fc}
+                       "cache_template": cache_template, "cluster": fc,
+                       "zygote_template": env[ZYGOTE_SOCKET_ENV]}
             finally:
                 serve.shutdown()
 
@@ -120,6 +126,7 @@ def _cold_start_on_a_new_node(c, seen_nodes: set[str]) -> str:
           f"{init_start - t_req:.1f} s, phases {cold['phases_s']}")
     assert rec["node_seen"] <= rec["pool_ensured"] <= rec["prefetch_started"] < init_start, (rec, cold["marks"])
     assert cold["host"] == "warm_pool", cold
+    _check_imported_before_registration(c, node, cold)
     # That node's own cache dir holds the snapshot; the prefetch downloaded it, the restore did not.
     cache_dir = c["cache_template"].replace("{node_id}", node)
     assert cold["node_cache"]["dir"] == rec["cache_dir"] == cache_dir
@@ -135,6 +142,22 @@ def _cold_start_on_a_new_node(c, seen_nodes: set[str]) -> str:
     # The HTTP proxy stays on the head: nothing but the replica's work lands on the engine node.
     assert node not in serve.status().proxies
     return node
+
+
+def _check_imported_before_registration(c, node: str, cold: dict) -> None:
+    """The node's zygote finished importing torch + vLLM before the node's raylet started, and the
+    engine host that served was forked from it (so that host imported neither itself)."""
+    import ray
+
+    zygote = read_status(c["zygote_template"].replace("{node_id}", node))
+    assert zygote is not None, "no live zygote for the engine node"
+    # the node's start time as the GCS recorded it when the raylet registered
+    infos = ray._private.worker.global_worker.gcs_client.get_all_node_info()
+    registered = next(v.start_time_ms for k, v in infos.items() if k.hex() == node) / 1000
+    print(f"\nnode {node[-5:]}: zygote imports {zygote['import_s']:.1f} s, done {registered - zygote['imported_at']:.1f} s "
+          "before the node started")
+    assert zygote["imported_at"] < registered, (zygote, registered)
+    assert cold["zygote"] is not None and cold["zygote"]["pid"] == zygote["pid"], cold
 
 
 def _back_to_zero_nodes(node: str) -> None:
