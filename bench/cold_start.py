@@ -65,6 +65,7 @@ from bench.cold_start_cluster import (  # noqa: E402
 )
 from bench.cold_start_gateway import gateway_app, gateway_headers, gateway_url, wait_parked  # noqa: E402
 from gateway import cold_start_phases as cs  # noqa: E402
+from serve_apps.llm.zygote import SOCKET_ENV as ZYGOTE_SOCKET_ENV  # noqa: E402
 from snapshots.cache import CACHE_DIR_ENV, NODE_ID_FIELD  # noqa: E402
 
 APPS = ("baseline", "baseline_tuned", "thawline")
@@ -198,9 +199,14 @@ def _cluster(sc: Scenario, cache: Path):
     os.environ.update({**RAY_ENV, **sc.env})
     with contextlib.ExitStack() as stack:  # unwinds in reverse: Serve, Ray, then the cluster
         if sc.multinode:
+            sockets = tempfile.mkdtemp(prefix="tl-z-", dir="/tmp")  # unix socket paths: <= 107 bytes
+            stack.callback(shutil.rmtree, sockets, ignore_errors=True)
             fake = stack.enter_context(start_fake_cluster(
-                partial(fake_multinode_config, node_types=BASELINE_NODE_TYPES), extra_env={
+                partial(fake_multinode_config, node_types=BASELINE_NODE_TYPES, preload=True), extra_env={
                 **sc.env, CACHE_DIR_ENV: str(cache / NODE_ID_FIELD),
+                # thawline's engine nodes start a node zygote before they register, as
+                # `thawline cluster preload` in the real configs' start commands does
+                ZYGOTE_SOCKET_ENV: f"{sockets}/z-{{node_id}}.sock",
                 # An idle engine node's warm pool retires after this, so the node can go away
                 # between runs (default 60 s).
                 "THAWLINE_WARM_POOL_RETIRE_S": "10"}))

@@ -22,7 +22,8 @@ from cluster.fake_multinode import ENGINE_RESOURCE
 BASELINE_RESOURCE = "baseline_engine"
 BASELINE_NODE_TYPES = {"cpu-engine-baseline": {
     "resources": {"CPU": 2, BASELINE_RESOURCE: 2, "object_store_memory": 100000000},
-    "node_config": {}, "min_workers": 0, "max_workers": 1}}
+    # no node zygote: the baselines' node registers as soon as its raylet is up
+    "node_config": {"thawline_preload": False}, "min_workers": 0, "max_workers": 1}}
 ENGINE_RESOURCES = (ENGINE_RESOURCE, BASELINE_RESOURCE)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -5,7 +5,8 @@ A real node (cluster/aws-gpu.yaml, onprem.yaml) starts its zygote in its worker 
 then registers with Ray. The fake provider starts a node as a raylet inside the autoscaler's
 monitor process and runs no commands, so this subclass does the same step there: the zygote for
 the new node id is up, imports done, before that node's raylet starts. A node's zygote is
-stopped with the node. Used as `provider: {type: external, module: <this class>}`
+stopped with the node. A node type whose node_config says `thawline_preload: false` starts
+none. Used as `provider: {type: external, module: <this class>}`
 (cluster/fake_multinode.fake_multinode_config(preload=True)).
 """
 from __future__ import annotations
@@ -22,10 +23,22 @@ log = logging.getLogger(__name__)
 PRELOAD_TIMEOUT_S = 300.0
 
 
+# node_config key: false for a node type whose nodes start no zygote (a bench's baseline nodes)
+PRELOAD_KEY = "thawline_preload"
+
+
 class PreloadingFakeProvider(FakeMultiNodeProvider):
+    _preload_next = True
+
+    def _create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels):
+        self._preload_next = node_config.get(PRELOAD_KEY, True)
+        super()._create_node_with_resources_and_labels(node_config, tags, count, resources, labels)
+
     def _next_hex_node_id(self) -> str:
         # Called by the node creation just before it starts the node's raylet.
         node_id = super()._next_hex_node_id()
+        if not self._preload_next:
+            return node_id
         sock = zygote.socket_path(node_id)
         try:
             status = zygote.start_detached(sock, Path(sock).with_suffix(".log"), timeout_s=PRELOAD_TIMEOUT_S)

@@ -13,8 +13,10 @@ kinds of child come out of it:
   runtime_env `py_executable` = serve_apps/llm/zygote_worker.py, a small shim that asks the
   zygote to fork a child running Ray's default_worker.py with the argv, environment, cwd and
   stdio the raylet gave the shim (the worker registers with the raylet itself, by its own pid);
-- the host's EngineCore: a host forked from the zygote points its multiprocessing forkserver at
-  the same socket (`attach`) instead of starting one.
+- the host's EngineCore forkserver (forkserver.ZygoteLaunch): forked from the zygote, it imports
+  only Ray and vLLM's engine core, and joins the host's process group, so Ray's kill of the host
+  takes it (and its EngineCores) too. Each host runs in a process group of its own for the same
+  reason: Ray kills a worker's group, which would otherwise be the zygote's.
 
 The socket path: $THAWLINE_ZYGOTE_SOCKET, where `{node_id}` stands for the Ray node id (the fake
 cluster runs several nodes on one machine); default /tmp/thawline-zygote.sock. A status file next
@@ -31,6 +33,7 @@ from pathlib import Path
 
 SOCKET_ENV = "THAWLINE_ZYGOTE_SOCKET"
 DEFAULT_SOCKET = "/tmp/thawline-zygote.sock"
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with its NUL
 # What the zygote imports before it answers: the bulk of an engine host's imports (torch,
 # transformers, vLLM's config, model, worker and frontend modules: ~7 s of its ~7.6 s), but
 # nothing that loads Ray's core (`ray._raylet`). Ray's C++ config reads its internal flags (the
@@ -210,6 +213,9 @@ def start_detached(sock: str, log_path: str | Path, timeout_s: float = 300.0,
     log when it exits or times out first."""
     import subprocess
 
+    if len(sock.encode()) > MAX_SOCKET_PATH:
+        raise ZygoteStartError(f"zygote socket path is {len(sock.encode())} bytes, over the {MAX_SOCKET_PATH} "
+                               f"a unix socket allows: {sock}")
     status = read_status(sock)
     if status is not None:
         if status.get("build") == build():
