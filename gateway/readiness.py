@@ -66,6 +66,7 @@ class _App:
     parked_key: str | None = None  # the key the app's current router parks under (its args)
     parked_router: str | None = None  # the router replica that set it (only it may clear it)
     has_snapshot: bool = False  # a replica started from (or wrote) a committed snapshot
+    resolved: dict | None = None  # the router's latest resolution of the app's snapshot_url
 
 
 PREWARM_NODES_KEPT = 20  # the newest nodes' prewarm records; older ones are dropped
@@ -145,6 +146,15 @@ class Board:
         """The app restores a committed snapshot (its router knows from its args, a replica from
         its start): its next cold start is at worst `cached`."""
         self._apps.setdefault(app, _App()).has_snapshot = True
+
+    def note_resolved_snapshot(self, app: str, record: dict) -> None:
+        """The app's snapshot_url resolved by its router ahead of any request (shape:
+        serve_apps/llm/snapshot_ahead.py); a starting replica uses it instead of resolving."""
+        self._apps.setdefault(app, _App()).resolved = dict(record)
+
+    def resolved_snapshot(self, app: str) -> dict | None:
+        a = self._apps.get(app)
+        return None if a is None or a.resolved is None else dict(a.resolved)
 
     def note_parked_key(self, app: str, key: str, router_id: str) -> None:
         """The key the app's router answers from (serve_apps/llm/args.parked_key): engines parked
@@ -228,6 +238,12 @@ class ReadinessBoard:
 
     def note_parked_key(self, app: str, key: str, router_id: str) -> None:
         self._board.note_parked_key(app, key, router_id)
+
+    def note_resolved_snapshot(self, app: str, record: dict) -> None:
+        self._board.note_resolved_snapshot(app, record)
+
+    def resolved_snapshot(self, app: str) -> dict | None:
+        return self._board.resolved_snapshot(app)
 
     def forget_parked_key(self, app: str, router_id: str) -> None:
         self._board.forget_parked_key(app, router_id)

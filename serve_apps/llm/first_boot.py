@@ -48,12 +48,33 @@ class EngineMismatchRefused(RuntimeError):
     """on_engine_mismatch: refuse, and the snapshot was made under another engine (one line)."""
 
 
-def _recorded(url: str):
+def recorded_engine(url: str):
     """(resolved url, vLLM version, AcceleratorInfo | None) a committed snapshot records."""
     from snapshots.vllm_engine.start import read_engine_state
 
     _, resolved, meta, state = read_engine_state(url)
     return resolved.url, meta.engine.version, state.accelerator
+
+
+def checked_snapshot(args: LLMAppArgs, identity: EngineIdentity, url: str, version: str, accelerator) -> str:
+    """`url` (a snapshot_url resolved to its committed snapshot, recording vLLM `version` and
+    `accelerator`) after the identity check against this node's engine; raises
+    EngineMismatchRefused. The resolved URL is what the host restores, so the snapshot checked is
+    the snapshot restored even if `latest` moves meanwhile."""
+    from snapshots.vllm_engine.engine_state import identity_mismatch
+
+    version_only = identity_mismatch(where=url, snapshot_version=version, snapshot_accelerator=None,
+                                     running_version=identity.vllm_version, running_accelerator=None)
+    if version_only:
+        raise EngineMismatchRefused(f"{version_only}; re-create it with `thawline snapshot create` under "
+                                    f"vLLM {identity.vllm_version}, or use model_source + snapshot_store")
+    full = identity_mismatch(where=url, snapshot_version=version, snapshot_accelerator=accelerator,
+                             running_version=identity.vllm_version, running_accelerator=identity.accelerator)
+    if full and args.on_engine_mismatch == "refuse":
+        raise EngineMismatchRefused(f"{full} (on_engine_mismatch: refuse)")
+    if full:
+        log.warning("thawline: %s; restoring the weights and profiling KV cache/NCCL again", full)
+    return url
 
 
 def committed_snapshot(args: LLMAppArgs, identity: EngineIdentity) -> str | None:
@@ -71,19 +92,7 @@ def committed_snapshot(args: LLMAppArgs, identity: EngineIdentity) -> str | None
     from snapshots.vllm_engine.engine_state import identity_mismatch
 
     if args.snapshot_url:
-        url, version, accelerator = _recorded(args.snapshot_url)
-        version_only = identity_mismatch(where=url, snapshot_version=version, snapshot_accelerator=None,
-                                         running_version=identity.vllm_version, running_accelerator=None)
-        if version_only:
-            raise EngineMismatchRefused(f"{version_only}; re-create it with `thawline snapshot create` under "
-                                        f"vLLM {identity.vllm_version}, or use model_source + snapshot_store")
-        full = identity_mismatch(where=url, snapshot_version=version, snapshot_accelerator=accelerator,
-                                 running_version=identity.vllm_version, running_accelerator=identity.accelerator)
-        if full and args.on_engine_mismatch == "refuse":
-            raise EngineMismatchRefused(f"{full} (on_engine_mismatch: refuse)")
-        if full:
-            log.warning("thawline: %s; restoring the weights and profiling KV cache/NCCL again", full)
-        return args.snapshot_url
+        return checked_snapshot(args, identity, *recorded_engine(args.snapshot_url))
 
     name, sid = first_boot_ref(args, identity.digest)
     store = SnapshotStore(args.snapshot_store)
@@ -95,7 +104,7 @@ def committed_snapshot(args: LLMAppArgs, identity: EngineIdentity) -> str | None
         _, prefix = first_boot_prefix(args)
         for other in sorted(store._committed_ids(name)):
             if other.startswith(prefix) and other != sid:
-                url, version, accelerator = _recorded(store.ref(name, other).url)
+                url, version, accelerator = recorded_engine(store.ref(name, other).url)
                 line = identity_mismatch(where=url, snapshot_version=version, snapshot_accelerator=accelerator,
                                          running_version=identity.vllm_version, running_accelerator=identity.accelerator)
                 raise EngineMismatchRefused(

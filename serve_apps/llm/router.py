@@ -47,6 +47,7 @@ from gateway.response_headers import MAX_WAIT_S
 from serve_apps.llm.args import LLMAppArgs, parked_key
 from serve_apps.llm.http_auth import check_http_access
 from serve_apps.llm.prewarm import Prewarmer
+from serve_apps.llm.snapshot_ahead import SnapshotAhead
 from serve_apps.llm.sse import sse_frames
 from serve_apps.llm.warm_pool import host_stream
 from serve_apps.llm.timeline import log_line
@@ -85,17 +86,20 @@ class LLMRouter:
         self._pools: dict[str, object] = {}  # node id -> its warm pool's handle
         self._wakes: set[asyncio.Task] = set()  # ready() calls kept queued while a parked engine answers
         self._parked_logged = False  # this parked episode's first answer is recorded
+        self._ahead = None
         if self.args.snapshot_url:
             self._board.note_snapshot.remote(self.app_name)
+            # so a cold replica does not resolve it on the cold path (snapshot_ahead.py)
+            self._ahead = SnapshotAhead(self.app_name, self.args.snapshot_url, self._board).start()
         self._router_id = serve.get_replica_context().replica_id.unique_id
         if self.args.parks_engines:
             self._board.note_parked_key.remote(self.app_name, self._park_key, self._router_id)
 
     def __del__(self) -> None:
         # Serve stops this replica (app deleted or redeployed): no prewarm for it from here on.
-        prewarm = getattr(self, "_prewarm", None)
-        if prewarm is not None:
-            prewarm.stop()
+        for worker in (getattr(self, "_prewarm", None), getattr(self, "_ahead", None)):
+            if worker is not None:
+                worker.stop()
         if getattr(self, "_router_id", None) is not None and self.args.parks_engines:
             # the app is deleted or redeployed: warm pools stop its parked engines (a newer
             # router's key, already set, stays)

@@ -27,6 +27,7 @@ from serve_apps.llm.args import LLMAppArgs, effective_engine_overrides, first_bo
 from serve_apps.llm.first_boot import committed_snapshot, engine_identity, local_source
 from serve_apps.llm.node_cache import pin_node_id
 from serve_apps.llm.gpus import rank_bundles, visible_devices
+from serve_apps.llm.snapshot_ahead import use_resolved
 from serve_apps.llm.spec import CaptureSpec, EngineSpec
 from serve_apps.llm.timeline import process_start_time
 
@@ -222,9 +223,13 @@ class LLMServer:
         a = self.args
         # vLLM version, overrides and accelerator: a snapshot made under others is never restored
         # as is (first_boot.committed_snapshot: re-capture, or refuse in one line).
-        identity, gpu_ids = await asyncio.gather(asyncio.to_thread(engine_identity, a), bundle_gpu_ids(a))
+        identity, gpu_ids, ahead = await asyncio.gather(asyncio.to_thread(engine_identity, a), bundle_gpu_ids(a),
+                                                        self._resolved_ahead())
         accelerator = identity.accelerator.model_dump()
-        url = await asyncio.to_thread(committed_snapshot, a, identity)
+        url = use_resolved(a, identity, ahead)
+        resolved_by = "router" if url is not None else "replica"
+        if url is None:
+            url = await asyncio.to_thread(committed_snapshot, a, identity)
         if url is None:
             # Snapshot on first boot: one engine boot on the source writes the snapshot (if this
             # replica wins the claim of its id) and then serves; started["first_boot"] says which.
@@ -238,7 +243,17 @@ class LLMServer:
                      f", wrote {started['snapshot_url']}" if started.get("snapshot_url") else "")
             return started
         started = await self._host.start(self._spec(snapshot_url=url, accelerator=accelerator, gpu_ids=gpu_ids))
-        return {**started, "snapshot_url": url}
+        return {**started, "snapshot_url": url, "snapshot_resolved_by": resolved_by}
+
+    async def _resolved_ahead(self) -> dict | None:
+        """The router's resolution of snapshot_url (snapshot_ahead.py), if the board has one."""
+        if not self.args.snapshot_url:
+            return None
+        try:
+            return await self._board.resolved_snapshot.remote(self.app_name)
+        except ray.exceptions.RayError as e:
+            log.warning("thawline: readiness board unavailable (%s); resolving the snapshot here", e)
+            return None
 
     # -- handle methods ------------------------------------------------------------------------
 

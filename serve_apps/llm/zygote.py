@@ -94,12 +94,16 @@ def read_status(sock: str) -> dict | None:
 
 def _alive(pid) -> bool:
     # Not by connecting: a forkserver reads every connection as a fork request, and an empty
-    # one ends its loop.
+    # one ends its loop. A zombie (dead, not yet reaped by the process that started it) is dead.
     try:
         os.kill(int(pid), 0)
-        return True
     except (OSError, TypeError, ValueError):
         return False
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except OSError:
+        return True  # no procfs: the signal check is all there is
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def serve(sock: str) -> None:
@@ -202,6 +206,10 @@ def stop(pid: int, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
+    except ChildProcessError:
+        pass
 
 
 def start_detached(sock: str, log_path: str | Path, timeout_s: float = 300.0,

@@ -2,14 +2,14 @@
 
 The warm pool starts engine-host actors with runtime_env {"py_executable": "<python> -m
 serve_apps.llm.zygote_worker --zygote SOCKET"}, so the raylet runs `<this> default_worker.py
-ARGS...`. This shim
-imports nothing heavy: it asks the zygote to fork a child that runs default_worker.py with this
-process's argv, environment, cwd and stdio (the fds themselves travel over the socket), then
-waits for the child, forwards SIGTERM/SIGINT to it, and exits with its exit code. The child
+ARGS...`. This shim imports nothing heavy: it asks the zygote to fork a child that runs
+default_worker.py with this process's argv, environment, cwd and stdio (the fds themselves
+travel over the socket), then waits for the child, forwards SIGTERM/SIGINT to it, and exits with its exit code. The child
 registers with the raylet itself, with its own pid, so Ray's kills reach it directly.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -45,11 +45,8 @@ def run_worker(argv: list[str], env: dict[str, str], cwd: str, stdio: list[int])
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
-    # Ray's C++ config was read from the zygote's environment at import (auth mode, RAY_*
-    # settings): read it again from the raylet's.
-    from ray._raylet import Config
-
-    Config.initialize("")
+    # Ray's core loads for the first time in this process (the zygote never loads it,
+    # zygote.RAY_CORE), so its C++ config reads the raylet's environment set just above.
     sys.argv = list(argv)
     runpy.run_path(argv[0], run_name="__main__")
 
@@ -69,8 +66,12 @@ def main() -> int:
     child = ctx.Process(target=run_worker, name="ray-worker",
                         args=(worker_argv, dict(os.environ), os.getcwd(), [InheritedFd(fd) for fd in (0, 1, 2)]))
     child.start()
+    def forward(sig, _frame) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, sig)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda s, _f: os.kill(child.pid, s))
+        signal.signal(sig, forward)
     child.join()
     code = child.exitcode or 0
     return 128 - code if code < 0 else code

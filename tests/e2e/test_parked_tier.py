@@ -113,6 +113,8 @@ def test_first_request_takes_the_cached_tier_then_the_engine_parks(stack):
     stack["first_text"] = _chat(stack)
     cold = _state(stack)["last_cold_start"]
     assert cold["tier"] == "cached" and cold["host"] == "warm_pool", cold
+    # the router resolved snapshot_url before the request; the replica did not (snapshot_ahead.py)
+    assert cold["snapshot_resolved_by"] == "router", cold
     claims = _pool_stats()["claimed"]
     (claim,) = __import__("ray").get(_pool().claims.remote())
     stack["host"], stack["claimed"] = claim["host"], claims

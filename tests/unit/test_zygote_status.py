@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -42,6 +43,20 @@ def test_a_dead_pid_or_another_socket_is_not(tmp_path):
     assert zygote.read_status(_write(tmp_path, os.getpid(), sock="/elsewhere.sock")) is None
     assert zygote.read_status(str(tmp_path / "missing.sock")) is None
     assert zygote.read_status("") is None
+
+
+def test_a_zombie_is_dead_too(tmp_path):
+    # exited but not reaped yet: os.kill(pid, 0) still succeeds on it
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    stat = f"/proc/{child.pid}/stat"
+    deadline = time.monotonic() + 30
+    while open(stat).read().rsplit(")", 1)[-1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.05)
+    try:
+        assert zygote.read_status(_write(tmp_path, child.pid)) is None
+    finally:
+        child.wait()
 
 
 def test_no_zygote_means_no_runtime_env(tmp_path, monkeypatch):
