@@ -83,13 +83,26 @@ def status_path(sock: str) -> Path:
 
 def read_status(sock: str) -> dict | None:
     """The status of the live zygote serving `sock`; None when there is none."""
-    if not sock or not os.path.exists(sock):
+    if not sock or not _ours(sock) or not _ours(str(status_path(sock))):
         return None
     try:
         status = json.loads(status_path(sock).read_text())
     except (OSError, ValueError):
         return None
-    return status if status.get("socket") == sock and _alive(status.get("pid")) else None
+    if status.get("socket") != sock or not _alive(status.get("pid")) or not _ours(f"/proc/{status['pid']}"):
+        return None
+    return status
+
+
+def _ours(path: str) -> bool:
+    """Owned by this user and writable by no one else: the default socket lives in /tmp, where
+    another local user could otherwise plant a status file pointing at a forkserver of theirs
+    (which would receive the engine hosts' environment, secrets included)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
 def _alive(pid) -> bool:
@@ -137,6 +150,7 @@ def serve(sock: str) -> None:
               "imported_at": imported_at, "import_s": round(imported_at - t0, 3)}
     tmp = status_path(sock).with_suffix(".tmp")
     tmp.write_text(json.dumps(status))
+    os.chmod(tmp, 0o600)  # read_status trusts only files no one else may write
     os.replace(tmp, status_path(sock))
     mp_forkserver.main(listener.fileno(), alive_r, preload=[])
 

@@ -24,10 +24,12 @@ def test_socket_path_fills_the_node_id(monkeypatch):
     assert zygote.socket_path("abc") == zygote.DEFAULT_SOCKET
 
 
-def _write(tmp_path, pid: int, sock: str | None = None) -> str:
-    path = str(tmp_path / "z.sock")
+def _write(tmp_path, pid: int, sock: str | None = None, name: str = "z.sock") -> str:
+    path = str(tmp_path / name)
     open(path, "w").close()  # stands in for the socket file
     zygote.status_path(path).write_text(json.dumps({"pid": pid, "socket": sock or path}))
+    for p in (path, str(zygote.status_path(path))):
+        os.chmod(p, 0o600)
     return path
 
 
@@ -43,6 +45,17 @@ def test_a_dead_pid_or_another_socket_is_not(tmp_path):
     assert zygote.read_status(_write(tmp_path, os.getpid(), sock="/elsewhere.sock")) is None
     assert zygote.read_status(str(tmp_path / "missing.sock")) is None
     assert zygote.read_status("") is None
+
+
+def test_files_another_user_could_have_planted_are_ignored(tmp_path):
+    sock = _write(tmp_path, os.getpid())
+    assert zygote.read_status(sock) is not None
+    os.chmod(zygote.status_path(sock), 0o666)  # writable by anyone
+    assert zygote.read_status(sock) is None
+    os.chmod(zygote.status_path(sock), 0o600)
+    if os.getuid() == 0:  # as root the test can hand the socket to another user
+        os.chown(sock, 65534, 65534)
+        assert zygote.read_status(sock) is None
 
 
 def test_a_zombie_is_dead_too(tmp_path):
@@ -62,10 +75,7 @@ def test_a_zombie_is_dead_too(tmp_path):
 def test_no_zygote_means_no_runtime_env(tmp_path, monkeypatch):
     monkeypatch.setenv(zygote.SOCKET_ENV, str(tmp_path / "z-{node_id}.sock"))
     assert zygote.worker_runtime_env("n1") is None
-    _write(tmp_path, os.getpid())
-    (tmp_path / "z.sock").rename(tmp_path / "z-n1.sock")
-    zygote.status_path(str(tmp_path / "z-n1.sock")).write_text(
-        json.dumps({"pid": os.getpid(), "socket": str(tmp_path / "z-n1.sock")}))
+    _write(tmp_path, os.getpid(), name="z-n1.sock")
     env = zygote.worker_runtime_env("n1")
     assert env["py_executable"].endswith(f"-m serve_apps.llm.zygote_worker --zygote {tmp_path}/z-n1.sock")
     assert env["env_vars"] == {zygote.SOCKET_ENV: f"{tmp_path}/z-n1.sock"}
