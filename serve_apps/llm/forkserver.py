@@ -125,7 +125,6 @@ class ZygoteLaunch:
     Launch. The server exits when this process does (its "alive" pipe closes)."""
 
     def __init__(self, sock: str) -> None:
-        import socket
         from multiprocessing import connection
 
         from serve_apps.llm import zygote
@@ -134,11 +133,8 @@ class ZygoteLaunch:
         self._t0 = time.perf_counter()
         zygote.attach(sock)
         self._ctx = multiprocessing.get_context("forkserver")
-        with socket.socket(socket.AF_UNIX) as listener:
-            self._address = connection.arbitrary_address("AF_UNIX")
-            listener.bind(self._address)
-            os.chmod(self._address, 0o600)
-            listener.listen()
+        self._address = connection.arbitrary_address("AF_UNIX")
+        with zygote.unix_listener(self._address) as listener:
             alive_r, self._alive_w = os.pipe()
             try:
                 server = self._ctx.Process(target=_serve_forkserver, name="thawline-forkserver", daemon=True,

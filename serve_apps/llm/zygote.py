@@ -70,7 +70,11 @@ def socket_path(node_id: str | None = None) -> str:
     """This node's zygote socket ({node_id} filled from the argument or $THAWLINE_NODE_ID)."""
     template = os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
     if "{node_id}" in template:
-        node_id = node_id or os.environ.get("THAWLINE_NODE_ID")
+        if not node_id:
+            # here, not at the top: the worker shim imports this module, and snapshots.cache is heavy
+            from snapshots.cache import NODE_ID_ENV
+
+            node_id = os.environ.get(NODE_ID_ENV)
         if not node_id:
             return ""
         template = template.replace("{node_id}", node_id)
@@ -139,10 +143,7 @@ def serve(sock: str) -> None:
     Path(sock).parent.mkdir(parents=True, exist_ok=True)
     if os.path.exists(sock):
         os.unlink(sock)
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(sock)
-    os.chmod(sock, 0o600)
-    listener.listen()
+    listener = unix_listener(sock)
     # The forkserver exits when its "alive" pipe reaches EOF; this process holds the write end,
     # so it lives until it is killed.
     alive_r, _alive_w = os.pipe()
@@ -153,6 +154,16 @@ def serve(sock: str) -> None:
     os.chmod(tmp, 0o600)  # read_status trusts only files no one else may write
     os.replace(tmp, status_path(sock))
     mp_forkserver.main(listener.fileno(), alive_r, preload=[])
+
+
+def unix_listener(path: str) -> socket.socket:
+    """A listening unix socket at `path` that only this user may connect to (a forkserver runs
+    whatever a connection sends it)."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    os.chmod(path, 0o600)
+    listener.listen()
+    return listener
 
 
 def attach(sock: str, alive_fd: int | None = None) -> None:
@@ -226,13 +237,12 @@ def stop(pid: int, timeout_s: float = 10.0) -> None:
         pass
 
 
-def start_detached(sock: str, log_path: str | Path, timeout_s: float = 300.0,
-                   env: dict[str, str] | None = None) -> dict:
+def start_detached(sock: str, log_path: str | Path, timeout_s: float = 300.0) -> dict:
     """Start the zygote for `sock` in its own session (it outlives the command that started it,
     e.g. a node's start commands over SSH), wait until its imports are done, and return its
     status (with "already": true when a live one of this install was there; one of another
-    install is stopped first). Raises ZygoteStartError naming the
-    log when it exits or times out first."""
+    install is stopped first). Raises ZygoteStartError naming the log when it exits or times
+    out first."""
     import subprocess
 
     if len(sock.encode()) > MAX_SOCKET_PATH:
@@ -247,7 +257,7 @@ def start_detached(sock: str, log_path: str | Path, timeout_s: float = 300.0,
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "serve_apps.llm.zygote", "--socket", sock],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env)
+                                start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while (status := read_status(sock)) is None or status.get("pid") != proc.pid:
         if proc.poll() is not None:
