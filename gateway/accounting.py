@@ -80,12 +80,13 @@ class Accounting:
                 key_id=key_id, route=route.alias, target=target.provider_name, model=target.model,
                 tokens_in=usage.prompt_tokens, tokens_out=usage.completion_tokens, tokens_cached=usage.cached_tokens,
                 latency_ms=latency, ttft_ms=trace.ttft_ms, status=st, attempts=trace.attempts,
-                estimated=usage.estimated, stream=stream)).cost_usd
+                estimated=usage.estimated, stream=stream, adapter=route.adapter)).cost_usd
             total += usage.prompt_tokens + usage.completion_tokens
             rows += 1
         if rows == 0:
             t = trace.target
             self.costs.record(LedgerRow(
                 key_id=key_id, route=route.alias, target=t.provider_name if t else "", model=t.model if t else "",
-                latency_ms=latency, ttft_ms=trace.ttft_ms, status=status, attempts=trace.attempts, stream=stream))
+                latency_ms=latency, ttft_ms=trace.ttft_ms, status=status, attempts=trace.attempts, stream=stream,
+                adapter=route.adapter))
         return total

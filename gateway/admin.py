@@ -2,11 +2,12 @@
 /openapi.json and /healthz. /v1/usage and /metrics take the admin key only.
 
 Key management (admin key only; needs `key_store` in gateway.yaml, else 404):
-  POST   /v1/admin/keys                 {id?, routes?, limits?, budget?} -> 201 {id, key, ...}: the secret
+  POST   /v1/admin/keys                 {id?, routes?, adapters?, limits?, budget?} -> 201 {id, key, ...}: the secret
                                         is in this answer only; the store keeps its SHA-256
   GET    /v1/admin/keys                 every key (gateway.yaml's and the store's), no secrets or digests
   POST   /v1/admin/keys/{id}/rotate     a new secret for the key (the old one stops working)
-  PATCH  /v1/admin/keys/{id}            {routes?, limits?, budget?}: change a store key live
+  PATCH  /v1/admin/keys/{id}            {routes?, adapters?, limits?, budget?}: change a store key live
+                                        (`adapters`: null = every adapter, [] = none, names or `prefix*`)
   DELETE /v1/admin/keys/{id}            revoke
   PATCH  /v1/admin/routes/{alias}       {limits?, budget?}: override a route's limits/budget live
 Every replica polls the store (key_store.poll_interval_s), so a change applies on all of them within
@@ -23,6 +24,7 @@ import orjson
 from gateway.asgi import auth_header, read_body, request_headers, send_json
 from gateway.errors import AuthError, BadRequest, GatewayError, NotFound
 from gateway.key_auth import KeyAuth
+from gateway.llm_protocol import adapter_model
 from gateway.routes import CompiledRoute
 
 
@@ -43,6 +45,19 @@ def parse_since(since_s: str | None) -> datetime | None:
 
 # what a client key may read of a local model's readiness (not its replica-seconds: spend is admin's)
 _READINESS_FIELDS = ("state", "tier", "warm_replicas", "phase", "phase_s", "starting_s")
+
+
+def _adapter_patterns(value: object) -> list[str]:
+    """A key's `adapters` as sent to the admin API, checked as gateway.yaml checks it."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from gateway.config import KeyConfig
+    try:
+        return TypeAdapter(KeyConfig.model_fields["adapters"].annotation).validate_python(value)
+    except ValidationError as e:
+        msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+        raise BadRequest(f"'adapters' must be null or an array of adapter names or `prefix*`: {msg}",
+                         param="adapters") from None
 
 
 def _check_id(key_id: object, param: str) -> None:
@@ -67,13 +82,27 @@ class AdminEndpoints:
 
     async def models(self, scope, receive, send) -> None:
         key = self.keys.authenticate(auth_header(request_headers(scope)))
-        data = [{"id": a, "object": "model", "created": 0, "owned_by": "thawline"}
-                for a in self.routes if self.keys.may_use(key, a)]
-        for m in data:
-            ready = self._readiness(m["id"])
-            if ready is not None:
-                m["thawline"] = ready
+        data = []
+        for a in self.routes:
+            if not self.keys.may_use(key, a):
+                continue
+            ready = self._readiness(a)
+            extra = {} if ready is None else {"thawline": ready}
+            data.append({"id": a, "object": "model", "created": 0, "owned_by": "thawline", **extra})
+            # its adapters share its local app's readiness (what `thawline chat <route>:<adapter>` shows)
+            data += [{"id": adapter_model(a, name), "object": "model", "created": 0, "owned_by": "thawline",
+                      "parent": a, **extra} for name in self._adapters(a) if self.keys.may_use_adapter(key, name)]
         await send_json(send, 200, orjson.dumps({"object": "list", "data": data}))
+
+    def _adapters(self, alias: str) -> list[str]:
+        """The adapters the route's serve target(s) list (the providers' cached board listing)."""
+        providers = getattr(self.control, "providers", None) or {}
+        names: set[str] = set()
+        for t in self.routes[alias].serve_targets:
+            p = providers.get(t.provider_name)
+            if p is not None:
+                names |= p.adapters
+        return sorted(names)
 
     def _readiness(self, alias: str) -> dict | None:
         """The route's first local (serve) target's cold/warm state as this replica last polled
@@ -196,6 +225,8 @@ class AdminEndpoints:
             if unknown:
                 raise BadRequest(f"unknown route(s) {unknown}", param="routes")
             out["routes"] = routes
+        if body.get("adapters") is not None:
+            out["adapters"] = _adapter_patterns(body["adapters"])
         return out
 
     async def _list_keys(self, store) -> dict:
@@ -213,7 +244,7 @@ class AdminEndpoints:
 
         from gateway.config import KeyConfig
         from gateway.key_records import KeyExists, digest, key_record, new_key_id, new_secret, public_view
-        fields = self._fields(body, {"id", "routes", "limits", "budget"})
+        fields = self._fields(body, {"id", "routes", "adapters", "limits", "budget"})
         key_id = body.get("id") or new_key_id()
         _check_id(key_id, "id")
         secret = new_secret()
@@ -259,11 +290,12 @@ class AdminEndpoints:
 
     async def _patch_key(self, store, key_id: str, body: dict) -> dict:
         from gateway.key_records import key_from_record, public_view
-        fields = self._fields(body, {"routes", "limits", "budget"})
+        fields = self._fields(body, {"routes", "adapters", "limits", "budget"})
 
         def change(rec: dict) -> dict:
-            # null removes the key's own limits / budget
-            rec = {k: v for k, v in rec.items() if not (k in ("limits", "budget") and k in body and body[k] is None)}
+            # null removes the key's own limits / budget, and its adapters scope (then: every adapter)
+            rec = {k: v for k, v in rec.items()
+                   if not (k in ("limits", "budget", "adapters") and k in body and body[k] is None)}
             rec = {**rec, **fields}
             key_from_record(rec)         # still a valid key
             return rec

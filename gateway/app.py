@@ -152,6 +152,8 @@ class Gateway:
             self._wire_floors()
         if self.costs is not None:
             self.costs.budgets = budgets
+            if hasattr(self.costs, "adapter_budgets"):
+                self.costs.adapter_budgets = {}   # refilled from the new routes by the next requests
 
     async def refresh_keys(self) -> None:
         """Re-read the key store now (the poller calls this; the admin API after each write)."""
@@ -201,6 +203,10 @@ class Gateway:
 
     def _swap(self, cfg: GatewayConfig, staged: dict[str, Any]) -> None:
         old = self.cfg
+        for n, prov in staged["providers"].items():
+            prev = self.providers.get(n)
+            if prev is not None and getattr(prev.cfg, "app", None) == getattr(prov.cfg, "app", None):
+                prov.adapters = prev.adapters   # the same app's listing until the new one has polled
         retired = [self.providers[n] for n in staged["providers"] if n in self.providers]
         retired += [self.providers.pop(n) for n in [n for n in self.providers if n not in cfg.providers]]
         self.providers.update(staged["providers"])

@@ -51,6 +51,12 @@ def _matching(kind: str, rx: re.Pattern, allowed: str) -> AfterValidator:
 Name = Annotated[str, _matching("name", _NAME_RE, "letters, digits, '.', '_', '-' (at most 128)")]
 RouteAlias = Annotated[str, _matching("route alias", _ALIAS_RE,
                                       "letters, digits, '.', '_', '-', ':', '/', '@', '+' (at most 256)")]
+# An adapter name (as `thawline adapter push` allows: no ':', which separates "<route>:<adapter>"),
+# or a prefix of one ending in '*' ("alice-*"; "*" alone: every adapter).
+_ADAPTER_PATTERN_RE = re.compile(r"\*|[A-Za-z0-9][A-Za-z0-9._-]{0,127}\*?")
+AdapterPattern = Annotated[str, _matching("adapter name or prefix", _ADAPTER_PATTERN_RE,
+                                          "letters, digits, '.', '_', '-' (at most 128), optionally ending "
+                                          "in '*' for a prefix; or '*' alone")]
 
 
 class ProviderConfig(_Strict):
@@ -106,6 +112,21 @@ class TargetConfig(_Strict):
                              "honouring Retry-After) before moving down the chain.")
 
 
+class AdapterRouteConfig(_Strict):
+    limits: LimitSpec | None = Field(None, description="rpm / tpm / max_concurrent for requests to a matching "
+                                     "adapter, on top of the route's and the key's. Each adapter counts on its own "
+                                     "(scope `adapter:<route>:<adapter>`): adapters matching one `prefix*` entry "
+                                     "do not share one pool.")
+    budget: BudgetSpec | None = Field(None, description="USD per day / month for requests to a matching adapter "
+                                      "(each adapter on its own, like `limits`), on top of the route's and the "
+                                      "key's; spend on the adapter's `fallback` targets counts too.")
+    fallback: list[TargetConfig] = Field(default_factory=list, description="Where a request for a matching "
+                                         "adapter goes when the route's serve target(s) fail, in order (e.g. a "
+                                         "hosted model fine-tuned the same way); called as configured, without "
+                                         "the adapter. Empty: the serve target's error is the answer. An adapter "
+                                         "request never falls back to the route's other (base model) targets.")
+
+
 class RouteConfig(_Strict):
     targets: list[TargetConfig] = Field(min_length=1, description="Ordered fallback chain.")
     spillover_when_cold: bool = Field(False, description="If the local (serve) target is cold, send the "
@@ -128,6 +149,12 @@ class RouteConfig(_Strict):
     limits: LimitSpec | None = Field(None, description="rpm / tpm / max_concurrent for the whole route, "
                                      "exact across gateway replicas.")
     budget: BudgetSpec | None = Field(None, description="USD per day / month for the whole route.")
+    adapters: dict[AdapterPattern, AdapterRouteConfig] = Field(default_factory=dict, description="Per-adapter "
+                                    "settings for the LoRA adapters of the route's serve target(s), which clients "
+                                    "address as `<route>:<adapter>`; keyed by adapter name or `prefix*` (an exact "
+                                    "name wins, then the longest matching prefix). An adapter with no entry is "
+                                    "served too, with the route's and key's limits only and no fallback. Needs a "
+                                    "`serve` target in `targets`.")
 
 
 class KeyConfig(_Strict):
@@ -138,6 +165,10 @@ class KeyConfig(_Strict):
                               "'*' allows all.")
     limits: LimitSpec | None = Field(None, description="rpm / tpm / max_concurrent for this key.")
     budget: BudgetSpec | None = Field(None, description="USD per day / month for this key.")
+    adapters: list[AdapterPattern] | None = Field(None, description="LoRA adapters (`<route>:<adapter>`) this key "
+                                                  "may use, by name or `prefix*` (e.g. `alice-*`); null: every "
+                                                  "adapter, []: none. An adapter outside the scope gets the same 404 "
+                                                  "`model_not_found` as one that does not exist.")
 
 
 class BreakerConfig(_Strict):
@@ -185,8 +216,8 @@ class TracingConfig(_Strict):
 
 class KeyStoreConfig(_Strict):
     url: StoreURL = Field(description="fsspec URL of the directory holding the client keys managed through the "
-                     "admin API (/v1/admin/keys): one JSON file per key (id, SHA-256 digest, routes, limits, "
-                     "budget; never the key itself), plus route limit overrides. Every replica polls it, so "
+                     "admin API (/v1/admin/keys): one JSON file per key (id, SHA-256 digest, routes, adapters, "
+                     "limits, budget; never the key itself), plus route limit overrides. Every replica polls it, so "
                      "all replicas and restarts see the same keys. s3://, gs://, file:// (a directory every "
                      "replica can read: one machine or a shared mount); memory:// is per process, so only for "
                      "an in-process gateway (unit tests). `${VAR}` / `${VAR:-default}` are expanded.")
@@ -240,6 +271,7 @@ class GatewayConfig(_Strict):
             for i, t in enumerate(route.targets):
                 if t.provider not in self.providers:
                     raise ValueError(f"routes.{alias}.targets.{i}.provider: unknown provider {t.provider!r}")
+            self._check_adapters(alias, route)
         seen: set[str] = set()
         for i, k in enumerate(self.keys):
             if k.id in seen:
@@ -249,6 +281,16 @@ class GatewayConfig(_Strict):
                 if r != "*" and r not in self.routes:
                     raise ValueError(f"keys.{i}.routes: unknown route {r!r}")
         return self
+
+    def _check_adapters(self, alias: str, route: RouteConfig) -> None:
+        if route.adapters and not any(self.providers[t.provider].type == "serve" for t in route.targets):
+            raise ValueError(f"routes.{alias}.adapters: the route has no `serve` target (adapters are served "
+                             "by a local LLM app)")
+        for pattern, ad in route.adapters.items():
+            for i, t in enumerate(ad.fallback):
+                if t.provider not in self.providers:
+                    raise ValueError(f"routes.{alias}.adapters.{pattern}.fallback.{i}.provider: unknown provider "
+                                     f"{t.provider!r}")
 
 
 class ConfigError(ValueError):

@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from gateway.breaker import BreakerSet
 from gateway.config import RetryConfig
-from gateway.errors import BadRequest, GatewayError, RateLimited, Unavailable, UpstreamError
+from gateway.errors import BadRequest, GatewayError, NotFound, RateLimited, Unavailable, UpstreamError
 from gateway.fallback import NEXT, RETRY, Failure, FallbackPlan, Kind
 from gateway.providers.base import CHAT, Provider, ProviderError, Response, Usage
 from gateway.response_headers import error_headers
@@ -103,6 +103,10 @@ def error_for(f: Failure | None, trace: Trace) -> GatewayError:
         return BadRequest(f"no target of this model serves this endpoint ({f.message})", code="unsupported_endpoint",
                           headers=hdrs)
     if f.kind is Kind.STATUS and f.status is not None and not f.triggers_fallback:
+        if f.status == NotFound.status and f.code == NotFound.code:
+            # a local app does not have the model (an adapter missing from its store): a 404, which
+            # the inference path re-renders for the model the client sent (gateway/adapters.py)
+            return NotFound(f.message, headers=hdrs)
         if f.status in (401, 403):
             return UpstreamError(f.message, headers=hdrs)
         # the request itself was refused upstream (e.g. 400): the client must change it
@@ -122,6 +126,9 @@ class Dispatcher:
               has_next: bool, body: dict | None = None) -> Failure | None:
         if not provider.supports(endpoint):
             return Failure(Kind.UNSUPPORTED, f"{target.id} does not serve /v1/{endpoint}")
+        if target.adapter is not None and target.adapter not in provider.adapters:
+            # another serve target of the route lists it (the request was admitted on that)
+            return Failure(Kind.UNSUPPORTED, f"{target.id} does not list adapter {target.adapter!r}")
         if body is not None:
             field = provider.refuses(endpoint, body)
             if field is not None:

@@ -40,6 +40,8 @@ class Failure:
     status: int | None = None
     retry_after_s: float | None = None
     param: str | None = None          # UNSUPPORTED: the request field this target cannot honour
+    code: str | None = None           # STATUS: the error code the upstream answered, where it is one
+                                      # the gateway passes on (a local app's `model_not_found`)
 
     @property
     def triggers_fallback(self) -> bool:

@@ -2,6 +2,10 @@
 
 Per request: read body (size-capped) -> key -> route -> budget -> limiter admit -> dispatch down
 the chain -> respond (JSON or SSE) -> ledger rows -> settle the limiter (in a `finally`).
+
+`model` is a route alias, or "<route>:<adapter>" for a LoRA adapter of the route's serve
+target(s) (gateway/adapters.py): a set lookup in the serve providers' cached listings and in the
+key's scope, then the route's adapter chain (routes.CompiledRoute.for_adapter).
 """
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ import orjson
 
 from gateway import sse
 from gateway.accounting import Accounting
+from gateway.adapters import model_not_found_error, split_route
 from gateway.asgi import JSON_HDR, ClientGone, auth_header, read_body, request_headers
+from gateway.config import KeyConfig
 from gateway.costs.tokens import estimate_request_tokens
 from gateway.dispatch import Dispatcher, Trace
 from gateway.errors import BadRequest, GatewayError, NotFound
@@ -49,11 +55,8 @@ class Inference:
             key = self.keys.authenticate(auth_header(headers))
             body = _json_object(await read_body(receive, self.max_body, headers.get(b"content-length")))
             check(body)
-            alias = body["model"]
-            route = self.routes.get(alias)
-            if route is None:
-                raise NotFound(f"The model `{alias}` does not exist", param="model")
-            self.keys.check_route(key, alias)
+            route = self._resolve(key, body["model"])
+            alias = route.alias
             adm = await self._admit(body, endpoint, key.id, alias, route)
             rate = adm.headers if adm is not None else None
             trace = Trace()
@@ -83,6 +86,33 @@ class Inference:
 
         return handle
 
+    def _resolve(self, key: KeyConfig, model: str) -> CompiledRoute:
+        """The chain `model` names for `key`. An adapter that is not listed, or not in the key's
+        scope, is the same 404 as an unknown model; a route the key may not use is a 403."""
+        route = self.routes.get(model)
+        if route is not None:
+            self.keys.check_route(key, model)
+            return route
+        found = split_route(model, self.routes)
+        if found is None or not self.routes[found[0]].serve_targets:
+            raise model_not_found_error(model)
+        alias, adapter = found
+        route = self.routes[alias]
+        self.keys.check_route(key, alias)
+        providers = self.dispatcher.providers
+        if not (self.keys.may_use_adapter(key, adapter)
+                and any(adapter in providers[t.provider_name].adapters for t in route.serve_targets)):
+            raise model_not_found_error(model)
+        return route.for_adapter(adapter)
+
+    @staticmethod
+    def _client_error(e: GatewayError, route: CompiledRoute) -> GatewayError:
+        """An LLM app's own 404 for an adapter (its store no longer has it: the listing was stale)
+        is the gateway's 404 for what the client sent, byte for byte."""
+        if route.adapter is not None and isinstance(e, NotFound):
+            return model_not_found_error(route.model)
+        return e
+
     async def _admit(self, body: dict, endpoint: str, key_id: str, alias: str, route: CompiledRoute) -> Any:
         """Bound the body by the route, check the key's budget and reserve its rate limits and
         worst-case cost: the admission the request settles when it ends (None without limits)."""
@@ -90,17 +120,18 @@ class Inference:
         # is pre-charged and reserved below is what the upstream receives (gateway/limits/bounds.py)
         max_out = apply_route_bounds(body, endpoint, route.cfg)
         if self.costs is not None:
-            self.costs.check_budget(key_id=key_id, route=alias)
+            self.costs.check_budget(key_id=key_id, route=alias, quota=route.quota)
         est = estimate_request_tokens(body, endpoint=endpoint, max_tokens_cap=route.cfg.max_tokens_cap)
         worst = 0.0
-        if self.costs is not None and self.costs.budgets:
+        adapter_budget = route.quota is not None and route.quota.budget is not None
+        if self.costs is not None and (self.costs.budgets or adapter_budget):
             n = body.get("n") if endpoint != EMBEDDINGS else None
             worst = self.costs.worst_case_usd(
                 [(t.provider_name, t.model) for tier in route.tiers for t in tier],
                 prompt_tokens=self.accounting.prompt_tokens(body, endpoint),
                 max_output_tokens=max_out * (n or 1))
-        return (await self.limits.admit(key_id=key_id, route=alias, est_tokens=est, est_cost_usd=worst)
-                if self.limits else None)
+        return (await self.limits.admit(key_id=key_id, route=alias, est_tokens=est, est_cost_usd=worst,
+                                        quota=route.quota) if self.limits else None)
 
     async def _call(self, send, endpoint: str, body: dict, key_id: str, route: CompiledRoute, trace: Trace,
                     rate: dict[str, str] | None) -> int:
@@ -109,6 +140,8 @@ class Inference:
         try:
             resp = await self.dispatcher.call(route, endpoint, body, trace)
             status = "ok"
+        except GatewayError as e:
+            raise self._client_error(e, route) from None
         finally:
             recs = self.accounting.call_records(trace, resp, body, endpoint)
             actual = self.accounting.record(key_id=key_id, route=route, trace=trace, stream=False,
@@ -130,8 +163,9 @@ class Inference:
             status = "ok"
         except GatewayError as e:
             await sink.stop()
+            e = self._client_error(e, route)
             if not sink.started:
-                raise   # nothing sent yet: a plain JSON error response with its status
+                raise e from None  # nothing sent yet: a plain JSON error response with its status
             # output already went out under a 200: end with an error event, never with [DONE]
             await send({"type": "http.response.body", "body": e.sse_event(), "more_body": False})
         except (asyncio.CancelledError, ClientGone):

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import os
 
+from gateway.adapters import AdapterScope
 from gateway.config import GatewayConfig, KeyConfig
 from gateway.errors import AuthError, PermissionDenied
 
@@ -42,6 +43,7 @@ class KeyAuth:
         # allowed routes as frozensets so the per-request check is one set lookup
         self._allowed: dict[str, frozenset[str] | None] = {
             k.id: (None if "*" in k.routes else frozenset(k.routes)) for k in keys}
+        self._adapters: dict[str, AdapterScope] = {k.id: AdapterScope(k.adapters) for k in keys}
         self._require_auth = cfg.server.require_auth
         admin = cfg.server.admin_key_sha256
         if admin is None and cfg.server.admin_key_env and os.environ.get(cfg.server.admin_key_env):
@@ -69,6 +71,11 @@ class KeyAuth:
         use every route)."""
         allowed = self._allowed.get(key.id)
         return allowed is None or route in allowed
+
+    def may_use_adapter(self, key: KeyConfig, adapter: str) -> bool:
+        """Whether `key`'s `adapters` scope allows `adapter` (None: all; [] none; `prefix*`)."""
+        scope = self._adapters.get(key.id)
+        return (scope if scope is not None else AdapterScope(key.adapters)).allows(adapter)
 
     def check_route(self, key: KeyConfig, route: str) -> None:
         if not self.may_use(key, route):

@@ -1,8 +1,9 @@
 """Client keys and route limit overrides managed live through the admin API, kept on fsspec.
 
 Layout under `key_store.url` (gateway.yaml):
-  keys/<id>/<version>.json  one version of a client key: {id, version, sha256, routes, limits, budget,
-                            created_at, rotated_at}, or a tombstone {id, version, revoked: true}
+  keys/<id>/<version>.json  one version of a client key: {id, version, sha256, routes, adapters?, limits,
+                            budget, created_at, rotated_at}, or a tombstone {id, version, revoked: true};
+                            `adapters` absent: every adapter (a record written before it existed too)
   keys/<id>.json            a key written before versions existed (read as version 0)
   routes/<alias>.json       a route's limits/budget override: {limits, budget, updated_at}
 The secret itself is never stored: it is shown once by the create/rotate answer; only its SHA-256
@@ -100,8 +101,9 @@ def key_from_record(d: dict) -> KeyConfig:
 
 def public_view(d: dict, source: str) -> dict:
     """What the list endpoint shows of a key: never the digest (it would allow offline guessing)."""
-    return {"id": d["id"], "routes": d.get("routes", ["*"]), "limits": d.get("limits"), "budget": d.get("budget"),
-            "created_at": d.get("created_at"), "rotated_at": d.get("rotated_at"), "source": source}
+    return {"id": d["id"], "routes": d.get("routes", ["*"]), "adapters": d.get("adapters"), "limits": d.get("limits"),
+            "budget": d.get("budget"), "created_at": d.get("created_at"), "rotated_at": d.get("rotated_at"),
+            "source": source}
 
 
 @dataclass(frozen=True, slots=True)

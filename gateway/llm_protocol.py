@@ -5,7 +5,8 @@ request shape, the error body, the error type and the status mapping have one ow
 
 Handle request:  HandleRequest; on the wire (a plain dict, what `to_wire` builds and `from_wire`
                  reads): {"endpoint": "chat" | "completions", "body": <OpenAI body>,
-                 "max_wait_s": float?}. max_wait_s bounds the wait for a replica when the app is
+                 "max_wait_s": float?, "adapter": str?}. adapter names a LoRA adapter of the app's
+                 model in its store (the gateway's "<route>:<adapter>"); absent: the base model. max_wait_s bounds the wait for a replica when the app is
                  at zero (the caller's cold-path budget); the app never waits longer than its
                  cold_start_max_wait_s. New fields are added to HandleRequest, nowhere else.
 Handle answers:  generate -> OpenAI response dict; generate_stream -> OpenAI chunk dicts, the
@@ -73,11 +74,14 @@ class HandleRequest:
     endpoint: str
     body: dict = field(default_factory=dict)
     max_wait_s: float | None = None  # the caller's cold-path budget; None: the app's own bound
+    adapter: str | None = None  # a LoRA adapter of the app's model (snapshots/adapters); None: the base
 
     def to_wire(self) -> dict:
         wire: dict[str, Any] = {"endpoint": self.endpoint, "body": self.body}
         if self.max_wait_s is not None:
             wire["max_wait_s"] = self.max_wait_s
+        if self.adapter is not None:
+            wire["adapter"] = self.adapter
         return wire
 
     @classmethod
@@ -90,7 +94,10 @@ class HandleRequest:
             raise LLMAppError(400, error_body(f"endpoint must be one of {ENDPOINTS}, got {endpoint!r}"))
         if body is not None and not isinstance(body, dict):
             raise LLMAppError(400, error_body("request body must be a JSON object"))
-        return cls(endpoint, dict(body or {}), max_wait_from(wire.get("max_wait_s")))
+        adapter = wire.get("adapter")
+        if adapter is not None and (not isinstance(adapter, str) or not adapter):
+            raise LLMAppError(400, error_body(f"adapter must be a non-empty string, got {adapter!r}"))
+        return cls(endpoint, dict(body or {}), max_wait_from(wire.get("max_wait_s")), adapter)
 
 
 class LLMAppError(Exception):
@@ -109,6 +116,27 @@ class LLMAppError(Exception):
         err = self.body.get("error") if isinstance(self.body, dict) else None
         msg = err.get("message") if isinstance(err, dict) else self.body
         return f"{self.status}: {msg}"
+
+
+ADAPTER_SEPARATOR = ":"  # a client addresses an adapter as "<route>:<adapter>"
+
+
+def adapter_model(route: str, adapter: str | None) -> str:
+    """The `model` a client sends for `adapter` of `route` (the base itself when adapter is None)."""
+    return route if adapter is None else f"{route}{ADAPTER_SEPARATOR}{adapter}"
+
+
+def split_adapter_model(model: str) -> tuple[str, str | None]:
+    """'<route>:<adapter>' -> (route, adapter); a plain route -> (route, None)."""
+    route, sep, adapter = model.partition(ADAPTER_SEPARATOR)
+    return (route, adapter) if sep and adapter else (model, None)
+
+
+def model_not_found(model: str) -> LLMAppError:
+    """404 for a model (or "<route>:<adapter>") the caller may not use or that does not exist: one
+    body for both, so a key outside an adapter's scope cannot tell that the adapter exists."""
+    return LLMAppError(404, error_body(f"The model `{model}` does not exist or you do not have access to it.",
+                                       404, "invalid_request_error", "model_not_found", param="model"))
 
 
 class ColdStartTimeout(LLMAppError):

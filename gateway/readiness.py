@@ -67,6 +67,7 @@ class _App:
     parked_router: str | None = None  # the router replica that set it (only it may clear it)
     has_snapshot: bool = False  # a replica started from (or wrote) a committed snapshot
     resolved: dict | None = None  # the router's latest resolution of the app's snapshot_url
+    adapters: tuple[str, ...] = ()  # the LoRA adapters of the app's model in its store (router's listing)
 
 
 PREWARM_NODES_KEPT = 20  # the newest nodes' prewarm records; older ones are dropped
@@ -155,6 +156,15 @@ class Board:
     def resolved_snapshot(self, app: str) -> dict | None:
         a = self._apps.get(app)
         return None if a is None or a.resolved is None else dict(a.resolved)
+
+    def note_adapters(self, app: str, names) -> None:
+        """The adapters the app's router listed in its store (serve_apps/llm/adapter_listing.py):
+        what the gateway's /v1/models offers and what it answers 404 for without a call."""
+        self._apps.setdefault(app, _App()).adapters = tuple(sorted(names))
+
+    def adapters(self, app: str) -> list[str]:
+        a = self._apps.get(app)
+        return [] if a is None else list(a.adapters)
 
     def note_parked_key(self, app: str, key: str, router_id: str) -> None:
         """The key the app's router answers from (serve_apps/llm/args.parked_key): engines parked
@@ -247,6 +257,12 @@ class ReadinessBoard:
 
     def forget_parked_key(self, app: str, router_id: str) -> None:
         self._board.forget_parked_key(app, router_id)
+
+    def note_adapters(self, app: str, names) -> None:
+        self._board.note_adapters(app, names)
+
+    def adapters(self, app: str) -> list[str]:
+        return self._board.adapters(app)
 
     def current_parked_key(self, app: str) -> str | None:
         return self._board.current_parked_key(app)

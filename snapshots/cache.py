@@ -71,12 +71,16 @@ def default_cache_dir(node_id: str | None = None) -> Path:
     return Path(xdg) / "thawline" if xdg else Path.home() / ".cache" / "thawline"
 
 
-def _store_key(store_url: str) -> str:
-    """Readable and collision-free: '<protocol>-<slug>-<hash8>'."""
+def store_key(store_url: str) -> str:
+    """The store's dir name in the cache (snapshots/ and adapters/ both): readable and
+    collision-free, '<protocol>-<slug>-<hash8>'."""
     digest = hashlib.sha256(store_url.encode()).hexdigest()[:8]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", store_url.split("://", 1)[-1]).strip("_")[-48:]
     proto = store_url.split("://", 1)[0] if "://" in store_url else "file"
     return f"{proto}-{slug}-{digest}"
+
+
+_store_key = store_key  # the name older callers and tests import
 
 
 @dataclass
@@ -281,7 +285,7 @@ class SnapshotCache:
         for rel in files:
             os.replace(str(dsts[rel]) + ".partial", dsts[rel])
         for parent in {d.parent for d in dsts.values()}:
-            _fsync_dir(parent)  # the renames survive a crash before the marker is written
+            fsync_dir(parent)  # the renames survive a crash before the marker is written
         return sum(sizes.values())
 
 
@@ -335,7 +339,8 @@ def _reserve(fd: int, size: int, name: str) -> None:
         raise SnapshotIOError(f"{name}: cannot reserve {size} bytes: {exc.strerror or exc}") from exc
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or create inside `path` durable (best effort: not every filesystem allows it)."""
     try:
         fd = os.open(str(path), os.O_RDONLY | os.O_DIRECTORY)
     except OSError:

@@ -16,3 +16,14 @@ ALGORITHM = "xxh3_64"
 def checksum(buf) -> int:
     """xxh3_64 of a bytes-like object (bytes, memoryview, numpy array), as an unsigned int."""
     return xxhash.xxh3_64_intdigest(buf)
+
+
+def hasher():
+    """An incremental xxh3_64 (`update(buf)`, `intdigest()`), for whole files streamed in chunks
+    (adapter files: snapshots/adapters/transfer.py)."""
+    return xxhash.xxh3_64()
+
+
+def hex64(value: int) -> str:
+    """A checksum as 16 hex digits, the form JSON records keep it in (no 64-bit int in JSON)."""
+    return f"{value:016x}"

@@ -34,6 +34,10 @@ SNAPSHOT_JSON = "snapshot.json"
 MANIFEST = "manifest.parquet"
 CLAIM = ".claim"
 LATEST = "latest"
+# <store>/<model>/adapters/ holds the model's LoRA adapters (snapshots/adapters/), so it is no
+# snapshot id: the store's listing, `latest` and gc skip it, and no writer may claim it.
+ADAPTERS = "adapters"
+RESERVED_IDS = (LATEST, ADAPTERS)
 
 # Used with fullmatch: `$` alone also matches before a trailing newline, which let "m\n" through.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -58,10 +62,11 @@ def rank_fragment_path(rank: int) -> str:
 
 def check_name(kind: str, value: str) -> str:
     """Model names and ids are single path components: a slash would make `<model>/<id>` ambiguous."""
-    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or value == LATEST and kind == "snapshot id":
+    reserved = kind == "snapshot id" and value in RESERVED_IDS
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or reserved:
         raise ValueError(
             f"invalid {kind} {value!r}: use 1-128 characters from [A-Za-z0-9._-], starting with a letter or digit"
-            + (" ('latest' is reserved)" if value == LATEST else "")
+            + (f" ({value!r} is reserved)" if reserved else "")
         )
     return value
 

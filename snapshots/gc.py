@@ -8,7 +8,8 @@ deletes only what it can prove is an uncommitted Thawline snapshot dir:
   - every file in the dir is one our writer, gc or the cache protocol names (_OURS); one
     unrecognised file and the whole dir is left alone, with a warning naming it.
 A dir merely lacking snapshot.json, a file it does not recognise, or a dir with a foreign claim is
-never touched. The one exception to "has a claim" is a dir holding nothing but a stale
+never touched, nor is `<model>/adapters/` (a reserved id: the model's LoRA adapters, whose dead
+pushes snapshots/adapters/gc.py collects). The one exception to "has a claim" is a dir holding nothing but a stale
 `.heartbeat` of that same <model>/<id> (a heartbeat that raced gc's deletion, see claim.py)
 and/or a stale `.gc` mark (a gc that died between removing the claim and its mark).
 

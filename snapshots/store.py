@@ -22,6 +22,7 @@ from .format import (
     DEFAULT_PART_BYTES,
     LATEST,
     MANIFEST,
+    RESERVED_IDS,
     SNAPSHOT_JSON,
     SnapshotMeta,
     check_name,
@@ -137,6 +138,8 @@ class SnapshotStore:
             self.fs.invalidate_cache(self._path(model))
         ids = []
         for sid in self._ls_dirs(self._path(model)):
+            if sid in RESERVED_IDS:  # <model>/adapters/ holds LoRA adapters, not a snapshot
+                continue
             if fsutil.exists(self.fs, self._path(model, sid, SNAPSHOT_JSON)):
                 ids.append(sid)
         return ids

@@ -4,6 +4,11 @@ Deployed as a real Serve app; the gateway's `serve` provider calls it through a 
 exactly as it calls the vLLM app: `generate(request) -> dict` and `generate_stream(request)`
 yielding OpenAI chunks, the last one with `usage` (docs/INTERFACES.md). Model `<name>-cut` makes
 the stream raise after two tokens (an engine dying mid-generation).
+
+LoRA adapters: `FakeLLM(app=..., adapters=[...])` serves those adapters and publishes them on the
+readiness board as the LLM app's router does (`note_adapters`). A request for one
+(HandleRequest.adapter) is answered "Hello from <adapter>!"; an adapter it does not serve gets
+the app's 404 (`model_not_found`); one whose name ends in `-down` fails like a dead engine.
 """
 from __future__ import annotations
 
@@ -11,21 +16,34 @@ import time
 import uuid
 from typing import AsyncIterator
 
-from gateway.llm_protocol import CHAT, HandleRequest
+from gateway.llm_protocol import CHAT, HandleRequest, model_not_found
 
 PIECES = ["Hello", " from", " local", "!"]
 
 
 class FakeLLM:
-    def __init__(self) -> None:
+    def __init__(self, app: str | None = None, adapters: list[str] | None = None) -> None:
         self.calls: list[dict] = []
+        self.adapters = frozenset(adapters or ())
+        if app is not None and adapters is not None:
+            import ray
+
+            from gateway.readiness import get_or_create_board
+            ray.get(get_or_create_board().note_adapters.remote(app, sorted(self.adapters)))
 
     def _answer(self, request: dict) -> tuple[str, list[str], dict, bool]:
         self.calls.append(request)
         req = HandleRequest.from_wire(request)  # the app's own reader: a malformed request fails here
         body = req.body
-        mt = body.get("max_tokens") or len(PIECES)
-        pieces = PIECES[:mt]
+        pieces = PIECES
+        if req.adapter is not None:
+            if req.adapter not in self.adapters:
+                raise model_not_found(req.adapter)
+            if req.adapter.endswith("-down"):
+                raise RuntimeError(f"adapter {req.adapter!r}: engine died")
+            pieces = ["Hello", " from", f" {req.adapter}", "!"]
+        mt = body.get("max_tokens") or len(pieces)
+        pieces = pieces[:mt]
         if req.endpoint == CHAT:
             words = " ".join(str(m.get("content") or "") for m in body.get("messages", []))
         else:
@@ -36,7 +54,7 @@ class FakeLLM:
 
     async def generate(self, request: dict) -> dict:
         model, pieces, usage, chat = self._answer(request)
-        finish = "stop" if len(pieces) == len(PIECES) else "length"
+        finish = "stop" if pieces[-1:] == ["!"] else "length"
         choice = ({"index": 0, "message": {"role": "assistant", "content": "".join(pieces)}, "finish_reason": finish}
                   if chat else {"index": 0, "text": "".join(pieces), "finish_reason": finish, "logprobs": None})
         return {"id": "local-" + uuid.uuid4().hex[:12], "object": "chat.completion" if chat else "text_completion",
@@ -61,7 +79,7 @@ class FakeLLM:
             if model.endswith("-cut") and i == 2:
                 raise RuntimeError("engine died mid-generation")
             yield chunk(p)
-        last = chunk(None, "stop" if len(pieces) == len(PIECES) else "length")
+        last = chunk(None, "stop" if pieces[-1:] == ["!"] else "length")
         last["usage"] = usage
         yield last
 

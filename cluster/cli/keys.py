@@ -1,5 +1,6 @@
 """`thawline keys create|ls|rotate|revoke|set`: client keys managed live through the gateway's
 admin endpoints (/v1/admin/keys, gateway/admin.py), with the admin key like `thawline usage`.
+A key's adapters scope (`--adapters alice-*`) limits which `<route>:<adapter>` models it may use.
 
 The secret of a created or rotated key is printed once; the gateway stores only its SHA-256.
 """
@@ -20,6 +21,23 @@ app = typer.Typer(help="Create, list, rotate and revoke gateway client keys (adm
 _BASE = typer.Option(None, "--base-url", help=f"Gateway base URL, as for the openai SDK (env {BASE_URL_ENV}; "
                      "default http://127.0.0.1:8000/v1).")
 _ADMIN = typer.Option(None, "--admin-key", envvar=ADMIN_KEY_ENV, help=f"Admin key (env {ADMIN_KEY_ENV}).")
+_ADAPTERS_HELP = ("LoRA adapters (`<route>:<adapter>`) the key may use: a name or a `prefix*` such as 'alice-*' "
+                  "(repeat, or separate with commas); default every adapter.")
+_NO_ADAPTERS_HELP = "The key may use no adapter at all (base models only)."
+
+
+def adapters_body(adapters: list[str] | None, no_adapters: bool = False,
+                  all_adapters: bool = False) -> dict[str, Any]:
+    """The key's `adapters` scope for the admin API: {} (unchanged / every adapter on create),
+    {"adapters": [...]}, [] with --no-adapters, null with --all-adapters."""
+    names = [n.strip() for a in (adapters or []) for n in a.split(",") if n.strip()]
+    if sum((bool(names), no_adapters, all_adapters)) > 1:
+        raise CLIError("give one of --adapters, --no-adapters, --all-adapters")
+    if no_adapters:
+        return {"adapters": []}
+    if all_adapters:
+        return {"adapters": None}
+    return {"adapters": names} if names else {}
 
 
 def admin_url(base_url: str | None, path: str) -> str:
@@ -78,6 +96,8 @@ def _print_secret(out: dict) -> None:
 @one_line_errors
 def create(key_id: Optional[str] = typer.Option(None, "--id", help="Key id (default: generated)."),
            route: Optional[list[str]] = typer.Option(None, "--route", "-r", help="Allowed route alias (repeat; default all)."),
+           adapters: Optional[list[str]] = typer.Option(None, "--adapters", "--adapter", help=_ADAPTERS_HELP),
+           no_adapters: bool = typer.Option(False, "--no-adapters", help=_NO_ADAPTERS_HELP),
            rpm: Optional[int] = typer.Option(None, "--rpm", min=1, help="Requests per minute for this key."), tpm: Optional[int] = typer.Option(None, "--tpm", min=1, help="Tokens per minute (prompt + max output) for this key."),
            max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1, help="Requests in flight at once."),
            usd_per_day: Optional[float] = typer.Option(None, "--usd-per-day", min=0, help="Daily budget in USD (UTC day)."),
@@ -85,7 +105,8 @@ def create(key_id: Optional[str] = typer.Option(None, "--id", help="Key id (defa
            as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."), base_url: Optional[str] = _BASE,
            admin_key: Optional[str] = _ADMIN) -> None:
     """Create a client key; its secret is printed once."""
-    body: dict[str, Any] = limits_body(rpm, tpm, max_concurrent, usd_per_day, usd_per_month)
+    body: dict[str, Any] = {**limits_body(rpm, tpm, max_concurrent, usd_per_day, usd_per_month),
+                            **adapters_body(adapters, no_adapters)}
     if key_id is not None:
         _key_path(key_id)
         body["id"] = key_id
@@ -107,10 +128,12 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of
     from rich.console import Console
     from rich.table import Table
     t = Table(title="Gateway keys")
-    for c in ("id", "source", "routes", "limits", "budget"):
+    for c in ("id", "source", "routes", "adapters", "limits", "budget"):
         t.add_column(c)
     for k in out.get("data", []):
+        scope = k.get("adapters")
         t.add_row(k["id"], k.get("source", ""), ",".join(k.get("routes") or ["*"]),
+                  "*" if scope is None else (",".join(scope) or "(none)"),
                   json.dumps(k.get("limits")) if k.get("limits") else "", json.dumps(k.get("budget")) if k.get("budget") else "")
     Console(width=200).print(t)
 
@@ -140,10 +163,15 @@ def set_limits(key_id: str = typer.Argument(..., help="Key id."),
                max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1, help="Requests in flight at once."),
                usd_per_day: Optional[float] = typer.Option(None, "--usd-per-day", min=0, help="Daily budget in USD (UTC day)."),
                usd_per_month: Optional[float] = typer.Option(None, "--usd-per-month", min=0, help="Monthly budget in USD (UTC month)."),
+               adapters: Optional[list[str]] = typer.Option(None, "--adapters", "--adapter", help=_ADAPTERS_HELP.replace("default every adapter", "replaces the key's scope")),
+               no_adapters: bool = typer.Option(False, "--no-adapters", help=_NO_ADAPTERS_HELP),
+               all_adapters: bool = typer.Option(False, "--all-adapters", help="The key may use every adapter again."),
                base_url: Optional[str] = _BASE, admin_key: Optional[str] = _ADMIN) -> None:
-    """Change a key's limits and budget live."""
-    body = limits_body(rpm, tpm, max_concurrent, usd_per_day, usd_per_month)
+    """Change a key's limits, budget and adapters scope live."""
+    body = {**limits_body(rpm, tpm, max_concurrent, usd_per_day, usd_per_month),
+            **adapters_body(adapters, no_adapters, all_adapters)}
     if not body:
-        raise CLIError("nothing to change: give --rpm/--tpm/--max-concurrent/--usd-per-day/--usd-per-month")
+        raise CLIError("nothing to change: give --rpm/--tpm/--max-concurrent/--usd-per-day/--usd-per-month/"
+                       "--adapters/--no-adapters/--all-adapters")
     out = _call("PATCH", base_url, admin_key, _key_path(key_id), body)
     typer.echo(json.dumps(out))

@@ -22,6 +22,7 @@ app = typer.Typer(
 # checkout still gives a working CLI.
 _SUBAPPS = [
     ("cluster.cli.snapshot.commands", "app", "snapshot"),
+    ("cluster.cli.adapter", "app", "adapter"),
     ("cluster.cli.model", "app", "model"),
     ("cluster.cli.cluster_cmd", "app", "cluster"),
     ("cluster.cli.bench", "app", "bench"),

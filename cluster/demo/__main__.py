@@ -190,6 +190,7 @@ def print_next_steps(console, *, kept: bool, started_keep: bool = False) -> None
 
 def serving_half(args, steps, work: Path, hf_dir: Path, store_url: str) -> None:
     from cluster.demo import stack as st
+    from cluster.demo.adapters import push_adapters
     from cluster.demo.ui import note
     from testkit.fake_providers import FakeServer
 
@@ -214,6 +215,7 @@ def serving_half(args, steps, work: Path, hf_dir: Path, store_url: str) -> None:
             note(f"Ray dashboard {ray_info.dashboard_url}; fake OpenAI-style provider {fake.openai_url} (not a real API)")
         with steps.step(f"Snapshot through the engine path (vLLM boots once at TP={args.serve_tp})"):
             snap_url = _serving_snapshot(args, earlier, proc, work, hf_dir, store_url)
+        steps.soft("Push two users' LoRA adapters next to the snapshot", push_adapters, hf_dir, snap_url, work)
         http_port = st.KEEP_HTTP_PORT if args.keep else st.free_port()
         base_url = f"http://127.0.0.1:{http_port}/v1"
         with steps.step("Deploy the gateway and the LLM app, scaled to zero (validate, then `serve deploy`)"):
@@ -288,6 +290,7 @@ def _requests(steps, client, fake, base_url: str) -> None:
     from cluster.cli.ops.commands import status_tables
     from cluster.cli.ops.status import gather
     from cluster.demo import session as s
+    from cluster.demo.adapters import two_users
     from cluster.demo import stack as st
     from cluster.demo.ui import console
 
@@ -300,6 +303,8 @@ def _requests(steps, client, fake, base_url: str) -> None:
     steps.soft("Fallback: the hosted provider (a loopback FAKE) fails, the local model answers",
                s.fallback, client, fake.state)
     steps.soft("Rate-limited burst", s.rate_limited_burst, base_url, st.DEMO_KEY)
+    steps.soft("Two users' adapters: same prompt, different answers, each key scoped to its own",
+               two_users, base_url)
     steps.soft("The same gateway from the openai SDK", s.openai_sdk, base_url, st.DEMO_KEY)
     steps.soft("... and from inside the cluster, through a DeploymentHandle", s.in_cluster_handle, st.DEMO_KEY)
     steps.soft("Cost ledger", s.ledger, client, st.ADMIN_KEY)

@@ -27,6 +27,8 @@ MAX_TOKENS_CAP = 128                # below the served max_model_len (256, local
 DEMO_IDLE_S = 8.0                    # the LLM replica scales to zero (and parks) after this much idle
 PARKED_MEMORY_GB = 8.0               # the warm pool's budget for parked engines (the tiny one: ~2-3 GB with its 1 GiB KV cache)
 COLD_WAIT_S = 300.0                 # how long a request may wait for the model to come up from zero
+# demo-only keys of two users, each scoped to its own LoRA adapters (`<user>-*`, cluster/demo/adapters.py)
+ADAPTER_KEYS = {"alice": "sk-thawline-demo-alice", "bob": "sk-thawline-demo-bob"}
 
 
 def free_port() -> int:
@@ -71,7 +73,9 @@ def gateway_config(fake_base_url: str, ledger_url: str, key_store_url: str | Non
             "burst": {"targets": [{"provider": "hosted-fake", "model": FAKE_HOSTED_MODEL, "timeout_s": 10}],
                       "limits": {"rpm": BURST_RPM}},
         },
-        "keys": [{"id": "demo", "sha256": sha256(DEMO_KEY), "routes": ["*"]}],
+        "keys": [{"id": "demo", "sha256": sha256(DEMO_KEY), "routes": ["*"]},
+                 *({"id": user, "sha256": sha256(key), "routes": [MODEL], "adapters": [f"{user}-*"]}
+                   for user, key in ADAPTER_KEYS.items())],
         "ledger": {"url": ledger_url, "flush_interval_s": 1.0},
         "server": {"admin_key_env": None, "admin_key_sha256": sha256(ADMIN_KEY)},
     }
@@ -107,6 +111,8 @@ def serve_config(http_port: int, snapshot_url: str, gateway_yaml: Path) -> dict[
     llm["args"]["autoscaling"] = {**local["args"].get("autoscaling", {}), "min_replicas": 0,
                                   "max_replicas": 1, "downscale_delay_s": DEMO_IDLE_S}
     llm["args"]["parked_memory_gb"] = PARKED_MEMORY_GB
+    # per-user LoRA adapters pushed next to the snapshot (cluster/demo/adapters.py)
+    llm["args"]["adapters"] = {"enabled": True, "max_loras": 2, "max_lora_rank": 8, "list_every_s": 2}
     if "runtime_env" in local and "runtime_env" not in llm:
         llm["runtime_env"] = local["runtime_env"]
     gw["args"]["config_path"] = str(gateway_yaml)

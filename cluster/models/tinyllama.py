@@ -270,15 +270,21 @@ def generate_llama(out_dir, *, preset: str = "tiny", size_gb: float | None = Non
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)
         _write_model(tmp, p, seed)
-        try:
-            os.rename(tmp, out)  # atomic when out does not exist yet
-        except OSError:
-            out.mkdir(parents=True, exist_ok=True)
-            for f in sorted(tmp.iterdir()):
-                os.replace(f, out / f.name)
+        move_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def move_into_place(tmp: Path, out: Path) -> None:
+    """Move a dir built next to `out` into place: one atomic rename when `out` does not exist yet,
+    else file by file (each replace atomic)."""
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        out.mkdir(parents=True, exist_ok=True)
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, out / f.name)
 
 
 def iter_tensor_names(preset: str = "tiny", size_gb: float | None = None) -> Iterator[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from gateway.adapters import adapter_scope
 from gateway.costs.schema import BudgetSpec
 
 
@@ -16,7 +17,7 @@ def periods(ts: datetime) -> tuple[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class Overrun:
-    scope: str          # "key:<id>" | "route:<alias>"
+    scope: str          # "key:<id>" | "route:<alias>" | "adapter:<route>:<adapter>"
     period: str         # "day" | "month"
     spent: float
     limit: float
@@ -39,11 +40,14 @@ class SpendTotals:
     def __init__(self) -> None:
         self.usd: dict[tuple[str, str], float] = {}
 
-    def add(self, key_id: str, route: str, cost: float, ts: datetime, *, local: bool = False) -> None:
+    def add(self, key_id: str, route: str, cost: float, ts: datetime, *, local: bool = False,
+            adapter: str | None = None) -> None:
         if not cost:
             return
-        scopes = (f"key:{key_id}", f"route:{route}")
-        for scope in scopes + ((LOCAL + scopes[0], LOCAL + scopes[1]) if local else ()):
+        scopes: tuple[str, ...] = (f"key:{key_id}", f"route:{route}")
+        if adapter is not None:
+            scopes += (adapter_scope(route, adapter),)
+        for scope in scopes + (tuple(LOCAL + s for s in scopes) if local else ()):
             for p in periods(ts):
                 k = (scope, p)
                 self.usd[k] = self.usd.get(k, 0.0) + cost

@@ -8,7 +8,8 @@ Layout under the ledger URL (hive-style, one directory per UTC day):
 A compacted file's Parquet footer carries two key-value entries:
   `thawline.covers`  JSON list of the file names (in the same directory) whose rows it holds,
                      transitively (an older day file it absorbed, and what that one covered);
-  `thawline.totals`  JSON {scope: usd} of its rows ("key:<id>" / "route:<alias>"), so start-up
+  `thawline.totals`  JSON {scope: usd} of its rows ("key:<id>" / "route:<alias>" /
+                     "adapter:<route>:<adapter>"), so start-up
                      rebuilds a month's budget totals from at most one footer per day.
 
 Two compactions of one day (two clusters on one ledger URL, or a restarted actor racing its
@@ -38,6 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from gateway.adapters import adapter_scope
 from gateway.costs.budget import LOCAL
 from gateway.costs.usage import LEDGER_SCHEMA
 
@@ -149,8 +151,8 @@ def visible_files(fs, root: str, since_day: str | None = None) -> list[str]:
 
 
 def scope_totals(table: pa.Table) -> dict[str, float]:
-    """{"key:<id>": usd, "route:<alias>": usd} of the rows (zero-cost groups left out), and the
-    accelerator-priced part of each under budget.LOCAL + scope."""
+    """{"key:<id>": usd, "route:<alias>": usd, "adapter:<route>:<adapter>": usd} of the rows
+    (zero-cost groups left out), and the accelerator-priced part of each under budget.LOCAL + scope."""
     out: dict[str, float] = {}
     if table.num_rows == 0:
         return out
@@ -162,6 +164,13 @@ def scope_totals(table: pa.Table) -> dict[str, float]:
             for name, usd in zip(agg[col].to_pylist(), agg["cost_usd_sum"].to_pylist()):
                 if usd:
                     out[mark + prefix + name] = usd
+        if "adapter" in t.column_names:
+            agg = t.select(["route", "adapter", "cost_usd"]).group_by(["route", "adapter"]).aggregate(
+                [("cost_usd", "sum")])
+            for route, adapter, usd in zip(agg["route"].to_pylist(), agg["adapter"].to_pylist(),
+                                           agg["cost_usd_sum"].to_pylist()):
+                if usd and adapter is not None:
+                    out[mark + adapter_scope(route, adapter)] = usd
     return out
 
 
@@ -286,7 +295,7 @@ def month_totals(fs, root: str, month_start: datetime) -> list[tuple[str, dict[s
         for t in totals.values():
             for k, v in t.items():
                 sums[k] = sums.get(k, 0.0) + v
-        for k, v in scope_totals(read_files(fs, parts, ["key_id", "route", "cost_usd", "pricing"])).items():
+        for k, v in scope_totals(read_files(fs, parts, ["key_id", "route", "cost_usd", "pricing", "adapter"])).items():
             sums[k] = sums.get(k, 0.0) + v
         out.append((day, sums))
     return out

@@ -59,7 +59,8 @@ class Ledger:
     # -- writing -------------------------------------------------------------------------
     def append(self, rows: list[dict]) -> None:
         for r in rows:
-            self.totals.add(r["key_id"], r["route"], r["cost_usd"], r["ts"], local=r.get("pricing") == "local")
+            self.totals.add(r["key_id"], r["route"], r["cost_usd"], r["ts"], local=r.get("pricing") == "local",
+                            adapter=r.get("adapter"))
         if self.fs is None:
             self.memory.extend(rows)
             return

@@ -34,10 +34,11 @@ class BudgetSpec(BaseModel):
 
 
 # Columns of the Parquet ledger, in order. `estimated` marks rows whose token counts were
-# counted locally because the provider reported no usage.
+# counted locally because the provider reported no usage. `adapter` (null for the base model) came
+# later: files written before it read with the column null (pyarrow.dataset fills it in).
 LEDGER_COLUMNS = (
     "ts", "key_id", "route", "target", "model", "tokens_in", "tokens_out", "tokens_cached",
-    "cost_usd", "latency_ms", "ttft_ms", "status", "attempts", "estimated", "stream", "pricing",
+    "cost_usd", "latency_ms", "ttft_ms", "status", "attempts", "estimated", "stream", "pricing", "adapter",
 )
 
 
@@ -50,7 +51,9 @@ class LedgerRow:
 
     tokens_in counts ALL prompt tokens, cached ones included (OpenAI's `prompt_tokens`);
     tokens_cached is the part of tokens_in served from the provider's prompt cache.
-    `target` is the provider name from gateway.yaml, `model` the upstream model name.
+    `target` is the provider name from gateway.yaml, `model` the upstream model name, `adapter`
+    the LoRA adapter the client asked for (`<route>:<adapter>`; None: the base model), on every
+    row of the request, its fallback targets' too.
     `cost_usd` is filled in by CostTracker.record; `pricing` says how: "table" (shipped price
     table), "config" (gateway.yaml override), "local" (accelerator-seconds share), "unpriced".
     """
@@ -70,6 +73,7 @@ class LedgerRow:
     stream: bool = False
     cost_usd: float = 0.0
     pricing: str = ""
+    adapter: str | None = None
     ts: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import logging
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
+from gateway.adapters import AdapterQuota
 from gateway.costs.budget import LOCAL, SpendTotals, check, periods
 from gateway.costs.ledger import Ledger
 from gateway.costs.pricing import PriceBook, cost_usd, worst_case_usd
@@ -43,6 +44,10 @@ class CostTracker:
                  clock: Callable[[], datetime] = _utcnow, traffic: Callable[[], dict] | None = None):
         self.book = book
         self.budgets = budgets or {}                    # "key:<id>" / "route:<alias>" -> BudgetSpec
+        # "adapter:<route>:<adapter>" -> BudgetSpec, added by the first request for each adapter
+        # whose route entry sets a budget (a `prefix*` entry cannot be listed ahead); emptied when
+        # the gateway applies a new config, refilled by the next requests
+        self.adapter_budgets: dict[str, BudgetSpec] = {}
         self.local_targets = local_targets or {}        # provider name -> (serve app, usd_per_hour)
         self.actor = actor
         self.ledger = ledger if ledger is not None else (None if actor is not None else Ledger(None))
@@ -82,17 +87,24 @@ class CostTracker:
             return self.ledger.totals.get(scope, period_id)
         return self.synced.get((scope, period_id), 0.0) + self.unsynced.get(scope, period_id)
 
-    def check_budget(self, *, key_id: str, route: str) -> None:
-        if not self.budgets:
-            return
-        over = check(self.budgets, [f"key:{key_id}", f"route:{route}"], self._spent, self.clock())
+    def check_budget(self, *, key_id: str, route: str, quota: AdapterQuota | None = None) -> None:
+        """`quota`: an adapter request's own limits and budget (its route entry's), checked too."""
+        over = None
+        if self.budgets:
+            over = check(self.budgets, [f"key:{key_id}", f"route:{route}"], self._spent, self.clock())
+        if quota is not None and quota.budget is not None:
+            if self.adapter_budgets.get(quota.scope) is not quota.budget:
+                self.adapter_budgets[quota.scope] = quota.budget   # its spend is synced from now on
+            if over is None:
+                over = check({quota.scope: quota.budget}, [quota.scope], self._spent, self.clock())
         if over is not None:
             METRICS.budget_rejection(over.scope.split(":", 1)[0])
             raise BudgetExceeded(over.message())
 
     def period_spend(self, scope: str, dim: str) -> float:
-        """USD `scope` ("key:<id>" / "route:<alias>") spent this UTC day (dim "usd_day") or month,
-        as far as this replica knows (cluster-wide at the last sync plus its own since)."""
+        """USD `scope` ("key:<id>" / "route:<alias>" / "adapter:<route>:<adapter>") spent this UTC
+        day (dim "usd_day") or month, as far as this replica knows (cluster-wide at the last sync
+        plus its own since)."""
         day, month = periods(self.clock())
         return self._spent(scope, day if dim == "usd_day" else month)
 
@@ -127,8 +139,8 @@ class CostTracker:
         if self.actor is None:
             self.ledger.append([d])
             return row
-        if self.budgets:
-            self.unsynced.add(row.key_id, row.route, row.cost_usd, row.ts)
+        if self.budgets or self.adapter_budgets:
+            self.unsynced.add(row.key_id, row.route, row.cost_usd, row.ts, adapter=row.adapter)
         self.pending.append(d)
         if len(self.pending) > self.max_pending_rows:
             drop = len(self.pending) - self.max_pending_rows
@@ -157,12 +169,13 @@ class CostTracker:
         if self.actor is None:
             return
         traffic = self._traffic_changed()
-        if not self.pending and not self.budgets and traffic is None:
+        scopes = [*self.budgets, *self.adapter_budgets]
+        if not self.pending and not scopes and traffic is None:
             return                  # nothing to send, no spend to refresh: no idle chatter
         rows, self.pending = self.pending, []
         unsynced, self.unsynced = self.unsynced, SpendTotals()
         try:
-            self.synced = await self.actor.push.remote(rows, list(self.budgets), self.local_targets, traffic)
+            self.synced = await self.actor.push.remote(rows, scopes, self.local_targets, traffic)
             if traffic is not None:
                 self._traffic_sent = traffic[1]
         except Exception as e:

@@ -7,14 +7,16 @@ import pyarrow.compute as pc
 from gateway.costs.schema import LEDGER_COLUMNS
 
 IDLE_GROUP = "(idle replica time)"
-GROUP_COLUMNS = {"key": "key_id", "route": "route", "model": "model", "target": "target"}
+# /v1/usage `group_by` -> ledger column. By adapter, the base model's requests are the `null` group.
+GROUP_COLUMNS = {"key": "key_id", "route": "route", "model": "model", "target": "target", "adapter": "adapter"}
+IDLE_RELABELLED = ("key", "route", "adapter")   # groups in which idle replica time is IDLE_GROUP
 
 LEDGER_SCHEMA = pa.schema([
     ("ts", pa.timestamp("us", tz="UTC")), ("key_id", pa.string()), ("route", pa.string()),
     ("target", pa.string()), ("model", pa.string()), ("tokens_in", pa.int64()), ("tokens_out", pa.int64()),
     ("tokens_cached", pa.int64()), ("cost_usd", pa.float64()), ("latency_ms", pa.float64()),
     ("ttft_ms", pa.float64()), ("status", pa.string()), ("attempts", pa.int32()), ("estimated", pa.bool_()),
-    ("stream", pa.bool_()), ("pricing", pa.string()),
+    ("stream", pa.bool_()), ("pricing", pa.string()), ("adapter", pa.string()),
 ])
 assert tuple(LEDGER_SCHEMA.names) == LEDGER_COLUMNS
 
@@ -37,7 +39,7 @@ def aggregate(table: pa.Table, group_by: str) -> list[dict]:
     idle = (pc.equal(table["status"], "idle") if "status" in table.column_names
             else pa.array([False] * table.num_rows))
     t = t.append_column("request", pc.invert(idle).cast(pa.int64()))
-    if group_by in ("key", "route"):
+    if group_by in IDLE_RELABELLED:
         t = t.set_column(0, col, pc.if_else(idle, pa.scalar(IDLE_GROUP), t[col]))
     agg = t.group_by(col).aggregate([
         ("request", "sum"), ("tokens_in", "sum"), ("tokens_out", "sum"), ("tokens_cached", "sum"),

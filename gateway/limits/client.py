@@ -23,6 +23,7 @@ from gateway.limits.schema import LimiterTuning, LimitSpec
 from gateway.metrics import METRICS
 
 if TYPE_CHECKING:
+    from gateway.adapters import AdapterQuota
     from gateway.config import GatewayConfig
     from gateway.costs.schema import BudgetSpec
 
@@ -63,9 +64,11 @@ class LimitClient:
         self.clock, self.wall, self.window_s = clock, wall, window_s
         self.leases = LocalLeases(horizon_s=self.tuning.lease_horizon_s)
         self._broker = broker
-        self._plans: dict[tuple[str, str], list[tuple[Cell, int]]] = {}
-        # (key, route, reserves budget) -> (cells admitted, their limits): built once, not per request
-        self._admit_plans: dict[tuple[str, str, bool], tuple[list[tuple[Cell, int]], dict[Cell, int]]] = {}
+        # (key, route, adapter quota) -> cells and limits
+        self._plans: dict[tuple[str, str, Any], list[tuple[Cell, int]]] = {}
+        # (key, route, reserves budget, adapter quota) -> (cells admitted, their limits): built
+        # once, not per request
+        self._admit_plans: dict[tuple[str, str, bool, Any], tuple[list[tuple[Cell, int]], dict[Cell, int]]] = {}
         self._free: dict[Cell, int] = {}        # broker's free quota at the last call (headers only)
         self._watch: asyncio.Task | None = None
         self._inflight: asyncio.Future | None = None
@@ -80,7 +83,9 @@ class LimitClient:
         budgets = {f"route:{a}": r.budget for a, r in cfg.routes.items() if r.budget is not None}
         budgets.update({f"key:{k.id}": k.budget for k in cfg.keys if k.budget is not None})
         client = cls(routes, keys, tuning=tuning, broker=broker, budgets=budgets)
-        if broker is None and (client.route_limits or client.key_limits or client.budgets):
+        adapters = any(a.limits is not None or a.budget is not None for r in cfg.routes.values()
+                       for a in r.adapters.values())
+        if broker is None and (client.route_limits or client.key_limits or client.budgets or adapters):
             from gateway.limits.broker import get_broker    # Ray only where limits exist
             client._broker = get_broker(client.tuning)
         return client
@@ -100,45 +105,54 @@ class LimitClient:
             self._broker = get_broker(self.tuning)
 
     # -- request path --------------------------------------------------------------------
-    def _plan(self, key_id: str, route: str) -> list[tuple[Cell, int]]:
-        plan = self._plans.get((key_id, route))
+    def _plan(self, key_id: str, route: str, quota: "AdapterQuota | None" = None) -> list[tuple[Cell, int]]:
+        plan = self._plans.get((key_id, route, quota))
         if plan is None:
             plan = []
-            for scope, spec in ((f"route:{route}", self.route_limits.get(route)),
-                                (f"key:{key_id}", self.key_limits.get(key_id))):
-                if spec is None:
+            specs = [(f"route:{route}", self.route_limits.get(route)), (f"key:{key_id}", self.key_limits.get(key_id))]
+            budgets = [(s, self.budgets.get(s)) for s in (f"key:{key_id}", f"route:{route}")]
+            if quota is not None:   # an adapter's own (gateway/adapters.py), on top of its route's
+                specs.append((quota.scope, quota.limits))
+                budgets.append((quota.scope, quota.budget))
+            for scope, spec in specs:
+                if spec is None or spec.is_empty():
                     continue
                 for dim, limit in (("requests", spec.rpm), ("tokens", spec.tpm), (CONCURRENT, spec.max_concurrent)):
                     if limit is not None:
                         plan.append(((scope, dim), limit))
-            for scope in (f"key:{key_id}", f"route:{route}"):
-                b = self.budgets.get(scope)
+            for scope, b in budgets:
                 if b is None:
                     continue
                 for dim, usd in (("usd_day", b.usd_per_day), ("usd_month", b.usd_per_month)):
                     if usd is not None:
                         plan.append(((scope, dim), max(usd_to_nano(usd), 1)))
-            self._plans[(key_id, route)] = plan
+            self._plans[(key_id, route, quota)] = plan
         return plan
 
-    def _admit_plan(self, key_id: str, route: str, costs: bool) -> tuple[list[tuple[Cell, int]], dict[Cell, int]]:
-        got = self._admit_plans.get((key_id, route, costs))
+    def _admit_plan(self, key_id: str, route: str, costs: bool,
+                    quota: "AdapterQuota | None" = None) -> tuple[list[tuple[Cell, int]], dict[Cell, int]]:
+        got = self._admit_plans.get((key_id, route, costs, quota))
         if got is None:
             # A request that can cost nothing (local or unpriced target) reserves no budget; the
             # CostTracker's own check still refuses it once the budget is spent.
-            plan = [(c, lim) for c, lim in self._plan(key_id, route) if c[1] not in BUDGET_DIMS or costs]
-            got = self._admit_plans[(key_id, route, costs)] = (plan, dict(plan))
+            plan = [(c, lim) for c, lim in self._plan(key_id, route, quota) if c[1] not in BUDGET_DIMS or costs]
+            got = self._admit_plans[(key_id, route, costs, quota)] = (plan, dict(plan))
         return got
 
-    async def admit(self, *, key_id: str, route: str, est_tokens: int, est_cost_usd: float = 0.0) -> Admission:
+    async def admit(self, *, key_id: str, route: str, est_tokens: int, est_cost_usd: float = 0.0,
+                    quota: "AdapterQuota | None" = None) -> Admission:
         """Admit one request: its quota of every rate/concurrency cell, and `est_cost_usd` (its
-        worst-case cost) reserved out of every budget of its key and route. Raises RateLimited
-        or BudgetExceeded."""
+        worst-case cost) reserved out of every budget of its key and route (and, for an adapter
+        request, of the adapter's `quota`). Raises RateLimited or BudgetExceeded."""
         est_nano = usd_to_nano(est_cost_usd)
         adm = Admission(key_id=key_id, route=route, est_tokens=est_tokens, est_cost_nano=est_nano)
-        plan, limits = self._admit_plan(key_id, route, est_nano > 0)
+        plan, limits = self._admit_plan(key_id, route, est_nano > 0, quota)
         if not plan:
             return adm
+        if self._broker is None:
+            # only an adapter's own limits exist (a reconfigure added them): Ray only now, once
+            from gateway.limits.broker import get_broker
+            self._broker = await asyncio.to_thread(get_broker, self.tuning)
         needs = {c: (est_tokens if c[1] == "tokens" else est_nano if c[1] in BUDGET_DIMS else 1)
                  for c, _ in plan}
         if self._watch is None:

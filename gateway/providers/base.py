@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import Any, AsyncIterator
 
 from gateway.fallback import Failure, Kind
 
 _log = logging.getLogger("thawline.gateway")
 
-if TYPE_CHECKING:
-    from gateway.routes import Target
+# `target` below is a gateway.routes.Target, not imported even for type checking: routes imports
+# the LLM app protocol (adapters), which imports this module.
+Target = Any
 
 CHAT, COMPLETIONS, EMBEDDINGS = "chat", "completions", "embeddings"
 
@@ -84,6 +85,8 @@ class Provider:
     endpoints: frozenset[str] = frozenset({CHAT, COMPLETIONS, EMBEDDINGS})
     # whether the provider reports usage on streams when asked (else tokens are counted locally)
     streams_usage: bool = True
+    # LoRA adapters it serves as "<route>:<adapter>" (the serve provider's cached board listing)
+    adapters: frozenset[str] = frozenset()
 
     def __init__(self, name: str, cfg) -> None:
         self.name, self.cfg = name, cfg

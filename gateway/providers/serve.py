@@ -3,7 +3,10 @@
 Handle methods (docs/INTERFACES.md): `generate(request) -> dict` and
 `generate_stream(request) -> async iterator of OpenAI chunks`, last chunk with `usage`.
 Cold/warm state comes from the ReadinessBoard actor, read by a background poll and cached
-here, so checking "is it cold?" on the request path costs no remote call.
+here, so checking "is it cold?" on the request path costs no remote call. The same poll reads
+the adapters the app's router listed in its store (`board.adapters(app)`, every
+ADAPTERS_POLL_S) into `adapters`, a frozenset: whether "<route>:<adapter>" exists is one set
+lookup per request, however many adapters there are.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from gateway.providers.base import CHAT, COMPLETIONS, Provider, ProviderError, R
 log = logging.getLogger("thawline.gateway")
 
 POLL_INTERVAL_S = 0.5
+ADAPTERS_POLL_S = 2.0
 WAKE_EVERY_S = 5.0
 
 
@@ -37,6 +41,7 @@ class ServeProvider(Provider):
         self._poll: asyncio.Task | None = None
         self._last_wake = float("-inf")
         self._wakes: set = set()
+        self.adapters: frozenset[str] = frozenset()   # the board's listing; empty until polled
 
     async def start(self) -> None:
         self._poll = asyncio.get_running_loop().create_task(self._poll_readiness())
@@ -59,18 +64,31 @@ class ServeProvider(Provider):
         if not ray.is_initialized():
             return  # not inside a Ray cluster (e.g. a unit test): never start one as a side effect
         board = None
+        adapters_at = float("-inf")
         while True:
             try:
                 if board is None:
                     # a blocking GCS lookup: off the event loop that serves requests
                     board = await asyncio.to_thread(ray.get_actor, READINESS_ACTOR, namespace=NAMESPACE)
                 self._state = await board.get.remote(self.cfg.app)
+                if time.monotonic() - adapters_at >= ADAPTERS_POLL_S:
+                    adapters_at = time.monotonic()
+                    await self._poll_adapters(board)
             except ValueError:
                 board = None  # not created yet (no LLM replica has reported)
             except Exception as e:  # keep the last known state; the board may be restarting
                 log.debug("readiness poll failed: %s", type(e).__name__)
                 board = None
             await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def _poll_adapters(self, board) -> None:
+        try:
+            names = frozenset(await board.adapters.remote(self.cfg.app))
+        except Exception as e:  # keep the last listing (a board from an older release has none)
+            log.debug("adapter listing poll failed: %s", type(e).__name__)
+            return
+        if names != self.adapters:
+            self.adapters = names
 
     def wake(self, target) -> None:
         """Spillover skipped this target because it is cold: send it a 1-token request (at most
@@ -121,17 +139,20 @@ class ServeProvider(Provider):
             why = str(app_err) if app_err is not None else f"{type(e).__name__}: {str(e)[:200]}"
             return ProviderError(Failure(Kind.STREAM_BROKEN, f"{where}: {why}"))
         if app_err is not None:
-            msg = ((app_err.body.get("error") or {}).get("message") if isinstance(app_err.body, dict) else None)
+            err = (app_err.body.get("error") or {}) if isinstance(app_err.body, dict) else {}
+            msg, code = err.get("message"), err.get("code")
             return ProviderError(Failure(Kind.STATUS, f"{where}: {msg or app_err}", status=app_err.status,
-                                         retry_after_s=5.0 if app_err.status == 503 else None))
+                                         retry_after_s=5.0 if app_err.status == 503 else None,
+                                         code=code if isinstance(code, str) else None))
         return ProviderError(Failure(Kind.STATUS, f"{where}: {type(e).__name__}: {str(e)[:200]}", status=503))
 
     @staticmethod
     def _request(endpoint: str, body: dict, target, *, stream: bool) -> dict:
         # The target's cold-path budget: its first_token_timeout_s bounds the wait for a replica
         # in the app itself (a clean 503 cold_start_timeout, which falls back), streamed or not.
+        # An adapter request names its adapter apart (the body's `model` stays the target's).
         return HandleRequest(endpoint, {**body, "model": target.model, "stream": stream},
-                             max_wait_s=target.cfg.first_token_timeout_s).to_wire()
+                             max_wait_s=target.cfg.first_token_timeout_s, adapter=target.adapter).to_wire()
 
     async def call(self, endpoint: str, body: dict, target) -> Response:
         if endpoint not in self.endpoints:

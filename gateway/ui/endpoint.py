@@ -10,9 +10,10 @@ Authentication, any one of (the admin key of gateway.yaml `server`):
 (default 15, 0: never, at least 5).
 
 Data: spend per day by route, key, provider and model from the ledger (CostTracker.series; idle
-replica time is its own line, as in /v1/usage); latency / TTFT percentiles per route and the
-recent-request log from the ledger rows of every replica (CostTracker.activity); traffic counters
-(requests, answered, 5xx, fallbacks, 429s) summed over every replica by the shared ledger actor
+replica time is its own line, as in /v1/usage); requests, tokens and spend per LoRA adapter over
+the period (CostTracker.query, group_by=adapter; the base model is its own row); latency / TTFT
+percentiles per route and the recent-request log from the ledger rows of every replica
+(CostTracker.activity); traffic counters (requests, answered, 5xx, fallbacks, 429s) summed over every replica by the shared ledger actor
 (gateway/traffic.py; this replica's own registry when there is no actor); budgets
 (CostTracker.budgets and period_spend); breaker states of every target; each local (serve)
 model's cold/warm state (its provider's readiness cache), last cold start and cold-start history
@@ -96,19 +97,22 @@ class Dashboard:
                 from gateway.metrics import METRICS
                 metrics = METRICS
             traffic = {**counters(getattr(metrics, "registry", None)), "replicas": None}
+        adapters = await costs.query(group_by="adapter", since=since) if costs is not None else []
         today = now.strftime("%Y-%m-%d")
         traffic = {**traffic, "cost_usd": sum(r["cost_usd"] for r in spend["route"]),
                    "cost_today_usd": sum(r["cost_usd"] for r in spend["route"] if r["bucket"] == today)}
         return {"days": days, "refresh_s": refresh_s, "spend": spend, "traffic": traffic,
                 "latency": activity["latency"], "recent": activity["recent"], "budgets": self._budgets(costs),
+                "adapters": adapters,
                 "breakers": [{"target": t.id, "state": gw.breakers.state(t.id)}
-                             for r in gw.routes.values() for tier in r.tiers for t in tier],
+                             for r in gw.routes.values() for t in r.all_targets()],
                 "local": await self._local()}
 
     @staticmethod
     def _budgets(costs: Any) -> list[dict]:
         out = []
-        for scope, spec in sorted((getattr(costs, "budgets", None) or {}).items()):
+        budgets = {**(getattr(costs, "budgets", None) or {}), **(getattr(costs, "adapter_budgets", None) or {})}
+        for scope, spec in sorted(budgets.items()):
             for period, dim, limit in (("day", "usd_day", spec.usd_per_day), ("month", "usd_month", spec.usd_per_month)):
                 if limit is not None:
                     out.append({"scope": scope, "period": period, "used": costs.period_spend(scope, dim),

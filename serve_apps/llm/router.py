@@ -40,11 +40,13 @@ from gateway.llm_protocol import (
     cold_start_timeout,
     error_body,
     max_wait_from,
+    model_not_found,
+    ADAPTER_SEPARATOR,
 )
 from gateway.names import NAMESPACE, warm_pool_name
 from gateway.readiness import CACHED, COLD, PARKED, get_or_create_board
 from gateway.response_headers import MAX_WAIT_S
-from serve_apps.llm.args import LLMAppArgs, parked_key
+from serve_apps.llm.args import LLMAppArgs, adapter_location, parked_key
 from serve_apps.llm.http_auth import check_http_access
 from serve_apps.llm.prewarm import Prewarmer
 from serve_apps.llm.snapshot_ahead import SnapshotAhead
@@ -91,13 +93,19 @@ class LLMRouter:
             self._board.note_snapshot.remote(self.app_name)
             # so a cold replica does not resolve it on the cold path (snapshot_ahead.py)
             self._ahead = SnapshotAhead(self.app_name, self.args.snapshot_url, self._board).start()
+        self._adapters = None
+        if (where := adapter_location(self.args)) is not None:
+            from serve_apps.llm.adapter_listing import AdapterListing
+
+            self._adapters = AdapterListing(self.app_name, *where, self._board, self.args.adapters.list_every_s).start()
         self._router_id = serve.get_replica_context().replica_id.unique_id
         if self.args.parks_engines:
             self._board.note_parked_key.remote(self.app_name, self._park_key, self._router_id)
 
     def __del__(self) -> None:
         # Serve stops this replica (app deleted or redeployed): no prewarm for it from here on.
-        for worker in (getattr(self, "_prewarm", None), getattr(self, "_ahead", None)):
+        for worker in (getattr(self, "_prewarm", None), getattr(self, "_ahead", None),
+                       getattr(self, "_adapters", None)):
             if worker is not None:
                 worker.stop()
         if getattr(self, "_router_id", None) is not None and self.args.parks_engines:
@@ -195,9 +203,19 @@ class LLMRouter:
 
     # -- handle API (gateway) ------------------------------------------------------------------
 
+    def _early_fetch(self, req: HandleRequest) -> None:
+        """An adapter request starts its adapter's download now (adapter_listing.py); one for an app
+        that serves no adapters is a 404 at once, without waking the model."""
+        if req.adapter is None:
+            return
+        if self._adapters is None:
+            raise model_not_found(req.adapter)
+        self._adapters.fetch_early(req.adapter)
+
     async def generate(self, request: dict) -> dict:
         """request: a HandleRequest on the wire; raises LLMAppError (503 on cold-start timeout)."""
         req = HandleRequest.from_wire(request)
+        self._early_fetch(req)
         t_req, info, parked = await self._wait_ready(self._max_wait(req.max_wait_s))
         server = self._server if parked is None else parked
         out = await server.generate.remote(self._normalise(req))
@@ -212,6 +230,7 @@ class LLMRouter:
 
     async def generate_stream(self, request: dict) -> AsyncIterator[dict]:
         req = HandleRequest.from_wire(request)
+        self._early_fetch(req)
         t_req, info, parked = await self._wait_ready(self._max_wait(req.max_wait_s))
         chunks = (self._server_stream.generate_stream.remote(self._normalise(req)) if parked is None
                   else host_stream(parked, self._normalise(req)))
@@ -232,9 +251,9 @@ class LLMRouter:
 
     def _normalise(self, req: HandleRequest) -> dict:
         """The request for the engine: the body names the served model (one model per app: an
-        empty id means it); the wait bound stays here."""
+        empty id means it), the adapter goes along; the wait bound stays here."""
         body = req.body if req.body.get("model") else {**req.body, "model": self.args.served_model_id}
-        return HandleRequest(req.endpoint, body).to_wire()
+        return HandleRequest(req.endpoint, body, adapter=req.adapter).to_wire()
 
     # -- HTTP ----------------------------------------------------------------------------------
 
@@ -277,7 +296,7 @@ class LLMRouter:
             return JSONResponse(error_body("request body is not JSON"), status_code=400)
         if not isinstance(body, dict):
             return JSONResponse(error_body("request body must be a JSON object"), status_code=400)
-        req = HandleRequest(endpoint, body, max_wait_from(request.headers.get(MAX_WAIT_HEADER))).to_wire()
+        req = self._http_request(endpoint, body, request).to_wire()
         if not body.get("stream"):
             try:
                 return JSONResponse(await self.generate(req))
@@ -294,6 +313,14 @@ class LLMRouter:
         except StopAsyncIteration:
             first = None
         return StreamingResponse(sse_frames(first, gen, want_usage), media_type="text/event-stream")
+
+    def _http_request(self, endpoint: str, body: dict, request: Request) -> HandleRequest:
+        """The app's own HTTP routes address an adapter as the gateway does: "<served model>:<adapter>"."""
+        served, model = self.args.served_model_id, str(body.get("model") or "")
+        adapter = None
+        if model.startswith(served + ADAPTER_SEPARATOR) and len(model) > len(served) + 1:
+            adapter, body = model[len(served) + 1:], {**body, "model": served}
+        return HandleRequest(endpoint, body, max_wait_from(request.headers.get(MAX_WAIT_HEADER)), adapter)
 
     @staticmethod
     def _error_response(e: LLMAppError) -> JSONResponse:

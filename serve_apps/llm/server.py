@@ -23,12 +23,12 @@ from ray import serve
 
 from gateway import cold_start_phases as cs
 from gateway.readiness import REPLICA_STATES, STARTING, STOPPED, WARM, get_or_create_board
-from serve_apps.llm.args import LLMAppArgs, effective_engine_overrides, first_boot_ref, parked_key
+from serve_apps.llm.args import LLMAppArgs, adapter_location, effective_engine_overrides, first_boot_ref, parked_key
 from serve_apps.llm.first_boot import committed_snapshot, engine_identity, local_source
 from serve_apps.llm.node_cache import pin_node_id
 from serve_apps.llm.gpus import rank_bundles, visible_devices
 from serve_apps.llm.snapshot_ahead import use_resolved
-from serve_apps.llm.spec import CaptureSpec, EngineSpec
+from serve_apps.llm.spec import AdapterSpec, CaptureSpec, EngineSpec
 from serve_apps.llm.timeline import process_start_time
 
 log = logging.getLogger("thawline.serve")
@@ -63,6 +63,12 @@ class _LocalHost:
         async for chunk in self.host.generate_stream(request):
             yield chunk
 
+    async def adapters(self) -> dict | None:
+        return await self.host.adapters()
+
+    async def unload_idle_adapters(self) -> list[str]:
+        return await self.host.unload_idle_adapters()
+
     async def close(self) -> None:
         self.host.shutdown()
 
@@ -85,6 +91,12 @@ class _PooledHost:
         async for chunk in host_stream(self.actor, request):
             yield chunk
 
+    async def adapters(self) -> dict | None:
+        return await self.actor.adapters.remote()
+
+    async def unload_idle_adapters(self) -> list[str]:
+        return await self.actor.unload_idle_adapters.remote()
+
     async def adopt(self) -> dict:
         return await self.actor.adopt.remote()
 
@@ -104,6 +116,15 @@ class _PooledHost:
         except Exception as e:  # noqa: BLE001 - an engine nobody keeps must not linger
             log.warning("thawline: parking the engine failed (%s: %s); stopping it", type(e).__name__, e)
             await self.close()
+
+
+def adapter_spec(args: LLMAppArgs) -> AdapterSpec | None:
+    """What the engine host needs to serve the app's adapters (None: the app serves none)."""
+    where = adapter_location(args)
+    if where is None:
+        return None
+    return AdapterSpec(store_url=where[0], model=where[1], max_lora_rank=args.adapters.max_lora_rank,
+                       idle_unload_s=args.adapters.idle_unload_s)
 
 
 def _gpu_ids_here() -> list:
@@ -217,7 +238,8 @@ class LLMServer:
                           verify=a.verify_checksums, snapshot_url=snapshot_url, capture=capture,
                           accelerator=accelerator, gpu_ids=gpu_ids,
                           runtime_env=ray.get_runtime_context().runtime_env,
-                          placement_group=ray.util.get_current_placement_group() if gpu else None)
+                          placement_group=ray.util.get_current_placement_group() if gpu else None,
+                          adapters=adapter_spec(a))
 
     async def _start_engine(self) -> dict:
         a = self.args
@@ -267,6 +289,14 @@ class LLMServer:
     async def generate_stream(self, request: dict) -> AsyncIterator[dict]:
         async for chunk in self._host.generate_stream(request):
             yield chunk
+
+    async def adapters(self) -> dict | None:
+        """The adapters this replica's engine has loaded (adapter_host.HostAdapters.describe)."""
+        return await self._host.adapters()
+
+    async def unload_idle_adapters(self) -> list[str]:
+        """Unload adapters idle past idle_unload_s now (the host also does it on its own)."""
+        return await self._host.unload_idle_adapters()
 
     async def __del__(self) -> None:
         # Serve awaits an async __del__ when it stops the replica (scale down, redeploy).

@@ -25,6 +25,17 @@ class CaptureSpec(BaseModel):
     snapshot_id: str = Field(description="The snapshot id this boot claims and writes.")
 
 
+class AdapterSpec(BaseModel):
+    """LoRA adapters the engine serves: loaded on demand from the store, unloaded when idle."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store_url: str = Field(description="Store holding the adapters (snapshots/adapters layout).")
+    model: str = Field(description="Model name the adapters were pushed under.")
+    max_lora_rank: int = Field(ge=1, description="Largest rank the engine was started for.")
+    idle_unload_s: float = Field(gt=0, description="Unload an adapter after this many idle seconds.")
+
+
 class EngineSpec(BaseModel):
     """Exactly one of `snapshot_url` (restore a committed snapshot) or `capture` (first boot)."""
 
@@ -42,6 +53,7 @@ class EngineSpec(BaseModel):
                                  "PlacementGroup), so vLLM's Ray workers use its bundles.")
     runtime_env: Any = Field(None, description="The replica's Ray runtime_env (a dict): its env_vars are "
                              "set in the host before the engine starts, and vLLM's Ray workers start under it.")
+    adapters: AdapterSpec | None = Field(None, description="LoRA adapters served on demand; None: the base only.")
 
     @model_validator(mode="after")
     def _one_source(self) -> "EngineSpec":

@@ -7,6 +7,7 @@ failing starts must not share the pytest process.
     python tests/e2e/engine_runner.py '{"action": "create", "hf_dir": ..., "tp": 1, "store_url": ..., "name": ..., "overrides": {}}'
     python tests/e2e/engine_runner.py '{"action": "hf", "hf_dir": ..., "tp": 1, "prompts": [...], "max_tokens": 6}'
     python tests/e2e/engine_runner.py '{"action": "snapshot", "url": ..., "prompts": [...], "max_tokens": 6, "overrides": {}}'
+    python tests/e2e/engine_runner.py '{"action": "lora_batches", "hf_dir": ..., "loras": {"a": dir, ...}, "batches": [[null, "a"], ...], "prompts": [...], "max_tokens": 6}'
 """
 from __future__ import annotations
 
@@ -50,7 +51,27 @@ def main(spec: dict) -> dict:
         llm = start_engine(spec["url"], **spec.get("overrides", {}))
         return {"tokens": _generate(llm, spec["prompts"], spec["max_tokens"]),
                 "rank_loads": [load.model_dump() for load in read_rank_loads(loads)]}
+    if action == "lora_batches":
+        return {"batches": _lora_batches(spec)}
     raise ValueError(f"unknown action {action!r}")
+
+
+def _lora_batches(spec: dict) -> list[list[list[int]]]:
+    """Each batch (one adapter name or null per prompt) generated as ONE batch, in order, on an
+    engine with two adapter slots: what a mixed base + adapter batch answers."""
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    llm = LLM(spec["hf_dir"], dtype=DTYPE, max_model_len=MAX_MODEL_LEN, enforce_eager=True, enable_lora=True,
+              max_loras=2, max_cpu_loras=4, max_lora_rank=8)
+    ids = {name: i + 1 for i, name in enumerate(spec["loras"])}
+    params = SamplingParams(temperature=0.0, max_tokens=spec["max_tokens"], ignore_eos=True)
+    out = []
+    for batch in spec["batches"]:
+        loras = [None if n is None else LoRARequest(n, ids[n], spec["loras"][n]) for n in batch]
+        res = llm.generate(spec["prompts"][:len(batch)], params, lora_request=loras, use_tqdm=False)
+        out.append([list(o.outputs[0].token_ids) for o in res])
+    return out
 
 
 if __name__ == "__main__":

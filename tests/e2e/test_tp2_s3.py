@@ -8,7 +8,8 @@ of 1, scaled to zero). In order, on one deployment:
 2. a streamed request (official openai SDK) wakes the model: the replica claims that host, the
    host runs the whole TP group (EngineCore and both rank workers are its processes, none the
    replica's), and both ranks came through the node cache dir the app's env names;
-3. idle, it scales back to zero and the claimed host, its workers included, is stopped.
+3. a LoRA adapter pushed to the same S3 store (adapters.enabled) answers at TP=2, unlike the base;
+4. idle, it scales back to zero and the claimed host, its workers included, is stopped.
 """
 from __future__ import annotations
 
@@ -42,7 +43,9 @@ TOKENS = 2  # TP=2 decode on 2 cores is ~1.4 s a token
 
 
 @pytest.fixture(scope="module")
-def served(moto_server, tiny_tp2_snapshot_url, e2e_tmp):
+def served(moto_server, tiny_tp2_snapshot_url, tiny_model_dir, e2e_tmp):
+    from cluster.models.tinylora import generate_lora
+    from snapshots.adapters import AdapterStore
     from snapshots.store import SnapshotStore
 
     # Before Ray starts: the session's TP=2 snapshot (made by vLLM) copied to S3, its commit
@@ -54,11 +57,13 @@ def served(moto_server, tiny_tp2_snapshot_url, e2e_tmp):
     store, ref = SnapshotStore.for_snapshot(f"{store_url}/tiny/latest")
     snap = store.load(ref)
     assert snap.meta.tp_size == 2 and snap.ref.snapshot_id == src.name
+    AdapterStore(store_url).push(generate_lora(tiny_model_dir, e2e_tmp / "tp2-lora", seed=1), model="tiny", name="alice")
     node_cache = e2e_tmp / "tp2-node-cache"
     app = llm_app_config(load_config("local-cpu.yaml"), name=APP, route_prefix=f"/{APP}", args={
         "model_source": None, "snapshot_store": None, "snapshot_name": None,
         "snapshot_url": f"{store_url}/tiny/latest", "tensor_parallel_size": 2, "warm_pool_size": 1,
-        "cold_start_max_wait_s": 300, "autoscaling": {"downscale_delay_s": IDLE_S, "look_back_period_s": 1}},
+        "cold_start_max_wait_s": 300, "autoscaling": {"downscale_delay_s": IDLE_S, "look_back_period_s": 1},
+        "adapters": {"enabled": True, "max_loras": 1, "max_lora_rank": 8}},
         env={"VLLM_CPU_OMP_THREADS_BIND": "0|1", "THAWLINE_CACHE_DIR": str(node_cache)})
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="tl-", dir="/tmp")  # Ray's socket paths must fit 107 bytes
@@ -143,7 +148,8 @@ def test_cold_tp2_request_runs_on_the_claimed_host_from_the_node_cache(served):
     c = openai.OpenAI(base_url=f"{served['base']}/v1", api_key="unused", timeout=600, max_retries=0)
     chunks = list(c.completions.create(model="tiny", prompt="Hello world!", max_tokens=TOKENS, temperature=0,
                                        stream=True, stream_options={"include_usage": True}))
-    assert "".join(ch.choices[0].text for ch in chunks if ch.choices), chunks
+    served["base_text"] = "".join(ch.choices[0].text for ch in chunks if ch.choices)
+    assert served["base_text"], chunks
     assert chunks[-1].usage.completion_tokens == TOKENS
 
     with urllib.request.urlopen(f"{served['base']}/thawline/state", timeout=30) as r:
@@ -169,6 +175,19 @@ def test_cold_tp2_request_runs_on_the_claimed_host_from_the_node_cache(served):
         for part in snap.meta.ranks[rank].parts:
             f = local / part.path
             assert f.is_file() and f.stat().st_size == part.nbytes, f"rank {rank}: {f}"
+
+
+def test_an_adapter_answers_at_tp2_unlike_the_base(served):
+    import openai
+
+    if "base_text" not in served:
+        pytest.skip("no base answer: the cold-start test failed")
+    c = openai.OpenAI(base_url=f"{served['base']}/v1", api_key="unused", timeout=600, max_retries=0)
+    r = c.completions.create(model="tiny:alice", prompt="Hello world!", max_tokens=TOKENS, temperature=0)
+    assert r.usage.completion_tokens == TOKENS
+    assert r.choices[0].text != served["base_text"], (r.choices[0].text, served["base_text"])
+    again = c.completions.create(model="tiny:alice", prompt="Hello world!", max_tokens=TOKENS, temperature=0)
+    assert again.choices[0].text == r.choices[0].text
 
 
 def test_scales_to_zero_and_stops_the_claimed_host(served):

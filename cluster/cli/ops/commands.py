@@ -65,8 +65,11 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-GROUPS = ("key", "route", "model", "target")
+# /v1/usage's group_by values (gateway/costs/usage.py GROUP_COLUMNS; not imported: pyarrow would
+# slow every `thawline` start; tests/unit/test_adapters_gateway.py keeps the two equal)
+GROUPS = ("key", "route", "model", "target", "adapter")
 EMPTY_USAGE = "no usage recorded yet"
+BASE_MODEL = "(base model)"   # by adapter, the group of requests for no adapter (the gateway's null)
 
 
 def usage_table(rows: list[dict[str, Any]], group_by: str) -> Table:
@@ -84,6 +87,8 @@ def usage_table(rows: list[dict[str, Any]], group_by: str) -> Table:
         table.add_column(group_by if c == "group" else c, justify="right" if c in numeric else "left",
                          footer=footer)
     for r in sorted(rows, key=lambda r: -float(r.get("cost_usd") or 0)):
+        if group_by == "adapter" and r.get("group") is None:
+            r = {**r, "group": BASE_MODEL}
         table.add_row(*(_fmt(r.get(c)) for c in cols))
     return table
 

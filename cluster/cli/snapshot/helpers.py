@@ -1,4 +1,5 @@
-"""Small pieces of `thawline snapshot`: engine-arg parsing, store existence, delete confirmation."""
+"""Small pieces of `thawline snapshot` (and `thawline adapter`): engine-arg parsing, store existence,
+delete confirmation."""
 from __future__ import annotations
 
 import json
@@ -48,7 +49,7 @@ def require_store(store) -> None:
     raise CLIError(f"store not found: {store.url}")
 
 
-def confirm_delete(what: list[str], *, yes: bool) -> None:
+def confirm_delete(what: list[str], *, yes: bool, noun: str = "snapshot dir(s)") -> None:
     """Ask before deleting, as `kubectl delete`/`ray down` do; --yes skips the question. A
     closed or non-interactive stdin answers no, so a script without --yes deletes nothing."""
     if yes:
@@ -56,7 +57,7 @@ def confirm_delete(what: list[str], *, yes: bool) -> None:
     for url in what:
         typer.echo(f"will remove {url}", err=True)
     try:
-        ok = typer.confirm(f"Remove {len(what)} snapshot dir(s)?", default=False, err=True)
+        ok = typer.confirm(f"Remove {len(what)} {noun}?", default=False, err=True)
     except (typer.Abort, EOFError):
         ok = False
     if not sys.stdin.isatty():

@@ -1,0 +1,29 @@
+"""Adapter errors: one class per failure a caller handles differently, all SnapshotErrors.
+
+Every message is one readable line naming the adapter (and the file or the base when it is about
+one), so the CLI and the serving app print it as it is.
+"""
+from __future__ import annotations
+
+from snapshots.errors import SnapshotError
+
+
+class AdapterError(SnapshotError):
+    """Base of every adapter failure (bad input, a missing base snapshot, ...)."""
+
+
+class AdapterNotFound(AdapterError):
+    """No committed adapter (no adapter.json) of that name for that model."""
+
+
+class AdapterExists(AdapterError):
+    """An adapter of that name is already committed for that model (or another push won the race)."""
+
+
+class AdapterCorrupt(AdapterError):
+    """adapter.json, or a file it names, does not match what was pushed; the message names the
+    adapter and the bad file."""
+
+
+class AdapterBaseMismatch(AdapterError):
+    """The adapter does not fit the base model (architecture, hidden size, rank)."""
