@@ -173,8 +173,7 @@ def run_side(key: str, cfg: dict, work: Path, i: int, timeout_s: float) -> dict:
 
     cache = work / "node-cache" / f"{key}-{i}"
     shutil.rmtree(cache, ignore_errors=True)
-    for d in RAY_LORA_CACHE.glob(f"{PREFIX}-*"):  # only this bench's adapters in Ray's shared cache dir
-        shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+    _clear_ray_lora_cache()
     token = f"adapters-bench-{uuid.uuid4().hex[:12]}"
     env = {**os.environ, **ENV, "PYTHONPATH": str(REPO_ROOT), CACHE_DIR_ENV: str(cache),
            "VLLM_CACHE_ROOT": str(work / "vllm-cache"), MARKER_ENV: token}
@@ -197,6 +196,7 @@ def run_side(key: str, cfg: dict, work: Path, i: int, timeout_s: float) -> dict:
             proc.wait()
             stop_sandbox(token)  # Ray's processes carry the token
             cfg_file.unlink(missing_ok=True)
+            _clear_ray_lora_cache()
     lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("RESULT ")]
     if not lines:
         tail = log.read_text(errors="replace")[-1500:]
@@ -206,12 +206,18 @@ def run_side(key: str, cfg: dict, work: Path, i: int, timeout_s: float) -> dict:
     return res
 
 
+def _clear_ray_lora_cache() -> None:
+    """Only this bench's adapters (and their .lock files) in Ray's shared LoRA cache dir."""
+    for d in RAY_LORA_CACHE.glob(f"{PREFIX}-*"):
+        shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+
+
 def _brief(r: dict) -> str:
     cold = sorted(r["cold_load_ms"])
     return (f"start {r['start_s']:.0f} s; cold {len(cold)} (load p50 {statistics.median(cold):.0f} ms), warm TTFT "
             f"{r['warm_ttft_ms']:.0f} ms (n {r['warm_n']}), base TTFT {r['base_ttft_ms']:.0f} ms; "
             f"{r['tokens_per_s']:.1f} tok/s vs base {r['base_tokens_per_s']:.1f}; load avg {r.get('loadavg')}; errors {r['errors']}"
-            + (f" {r['first_errors']}" if r["errors"] else "")
+            + (f" {[e[-300:] for e in r['first_errors']]}" if r["errors"] else "")
             + (f"; server {r['server']}" if r.get("server") else "")
             + (f"; MISFLAGGED {r['cold_misflagged']}" if r.get("cold_misflagged") else ""))
 
@@ -246,8 +252,8 @@ def report(a, results: dict[str, list[dict]], listing: dict, failures: list[str]
         print(f"FAILED: {f[:500]}")
     thaw = sums.get("thawline-s3") or sums.get("thawline-file")
     empty = {"cold_p50_ms": None, "cold_p99_ms": None, "tokens_per_s": None, "base_tokens_per_s": None}
-    extra = {"baseline_kind": a.baseline, "thawline_store": "s3" if sums.get("thawline-s3") else "file",
-             "names_ms": round(listing["names_ms"].get("s3", listing["names_ms"]["file"]), 2),
+    store = "s3" if sums.get("thawline-s3") else "file"
+    extra = {"baseline_kind": a.baseline, "thawline_store": store, "names_ms": round(listing["names_ms"][store], 2),
              "lookup_us": round(listing["lookup_us"], 4),
              "concurrency": a.concurrency, "requests": a.requests}
     if sums.get("thawline-file") and sums.get("thawline-s3"):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -83,14 +84,14 @@ async def run_phase(send, items: list[dict], concurrency: int, *, loaded=None) -
         try:
             async for chunk in send(name, item["prompt"]):
                 if "error" in chunk and not chunk.get("choices"):
-                    rec["error"] = str(chunk["error"])[:300]
+                    rec["error"] = str(chunk["error"])[:2000]
                     break
                 if rec["ttft_ms"] is None and _content(chunk):
                     rec["ttft_ms"] = (time.perf_counter() - t0) * 1000
                 if chunk.get("usage"):
                     rec["tokens"] = chunk["usage"].get("completion_tokens") or 0
         except Exception as e:  # noqa: BLE001 - recorded, the run goes on
-            rec["error"] = f"{type(e).__name__}: {e}"[:300]
+            rec["error"] = f"{type(e).__name__}: {e}"[:2000]
         rec["e2e_ms"] = (time.perf_counter() - t0) * 1000
         if kind == FIRST:
             loading.discard(name)
@@ -280,7 +281,7 @@ async def run_ray(cfg: dict) -> dict:
                 b.update(stream=True, stream_options={"include_usage": True})
                 async with client.stream("POST", url, json=b) as r:
                     if r.status_code != 200:
-                        yield {"error": f"HTTP {r.status_code}: {(await r.aread())[:300]!r}"}
+                        yield {"error": f"HTTP {r.status_code}: {(await r.aread())[:2000]!r}"}
                         return
                     async for line in r.aiter_lines():
                         line = line.strip()
@@ -295,6 +296,7 @@ async def run_ray(cfg: dict) -> dict:
             serve.shutdown()
         finally:
             ray.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def main(cfg: dict) -> dict:

@@ -15,10 +15,14 @@ from __future__ import annotations
 import logging
 import threading
 
+from serve_apps.llm.periodic import Periodic
+
 log = logging.getLogger("thawline.serve")
 
 
-class AdapterListing:
+class AdapterListing(Periodic):
+    name = "thawline-adapter-listing"
+
     def __init__(self, app_name: str, store_url: str, model: str, board, every_s: float) -> None:
         from snapshots.adapters import AdapterStore, adapter_cache_root
 
@@ -27,30 +31,16 @@ class AdapterListing:
         self.cache_root = adapter_cache_root()
         self.names: frozenset[str] = frozenset()
         self._fetched: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="thawline-adapter-listing", daemon=True)
+        super().__init__()
 
-    def start(self) -> "AdapterListing":
-        self._thread.start()
-        return self
+    def tick(self) -> None:
+        names = frozenset(self.store.names(self.model))
+        if names != self.names:
+            self.names = names
+            self.board.note_adapters.remote(self.app_name, sorted(names))
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        last_error = None
-        while not self._stop.is_set():
-            try:
-                names = frozenset(self.store.names(self.model))
-                if names != self.names:
-                    self.names = names
-                    self.board.note_adapters.remote(self.app_name, sorted(names))
-                last_error = None
-            except Exception as e:  # noqa: BLE001 - a store hiccup: keep the last listing
-                if str(e) != last_error:
-                    log.warning("thawline: listing adapters of %s failed: %s", self.model, e)
-                last_error = str(e)
-            self._stop.wait(self.every_s)
+    def failed(self, error: Exception) -> str:  # a store hiccup: the board keeps the last listing
+        return f"listing adapters of {self.model} failed: {error}"
 
     def fetch_early(self, name: str) -> None:
         """Start fetching `name` into this node's cache unless done before (never blocks)."""

@@ -14,14 +14,11 @@ Record shape: {"snapshot_url": as configured, "url": the committed snapshot it r
 """
 from __future__ import annotations
 
-import logging
-import threading
 import time
 
 from serve_apps.llm.args import LLMAppArgs
 from serve_apps.llm.first_boot import EngineIdentity, checked_snapshot, recorded_engine
-
-log = logging.getLogger("thawline.serve")
+from serve_apps.llm.periodic import Periodic
 
 RESOLVE_EVERY_S = 10.0
 MAX_AGE_S = 30.0  # three missed refreshes
@@ -48,30 +45,17 @@ def use_resolved(args: LLMAppArgs, identity: EngineIdentity, record: dict | None
                             AcceleratorInfo.model_validate(acc) if acc is not None else None)
 
 
-class SnapshotAhead:
+class SnapshotAhead(Periodic):
     """The router's resolver thread: resolve now, then every RESOLVE_EVERY_S, onto the board."""
+
+    name, every_s = "thawline-snapshot-ahead", RESOLVE_EVERY_S
 
     def __init__(self, app_name: str, snapshot_url: str, board) -> None:
         self.app_name, self.snapshot_url, self.board = app_name, snapshot_url, board
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="thawline-snapshot-ahead", daemon=True)
+        super().__init__()
 
-    def start(self) -> "SnapshotAhead":
-        self._thread.start()
-        return self
+    def tick(self) -> None:
+        self.board.note_resolved_snapshot.remote(self.app_name, resolve(self.snapshot_url))
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        last_error = None
-        while not self._stop.is_set():
-            try:
-                self.board.note_resolved_snapshot.remote(self.app_name, resolve(self.snapshot_url))
-                last_error = None
-            except Exception as e:  # noqa: BLE001 - a store hiccup: replicas resolve themselves meanwhile
-                if str(e) != last_error:  # once per distinct error, not every RESOLVE_EVERY_S
-                    log.warning("thawline: resolving %s ahead failed (replicas resolve it themselves): %s",
-                                self.snapshot_url, e)
-                last_error = str(e)
-            self._stop.wait(RESOLVE_EVERY_S)
+    def failed(self, error: Exception) -> str:  # a store hiccup: replicas resolve it themselves meanwhile
+        return f"resolving {self.snapshot_url} ahead failed (replicas resolve it themselves): {error}"

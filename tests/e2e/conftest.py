@@ -108,6 +108,23 @@ def tiny_model_dir(e2e_tmp) -> Path:
     return generate_llama(e2e_tmp / "tiny-llama", preset="tiny", seed=0)
 
 
+LORA_SEEDS = (1, 2, 3, 4)
+
+
+@pytest.fixture(scope="session")
+def tiny_loras(tiny_model_dir, e2e_tmp) -> dict[int, Path]:
+    """LoRA adapters of the tiny model by seed (cluster/models/tinylora.py), made in a child
+    process: peft imports torch, which this process (a Ray driver) must not load: with torch
+    loaded here the pytest process crashed at exit (SIGSEGV after every test had passed)."""
+    out = e2e_tmp / "loras"
+    code = ("import sys; from cluster.models.tinylora import generate_lora\n"
+            "for s in sys.argv[3:]: generate_lora(sys.argv[1], f'{sys.argv[2]}/seed-{s}', seed=int(s))")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-c", code, str(tiny_model_dir), str(out), *map(str, LORA_SEEDS)],
+                   cwd=REPO_ROOT, env=env, check=True, timeout=600)
+    return {s: out / f"seed-{s}" for s in LORA_SEEDS}
+
+
 @pytest.fixture(scope="session")
 def tiny_store_url(e2e_tmp) -> str:
     return (e2e_tmp / "store").as_uri()

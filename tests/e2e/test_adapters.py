@@ -51,13 +51,12 @@ def _store_with_snapshot(snapshot_url: str, root: Path, model: str) -> str:
     return root.as_uri()
 
 
-def _push_adapters(store_url: str, tiny_model_dir: Path, work: Path) -> None:
-    from cluster.models.tinylora import generate_lora
+def _push_adapters(store_url: str, loras: dict[int, Path]) -> None:
     from snapshots.adapters import AdapterStore
 
     store = AdapterStore(store_url)
     for name, seed in {**ADAPTERS, "alice-bad": 4}.items():
-        store.push(generate_lora(tiny_model_dir, work / name, seed=seed), model="tiny", name=name)
+        store.push(loras[seed], model="tiny", name=name)
     # corrupted after its commit: one byte of its weights flipped in the store (same size)
     (weights,) = (Path(store_url.removeprefix("file://")) / "tiny" / "adapters" / "alice-bad").glob(
         "*/adapter_model.safetensors")
@@ -89,14 +88,14 @@ def _gateway_config() -> dict:
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_snapshot_url, tiny_model_dir, tmp_path_factory):
+def stack(tiny_snapshot_url, tiny_loras, tmp_path_factory):
     from cluster.cli.ops.deploy import deploy, validate_config
 
     demo_env()
     work = tmp_path_factory.mktemp("adapters")
     store_url = _store_with_snapshot(tiny_snapshot_url, work / "store", "tiny")
     _push_for_a_replaced_base(tiny_snapshot_url, store_url, work)
-    _push_adapters(store_url, tiny_model_dir, work)
+    _push_adapters(store_url, tiny_loras)
     port = free_port()
     app = llm_app_config(load_config("local-cpu.yaml"), name=APP, route_prefix=None, args={
         "model_source": None, "snapshot_store": None, "snapshot_name": None,

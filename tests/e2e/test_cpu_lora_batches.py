@@ -16,10 +16,8 @@ pytestmark = pytest.mark.timeout(600)
 PROMPTS = ["Hello world!", "The cluster restores"]
 
 
-def test_a_base_row_next_to_adapters_keeps_the_base_answer(tiny_model_dir, e2e_tmp):
-    from cluster.models.tinylora import generate_lora
-
-    loras = {n: str(generate_lora(tiny_model_dir, e2e_tmp / f"batch-lora-{n}", seed=s)) for n, s in (("a", 1), ("b", 2))}
+def test_a_base_row_next_to_adapters_keeps_the_base_answer(tiny_model_dir, tiny_loras):
+    loras = {"a": str(tiny_loras[1]), "b": str(tiny_loras[2])}
     batches = [[None, None], ["a", "a"], ["b", "b"],  # each model alone; after these both slots are full
                [None, "a"], [None, "b"], ["a", None]]
     result, output = run_engine({"action": "lora_batches", "hf_dir": str(tiny_model_dir), "loras": loras,

@@ -43,8 +43,7 @@ TOKENS = 2  # TP=2 decode on 2 cores is ~1.4 s a token
 
 
 @pytest.fixture(scope="module")
-def served(moto_server, tiny_tp2_snapshot_url, tiny_model_dir, e2e_tmp):
-    from cluster.models.tinylora import generate_lora
+def served(moto_server, tiny_tp2_snapshot_url, tiny_loras, e2e_tmp):
     from snapshots.adapters import AdapterStore
     from snapshots.store import SnapshotStore
 
@@ -57,7 +56,7 @@ def served(moto_server, tiny_tp2_snapshot_url, tiny_model_dir, e2e_tmp):
     store, ref = SnapshotStore.for_snapshot(f"{store_url}/tiny/latest")
     snap = store.load(ref)
     assert snap.meta.tp_size == 2 and snap.ref.snapshot_id == src.name
-    AdapterStore(store_url).push(generate_lora(tiny_model_dir, e2e_tmp / "tp2-lora", seed=1), model="tiny", name="alice")
+    AdapterStore(store_url).push(tiny_loras[1], model="tiny", name="alice")
     node_cache = e2e_tmp / "tp2-node-cache"
     app = llm_app_config(load_config("local-cpu.yaml"), name=APP, route_prefix=f"/{APP}", args={
         "model_source": None, "snapshot_store": None, "snapshot_name": None,
