@@ -13,7 +13,7 @@ Each side runs in its own process (bench/adapters_sides.py), one after the other
             `--baseline vllm` instead: vLLM's own dynamic loading (load_lora_adapter from the
             local adapter dir, then the request; no store, no download).
 Both: the same engine args (float32, max_model_len 256, enforce_eager, enable_lora, max_loras,
-max_cpu_loras, max_lora_rank), the same plan: warm-up, then every request on the base (base
+max_cpu_loras, max_lora_rank), OMP_NUM_THREADS=1 (what Ray gives the baseline's replica), the same plan: warm-up, then every request on the base (base
 throughput), then the Zipf plan on the adapters, streamed chat completions of --max-tokens tokens
 (ignore_eos) at --concurrency. A request is "cold" when it is its adapter's first (the serving
 layer had not loaded it: checked against the engine host's loaded set on the thawline side);
@@ -22,7 +22,7 @@ loaded already). p50 / p99 over the cold requests of all runs.
 Also timed: AdapterStore.names() over the 1,000 stored adapters (the router's periodic listing)
 and a set lookup of one name (the per-request routing check).
 
-    python bench/adapters.py [--runs 1] [--requests 200] [--adapters 1000] [--active 100]
+    python bench/adapters.py [--runs 3] [--requests 200] [--adapters 1000] [--active 100]
                              [--concurrency 2] [--max-tokens 8] [--quick] [--workdir DIR]
 
 Prints a table, then its JSON line last:
@@ -65,7 +65,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[1:]))
-    p.add_argument("--runs", type=int, default=1, help="Runs per side (each a fresh process and empty caches).")
+    p.add_argument("--runs", type=int, default=3,
+                   help="Runs per side, alternating the sides (each a fresh process and empty caches); about "
+                        "2.5 min per run on 2 cores.")
     p.add_argument("--requests", type=int, default=200, help="Requests in the Zipf plan (and in the base phase).")
     p.add_argument("--adapters", type=int, default=1000, help="Adapters pushed to the store.")
     p.add_argument("--active", type=int, default=100, help="Adapters the traffic is spread over (Zipf).")
@@ -177,6 +179,13 @@ def run_side(key: str, cfg: dict, work: Path, i: int, timeout_s: float) -> dict:
     token = f"adapters-bench-{uuid.uuid4().hex[:12]}"
     env = {**os.environ, **ENV, "PYTHONPATH": str(REPO_ROOT), CACHE_DIR_ENV: str(cache),
            "VLLM_CACHE_ROOT": str(work / "vllm-cache"), MARKER_ENV: token}
+    if cfg["side"] != "ray":
+        # The engine's torch/OpenMP threads as Ray gives them to the baseline's replica (and to a
+        # Thawline replica or warm-pool host, both Ray workers): ray/_private/utils.py
+        # set_omp_num_threads_if_unset sets OMP_NUM_THREADS = floor(assigned CPUs), at least 1;
+        # 1 for the baseline's LLMServer here. Outside Ray the EngineCore would spin one OpenMP
+        # thread per core, on a 2-core machine that also runs the moto server and the client.
+        env.setdefault("OMP_NUM_THREADS", "1")
     cfg_file = Path(tempfile.mkstemp(prefix=f"adapters-{key}-", suffix=".json", dir=work)[1])
     cfg_file.write_text(json.dumps(cfg))
     log = work / f"{key}-run{i + 1}.log"

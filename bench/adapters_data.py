@@ -12,7 +12,6 @@ Nothing here imports vLLM or Ray; the pure helpers (zipf_plan, pct, summarize) a
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -172,8 +171,3 @@ def bench_json(*, adapters: int, active: int, thawline: dict, baseline: dict, ru
             "baseline_adapter_cold_p50_ms": base_p50, "speedup": speedup,
             "tokens_per_s": thawline["tokens_per_s"], "base_tokens_per_s": thawline["base_tokens_per_s"],
             "runs": runs, **extra}
-
-
-def dump(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj))

@@ -281,7 +281,9 @@ async def run_ray(cfg: dict) -> dict:
                 b.update(stream=True, stream_options={"include_usage": True})
                 async with client.stream("POST", url, json=b) as r:
                     if r.status_code != 200:
-                        yield {"error": f"HTTP {r.status_code}: {(await r.aread())[:2000]!r}"}
+                        text = (await r.aread()).decode(errors="replace")
+                        # Serve's 500 body is a traceback: the exception's own message is at its end
+                        yield {"error": f"HTTP {r.status_code}: {text[:200]} ... {text[-1500:]}"}
                         return
                     async for line in r.aiter_lines():
                         line = line.strip()

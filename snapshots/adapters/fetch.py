@@ -28,7 +28,7 @@ from snapshots.cache import default_cache_dir, fsync_dir, store_key
 from .errors import AdapterCorrupt
 from .layout import adapter_rel
 from .record import AdapterInfo
-from .transfer import download
+from .transfer import download, write_checked
 
 
 def adapter_cache_root(cache_dir=None) -> Path:
@@ -73,12 +73,24 @@ def fetch_to_cache(store, info: AdapterInfo, cache_root, *, progress: Callable[[
     return dst
 
 
+# Adapters up to this size are read whole, every file at once (one GET each, no HEAD, fetched
+# concurrently by fsspec's batched cat): an adapter's cold load on S3 is mostly round trips.
+WHOLE_READ_MAX_BYTES = 64 << 20
+
+
 def _download_checked(store, info: AdapterInfo, tmp: Path, progress) -> None:
     remote = fsutil.join(store.root, adapter_rel(info.model, info.name), info.push_id)
+    paths = {rel: fsutil.join(remote, rel) for rel in info.files}
+    whole = None
+    if sum(f["nbytes"] for f in info.files.values()) <= WHOLE_READ_MAX_BYTES:
+        whole = store.fs.cat(list(paths.values()), on_error="return")
     for rel, want in info.files.items():
         where = f"adapter {info.name!r} of {info.model!r} ({info.url}): {rel}"
         try:
-            got = download(store.fs, fsutil.join(remote, rel), tmp / rel, progress)
+            if whole is None:
+                got = download(store.fs, paths[rel], tmp / rel, progress)
+            else:
+                got = write_checked(whole.get(paths[rel], FileNotFoundError(paths[rel])), tmp / rel, progress)
         except FileNotFoundError:
             raise AdapterCorrupt(f"{where} is missing from push {info.push_id}") from None
         if got != want:

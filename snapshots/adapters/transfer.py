@@ -62,3 +62,24 @@ def download(fs, src: str, dst: Path, progress: Callable[[int], None] | None = N
     except OSError as exc:
         raise SnapshotIOError(f"{dst}: write failed: {exc.strerror or exc}") from exc
     return {"nbytes": n, "checksum": hex64(h.intdigest())}
+
+
+def write_checked(data, dst: Path, progress: Callable[[int], None] | None = None) -> dict:
+    """Write bytes read whole from the store (or raise the error that read gave) to local `dst`,
+    fsynced; {"nbytes", "checksum"} as `download` returns."""
+    if isinstance(data, BaseException):
+        if isinstance(data, FileNotFoundError):
+            raise data
+        raise SnapshotIOError(f"{dst.name}: read from the store failed: {data}")
+    h = hasher()
+    h.update(data)
+    try:
+        with open(dst, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as exc:
+        raise SnapshotIOError(f"{dst}: write failed: {exc.strerror or exc}") from exc
+    if progress:
+        progress(len(data))
+    return {"nbytes": len(data), "checksum": hex64(h.intdigest())}

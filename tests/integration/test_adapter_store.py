@@ -105,9 +105,11 @@ def test_a_second_fetch_is_a_cache_hit_and_a_broken_copy_is_replaced(store_url, 
     store = AdapterStore(store_url)
     store.push(lora, model="tiny", name="alice")
     _, local = store.fetch("tiny", "alice", tmp_path / "cache")
-    calls = []
-    real = transfer.download
-    monkeypatch.setattr("snapshots.adapters.fetch.download", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    calls = []  # files written into the cache, by either download path (streamed or read whole)
+    for fn in ("download", "write_checked"):
+        real = getattr(transfer, fn)
+        monkeypatch.setattr(f"snapshots.adapters.fetch.{fn}",
+                            lambda *a, _real=real, **k: calls.append(a[1]) or _real(*a, **k))
     assert store.fetch("tiny", "alice", tmp_path / "cache")[1] == local and calls == []
     # a truncated cached file (sizes are checked on a hit) is fetched again, whole
     (local / "adapter_model.safetensors").write_bytes(b"cut")
@@ -185,8 +187,12 @@ def test_an_existing_name_is_refused_before_any_upload(store_url, lora):
     assert _files_under(store, "tiny/adapters") == before and store.get("tiny", "alice") == first
 
 
+@pytest.mark.parametrize("read", ["whole", "streamed"])
 @pytest.mark.parametrize("damage", ["flip", "truncate", "remove"])
-def test_a_corrupted_file_is_named_on_fetch_and_nothing_is_cached(store_url, lora, tmp_path, damage):
+def test_a_corrupted_file_is_named_on_fetch_and_nothing_is_cached(store_url, lora, tmp_path, damage, read,
+                                                                  monkeypatch):
+    if read == "streamed":  # what an adapter above the whole-read size takes
+        monkeypatch.setattr("snapshots.adapters.fetch.WHOLE_READ_MAX_BYTES", 0)
     store = AdapterStore(store_url)
     info = store.push(lora, model="tiny", name="alice")
     path = fsutil.join(store.root, "tiny/adapters/alice", info.push_id, "adapter_model.safetensors")
