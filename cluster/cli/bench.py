@@ -1,4 +1,4 @@
-"""`thawline bench restore|engine-start|cold-start|gateway [ARGS...]`: run a bench/ script.
+"""`thawline bench restore|engine-start|cold-start|gateway|adapters|adapters-both-cold [ARGS...]`: run a bench/ script.
 
 Each benchmark is a standalone script (`bench/<name>.py`) that prints a human table and then one
 JSON line; the CLI only finds it and runs it in a subprocess with the same interpreter, passing
@@ -26,6 +26,8 @@ BENCHES: dict[str, tuple[str, str]] = {
     "engine-start": ("engine_start.py", "vLLM engine start from a snapshot vs from the HF checkpoint."),
     "cold-start": ("cold_start.py", "Scale-from-zero to first token (replica, parked, tp2, node scenarios) vs Ray Serve LLM, default and tuned."),
     "gateway": ("gateway.py", "Gateway throughput/latency against a loopback upstream vs a direct call."),
+    "adapters": ("adapters.py", "LoRA adapter cold load on a warm base (1,000 stored, Zipf traffic) vs Ray Serve LLM's multiplexed LoRA."),
+    "adapters-both-cold": ("adapters_both_cold.py", "What a cold adapter adds to a cold base's first token."),
 }
 
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
