@@ -16,7 +16,7 @@ import typer
 
 from cluster.cli.errors import CLIError, one_line_errors
 from cluster.cli.snapshot.commands import _human
-from cluster.cli.snapshot.helpers import confirm_delete, require_store
+from cluster.cli.snapshot.helpers import confirm_delete, require_store, run_gc
 
 app = typer.Typer(
     help="Push, list and remove LoRA adapters in the snapshot store, stored next to (and checked against) "
@@ -146,15 +146,5 @@ def gc(
     """
     st = _open(store)
     require_store(st)
-    candidates = st.gc(older_than_s=older_than, dry_run=True)
-    if dry_run:
-        for url in candidates:
-            typer.echo(f"would remove {url}")
-        typer.echo(f"adapter gc: {len(candidates)} dead push(es) would be removed (--dry-run)", err=True)
-        return
-    if candidates:
-        confirm_delete(candidates, yes=yes, noun="dead push dir(s)")
-    removed = st.gc(older_than_s=older_than) if candidates else []  # gc re-checks every dir itself
-    for url in removed:
-        typer.echo(f"removed {url}")
-    typer.echo(f"adapter gc: {len(removed)} dead push(es) removed", err=True)
+    run_gc(st, older_than=older_than, yes=yes, dry_run=dry_run, label="adapter gc", what="dead push(es)",
+           noun="dead push dir(s)")

@@ -22,6 +22,7 @@ import struct
 import sys
 import tempfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -262,29 +263,32 @@ def generate_llama(out_dir, *, preset: str = "tiny", size_gb: float | None = Non
     """
     p = resolve_preset(preset, size_gb)
     out = Path(out_dir).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        # mkdtemp makes the dir 0700; give the checkpoint the permissions a plain mkdir would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
+    with built_beside(out) as tmp:
         _write_model(tmp, p, seed)
-        move_into_place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def move_into_place(tmp: Path, out: Path) -> None:
-    """Move a dir built next to `out` into place: one atomic rename when `out` does not exist yet,
-    else file by file (each replace atomic)."""
+@contextmanager
+def built_beside(out: Path) -> Iterator[Path]:
+    """A temp dir next to `out` to build into; moved into place when the block succeeds (one
+    atomic rename when `out` does not exist yet, else file by file, each replace atomic), removed
+    either way."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        os.rename(tmp, out)
-    except OSError:
-        out.mkdir(parents=True, exist_ok=True)
-        for f in sorted(tmp.iterdir()):
-            os.replace(f, out / f.name)
+        # mkdtemp makes the dir 0700; give the result the permissions a plain mkdir would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        yield tmp
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            out.mkdir(parents=True, exist_ok=True)
+            for f in sorted(tmp.iterdir()):
+                os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def iter_tensor_names(preset: str = "tiny", size_gb: float | None = None) -> Iterator[str]:

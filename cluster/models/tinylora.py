@@ -23,16 +23,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from cluster.models.tinyllama import move_into_place
+from cluster.models.tinyllama import built_beside
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 CONFIG_NAME = "adapter_config.json"
@@ -136,17 +134,9 @@ def generate_lora(base_dir: str | os.PathLike, out_dir: str | os.PathLike, *, se
         raise FileNotFoundError(f"{base} holds no HF checkpoint (config.json missing)")
     alpha = 2 * rank if alpha is None else alpha
     out = Path(out_dir).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
+    with built_beside(out) as tmp:
         _write_adapter(base, tmp, seed=seed, rank=rank, alpha=alpha, target_modules=tuple(target_modules),
                        scale=scale, base_name=base_model_name or base.name)
-        move_into_place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

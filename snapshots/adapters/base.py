@@ -2,14 +2,13 @@
 time (`check_base`, against what the app serves). Every refusal is one line naming both sides."""
 from __future__ import annotations
 
-import json
 
 from snapshots import fsutil
 from snapshots.errors import SnapshotNotFound
 from snapshots.store import SnapshotStore
 from snapshots.vllm_engine.engine_state import HF_DIR
 
-from .errors import AdapterBaseMismatch, AdapterError
+from .errors import AdapterBaseMismatch, AdapterError, json_object
 from .peft import LoraShape
 from .record import AdapterInfo
 
@@ -18,12 +17,7 @@ HF_CONFIG = f"{HF_DIR}/config.json"  # every snapshot carries its HF config ther
 
 def hf_shape(raw: bytes, *, where: str) -> tuple[str, int]:
     """(architecture, hidden_size) from an HF config.json (a multimodal one's text_config too)."""
-    try:
-        cfg = json.loads(raw)
-    except ValueError as exc:
-        raise AdapterError(f"{where} is not valid JSON ({exc})") from None
-    if not isinstance(cfg, dict):
-        raise AdapterError(f"{where} is not a JSON object")
+    cfg = json_object(raw, where)
     archs = cfg.get("architectures")
     text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
     hidden = cfg.get("hidden_size", text.get("hidden_size"))

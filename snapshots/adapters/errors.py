@@ -5,6 +5,8 @@ one), so the CLI and the serving app print it as it is.
 """
 from __future__ import annotations
 
+import json
+
 from snapshots.errors import SnapshotError
 
 
@@ -27,3 +29,14 @@ class AdapterCorrupt(AdapterError):
 
 class AdapterBaseMismatch(AdapterError):
     """The adapter does not fit the base model (architecture, hidden size, rank)."""
+
+
+def json_object(raw, where: str, error: type[AdapterError] = AdapterError) -> dict:
+    """`raw` parsed as a JSON object, else `error` naming `where` (not JSON / not an object)."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise error(f"{where} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise error(f"{where} is not a JSON object")
+    return data

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AdapterError
+from .errors import AdapterError, json_object
 from .layout import CONFIG_FILE, WEIGHTS_FILE
 
 # Projection names (last path component) whose in_features / out_features is the hidden size.
@@ -40,12 +40,7 @@ def parse_lora_config(raw: bytes, *, name: str) -> dict:
     """adapter_config.json checked: a LORA adapter with an int `r`, a numeric `lora_alpha` and
     `target_modules` (a list, or a string PEFT reads as a regex / "all-linear")."""
     where = f"adapter {name!r}: {CONFIG_FILE}"
-    try:
-        cfg = json.loads(raw)
-    except ValueError as exc:
-        raise AdapterError(f"{where} is not valid JSON ({exc})") from None
-    if not isinstance(cfg, dict):
-        raise AdapterError(f"{where} is not a JSON object")
+    cfg = json_object(raw, where)
     if cfg.get("peft_type") != "LORA":
         raise AdapterError(f"{where} has peft_type {cfg.get('peft_type')!r}; only LORA adapters can be pushed")
     r, alpha, targets = cfg.get("r"), cfg.get("lora_alpha"), cfg.get("target_modules")

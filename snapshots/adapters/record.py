@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from snapshots.checksum import ALGORITHM
 
-from .errors import AdapterCorrupt, AdapterError
+from .errors import AdapterCorrupt, AdapterError, json_object
 from .layout import ADAPTER_FILES, FORMAT_VERSION, is_push_id
 
 
@@ -92,12 +92,7 @@ def encode(info: AdapterInfo) -> bytes:
 def decode(raw: bytes, *, url: str, model: str, name: str) -> AdapterInfo:
     """Parse and check adapter.json read from `url` (<store>/<model>/adapters/<name>)."""
     where = f"adapter {name!r} of {model!r}: {url}/adapter.json"
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise AdapterCorrupt(f"{where} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise AdapterCorrupt(f"{where} is not a JSON object")
+    data = json_object(raw, where, AdapterCorrupt)
     if data.get("format_version") != FORMAT_VERSION:
         raise AdapterError(f"{where}: unsupported adapter format version {data.get('format_version')!r} "
                            f"(this thawline reads version {FORMAT_VERSION})")

@@ -17,9 +17,21 @@ from snapshots.errors import SnapshotIOError
 CHUNK = 8 << 20
 
 
+def _copy(src_file, out_file, h, progress) -> int:
+    """Stream `src_file` into `out_file` in CHUNKs, hashing into `h`; the bytes copied."""
+    n = 0
+    while chunk := src_file.read(CHUNK):
+        h.update(chunk)
+        out_file.write(chunk)
+        n += len(chunk)
+        if progress:
+            progress(len(chunk))
+    return n
+
+
 def upload(fs, src: Path, dst: str, progress: Callable[[int], None] | None = None) -> dict:
     """Copy local `src` to `dst` on the store; {"nbytes", "checksum"} of what was written."""
-    h, n = hasher(), 0
+    h = hasher()
     try:
         if fsutil.is_local(fs):
             os.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
@@ -27,12 +39,7 @@ def upload(fs, src: Path, dst: str, progress: Callable[[int], None] | None = Non
         else:
             out = fs.open(dst, "wb")
         with open(src, "rb") as f, out:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
-                out.write(chunk)
-                n += len(chunk)
-                if progress:
-                    progress(len(chunk))
+            n = _copy(f, out, h, progress)
             if fsutil.is_local(fs):
                 out.flush()
                 os.fsync(out.fileno())
@@ -46,15 +53,10 @@ def upload(fs, src: Path, dst: str, progress: Callable[[int], None] | None = Non
 
 def download(fs, src: str, dst: Path, progress: Callable[[int], None] | None = None) -> dict:
     """Copy `src` from the store to local `dst` (fsynced); {"nbytes", "checksum"} of what was read."""
-    h, n = hasher(), 0
+    h = hasher()
     try:
         with fs.open(src, "rb") as f, open(dst, "wb") as out:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
-                out.write(chunk)
-                n += len(chunk)
-                if progress:
-                    progress(len(chunk))
+            n = _copy(f, out, h, progress)
             out.flush()
             os.fsync(out.fileno())
     except FileNotFoundError:

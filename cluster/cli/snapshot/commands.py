@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from cluster.cli.errors import CLIError, one_line_errors
-from cluster.cli.snapshot.helpers import confirm_delete, parse_engine_args, require_store
+from cluster.cli.snapshot.helpers import confirm_delete, parse_engine_args, require_store, run_gc
 
 app = typer.Typer(
     help="Create, list, inspect, verify, remove and restore tensor-parallel snapshots on any fsspec URL.",
@@ -247,19 +247,8 @@ def gc(
 
     st = SnapshotStore(store)
     require_store(st)
-    candidates = st.gc(older_than_s=older_than, dry_run=True)
-    if dry_run:
-        for url in candidates:
-            typer.echo(f"would remove {url}")
-        typer.echo(f"gc: {len(candidates)} leftover(s) would be removed (--dry-run)", err=True)
-        return
-    if candidates:
-        confirm_delete(candidates, yes=yes)
-    # gc re-checks every dir itself (a writer may have heartbeated since the listing).
-    removed = st.gc(older_than_s=older_than) if candidates else []
-    for url in removed:
-        typer.echo(f"removed {url}")
-    typer.echo(f"gc: {len(removed)} leftover(s) removed", err=True)
+    run_gc(st, older_than=older_than, yes=yes, dry_run=dry_run, label="gc", what="leftover(s)",
+           noun="snapshot dir(s)")
 
 
 @app.command()

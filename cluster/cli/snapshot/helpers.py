@@ -64,3 +64,21 @@ def confirm_delete(what: list[str], *, yes: bool, noun: str = "snapshot dir(s)")
         typer.echo("", err=True)  # piped answers are not echoed: end the prompt's line
     if not ok:
         raise CLIError("nothing removed (pass --yes to skip this question)")
+
+
+def run_gc(store, *, older_than: float, yes: bool, dry_run: bool, label: str, what: str, noun: str) -> None:
+    """A store's gc as the CLI runs it: list what would go, print it on --dry-run, else confirm
+    (unless --yes) and collect; `store.gc` re-checks every dir itself (a writer may have moved on
+    since the listing). `label` prefixes the summary line, `what` names the removed things."""
+    candidates = store.gc(older_than_s=older_than, dry_run=True)
+    if dry_run:
+        for url in candidates:
+            typer.echo(f"would remove {url}")
+        typer.echo(f"{label}: {len(candidates)} {what} would be removed (--dry-run)", err=True)
+        return
+    if candidates:
+        confirm_delete(candidates, yes=yes, noun=noun)
+    removed = store.gc(older_than_s=older_than) if candidates else []
+    for url in removed:
+        typer.echo(f"removed {url}")
+    typer.echo(f"{label}: {len(removed)} {what} removed", err=True)
