@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,6 @@ log = logging.getLogger("thawline.gateway")
 # the traces. `deployment: {logging_config: {enable_access_log: true}}` turns it back on.
 # graceful_shutdown_timeout_s is Serve's default, named here because the shutdown hooks are sized
 # against it (the trace exporter's budget, gateway/tracing.py SHUTDOWN_BUDGET_S, is checked to fit).
-GIL_SWITCH_INTERVAL_S = 0.0005
 DEFAULT_DEPLOYMENT_OPTIONS: dict[str, Any] = {"max_ongoing_requests": 2048, "max_queued_requests": 4096,
                                               "logging_config": {"enable_access_log": False},
                                               "graceful_shutdown_timeout_s": 20.0}
@@ -94,12 +92,9 @@ class GatewayIngress:
         from gateway.metrics import METRICS
         from gateway.names import breakers_actor_name
         from gateway.response_headers import replica_header
+        from serve_apps.gil import use_serving_switch_interval
 
-        # The request path runs on the replica's event-loop thread, but a Ray worker has other
-        # Python threads (the core worker's, Serve's metrics pushers). Each time one of them
-        # holds the GIL, a ready request waits for CPython's switch interval (5 ms by default):
-        # milliseconds of latency a request does not need. 0.5 ms bounds that wait.
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        use_serving_switch_interval()  # serve_apps/gil.py: a ready request waits <= 0.5 ms for the GIL
         config = parse_config(cfg)
         ctx = serve.get_replica_context()
         app_name = ctx.app_name

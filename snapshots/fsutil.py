@@ -195,3 +195,51 @@ def exists(fs, path: str) -> bool:
         return fs.exists(path)
     except FileNotFoundError:
         return False
+
+
+def _whole_read_kwargs(fs) -> dict:
+    """s3fs's _cat_file asks for the object's size (a HEAD) before its GET whenever it may split
+    the read into concurrent ranges; a whole read of a small file needs neither."""
+    import inspect
+
+    params = inspect.signature(fs._cat_file).parameters
+    return {"max_concurrency": 1} if "max_concurrency" in params else {}
+
+
+def read_whole(fs, paths: list[str]) -> dict[str, bytes | BaseException]:
+    """Each path's bytes, or the exception its read raised (FileNotFoundError for a missing one).
+    One GET per path and no HEAD on object stores, all paths at once on async filesystems (s3fs,
+    gcsfs): a small file on S3 costs one round trip, and several cost about one. For small files
+    (manifests, adapters); large ones stream."""
+    if getattr(fs, "async_impl", False) and not getattr(fs, "asynchronous", False):
+        import asyncio
+
+        from fsspec.asyn import sync
+
+        kwargs = _whole_read_kwargs(fs)
+
+        async def one(path: str):
+            try:
+                return await fs._cat_file(path, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - returned to the caller, per path
+                return exc
+
+        async def every():
+            return await asyncio.gather(*(one(p) for p in paths))
+
+        return dict(zip(paths, sync(fs.loop, every)))
+    out: dict[str, bytes | BaseException] = {}
+    for path in paths:
+        try:
+            out[path] = fs.cat_file(path)
+        except Exception as exc:  # noqa: BLE001 - returned to the caller, per path
+            out[path] = exc
+    return out
+
+
+def cat_whole(fs, path: str) -> bytes:
+    """One small file's bytes in one GET (read_whole); raises what the read raised."""
+    data = read_whole(fs, [path])[path]
+    if isinstance(data, BaseException):
+        raise data
+    return data

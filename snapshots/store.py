@@ -129,7 +129,7 @@ class SnapshotStore:
     # ---- reading -----------------------------------------------------------------------------
     def read_meta_raw(self, ref: SnapshotRef) -> bytes:
         try:
-            return self.fs.cat_file(fsutil.join(ref.path, SNAPSHOT_JSON))
+            return fsutil.cat_whole(self.fs, fsutil.join(ref.path, SNAPSHOT_JSON))
         except FileNotFoundError:
             raise SnapshotNotFound(f"no committed snapshot at {ref.url}") from None
 

@@ -55,15 +55,25 @@ class HostAdapters:
         self.load_s: dict[str, float] = {}  # adapter -> its latest cold load (fetch + checks + engine load)
         self.unloads = 0
         self._task: asyncio.Task | None = None
+        self._warm: asyncio.Task | None = None
 
     def start(self) -> "HostAdapters":
-        self._task = asyncio.get_running_loop().create_task(self._unload_loop())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._unload_loop())
+        self._warm = loop.create_task(self._warm_store())  # off the start path: the base serves meanwhile
         return self
 
+    async def _warm_store(self) -> None:
+        try:
+            await asyncio.to_thread(self.resolver.warm)
+        except Exception as e:  # noqa: BLE001 - only a head start; the first fetch reports real errors
+            log.warning("thawline: warming the adapter store's client failed: %s: %s", type(e).__name__, e)
+
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        for task in (self._task, self._warm):
+            if task is not None:
+                task.cancel()
+        self._task = self._warm = None
 
     async def resolve(self, name: str) -> dict | None:
         """Load `name` if it is not loaded; an error body when it cannot be, else None."""

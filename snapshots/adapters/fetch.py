@@ -73,8 +73,8 @@ def fetch_to_cache(store, info: AdapterInfo, cache_root, *, progress: Callable[[
     return dst
 
 
-# Adapters up to this size are read whole, every file at once (one GET each, no HEAD, fetched
-# concurrently by fsspec's batched cat): an adapter's cold load on S3 is mostly round trips.
+# Adapters up to this size are read whole, every file at once (one GET each, no HEAD, concurrent:
+# fsutil.read_whole): an adapter's cold load on S3 is mostly round trips.
 WHOLE_READ_MAX_BYTES = 64 << 20
 
 
@@ -83,7 +83,7 @@ def _download_checked(store, info: AdapterInfo, tmp: Path, progress) -> None:
     paths = {rel: fsutil.join(remote, rel) for rel in info.files}
     whole = None
     if sum(f["nbytes"] for f in info.files.values()) <= WHOLE_READ_MAX_BYTES:
-        whole = store.fs.cat(list(paths.values()), on_error="return")
+        whole = fsutil.read_whole(store.fs, list(paths.values()))
     for rel, want in info.files.items():
         where = f"adapter {info.name!r} of {info.model!r} ({info.url}): {rel}"
         try:

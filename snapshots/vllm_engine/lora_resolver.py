@@ -69,6 +69,10 @@ class ThawlineAdapterResolver:
         # lora_int_id is replaced by vLLM's serving layer with its own counter
         return LoRARequest(lora_name=lora_name, lora_int_id=1, lora_path=str(path))
 
+    def warm(self) -> None:
+        """Start the store's client ahead of the first adapter (blocking; errors are the caller's)."""
+        self.store.warm(self.model)
+
     def prefetch(self, lora_name: str) -> bool:
         """Fetch into the node cache only (blocking); False when there is no such adapter."""
         try:

@@ -66,7 +66,7 @@ class PreparedStart:
 def _load_engine_state(store: SnapshotStore, snap: ResolvedSnapshot) -> EngineState:
     """engine/engine_state.json of a resolved snapshot, its paths checked."""
     try:
-        raw = store.fs.cat_file(fsutil.join(snap.ref.path, ENGINE_STATE_PATH))
+        raw = fsutil.cat_whole(store.fs, fsutil.join(snap.ref.path, ENGINE_STATE_PATH))
     except FileNotFoundError:
         raise SnapshotMismatch(f"snapshot {snap.url} has no {ENGINE_STATE_PATH}: it was not made by `--engine vllm`") from None
     state = EngineState.model_validate_json(raw)
@@ -114,20 +114,28 @@ def _materialise_locked(store: SnapshotStore, resolved: SnapshotRef, state: Engi
     done = edir / ".materialised"
     if done.is_file() and done.read_text() == resolved.url:
         return
+    nccl = [rel for rel in (state.nccl_topo_file, state.nccl_graph_file) if rel]
+    wanted = [*state.hf_files, *([state.compile_cache] if state.compile_cache else []), *nccl]
+    # all at once: on an object store each small file is a round trip of its own
+    got = fsutil.read_whole(store.fs, [fsutil.join(resolved.path, rel) for rel in wanted])
+
+    def data(rel: str) -> bytes:
+        out = got[fsutil.join(resolved.path, rel)]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
     (edir / "hf").mkdir(parents=True, exist_ok=True)
     for rel in state.hf_files:
-        data = store.fs.cat_file(fsutil.join(resolved.path, rel))
-        (edir / "hf" / rel.rsplit("/", 1)[-1]).write_bytes(data)
+        (edir / "hf" / rel.rsplit("/", 1)[-1]).write_bytes(data(rel))
     if state.compile_cache:
         target = edir / "vllm_cache" / "torch_compile_cache"
         target.mkdir(parents=True, exist_ok=True)
-        data = store.fs.cat_file(fsutil.join(resolved.path, state.compile_cache))
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        with tarfile.open(fileobj=io.BytesIO(data(state.compile_cache))) as tar:
             tar.extractall(target, filter="data")
-    for rel in (state.nccl_topo_file, state.nccl_graph_file):
-        if rel:
-            (edir / "nccl").mkdir(parents=True, exist_ok=True)
-            (edir / "nccl" / rel.rsplit("/", 1)[-1]).write_bytes(store.fs.cat_file(fsutil.join(resolved.path, rel)))
+    for rel in nccl:
+        (edir / "nccl").mkdir(parents=True, exist_ok=True)
+        (edir / "nccl" / rel.rsplit("/", 1)[-1]).write_bytes(data(rel))
     done.write_text(resolved.url)
 
 

@@ -283,3 +283,23 @@ def test_a_push_whose_files_were_collected_while_stalled_takes_its_commit_back(s
     with pytest.raises(AdapterError, match="lost its files before its commit"):
         store.push(lora, model="tiny", name="alice")
     assert store.names("tiny") == [] and _files_under(store, "tiny/adapters") == []
+
+
+def test_an_s3_fetch_is_three_gets_and_no_head(moto_server, s3_bucket_url, tiny_dir, lora, tmp_path):
+    """A cold adapter on S3 costs adapter.json's GET, then both files' GETs at once: no HEAD (s3fs
+    asks for the size first unless told the read is whole), no LIST."""
+    create_offline_snapshot(tiny_dir, tp=1, store_url=s3_bucket_url, name="tiny")
+    AdapterStore(s3_bucket_url).push(lora, model="tiny", name="alice")
+    store = AdapterStore(s3_bucket_url)
+    store.warm("tiny")  # starts the client (and checks the adapters dir once)
+    calls: list[str] = []
+    store.fs.s3.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    info, local = store.fetch("tiny", "alice", tmp_path / "cache")
+    assert sorted(calls) == ["GetObject"] * 3, calls
+    assert (local / "adapter_model.safetensors").read_bytes() == (lora / "adapter_model.safetensors").read_bytes()
+    # the same whole reads name a missing file by its exception, per path
+    got = fsutil.read_whole(store.fs, [fsutil.join(store.root, "tiny/adapters/alice/adapter.json"),
+                                       fsutil.join(store.root, "tiny/adapters/nobody/adapter.json")])
+    assert [type(v).__name__ for v in got.values()] == ["bytes", "FileNotFoundError"]
+    with pytest.raises(FileNotFoundError):
+        fsutil.cat_whole(store.fs, fsutil.join(store.root, "tiny/adapters/nobody/adapter.json"))
