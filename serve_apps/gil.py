@@ -6,8 +6,8 @@ worker thread and the store client's IO loop). Whenever a thread wants the GIL w
 holds it, it waits for CPython's switch interval, 5 ms by default, at every hand-off:
 - a gateway request ready to run waited up to 5 ms behind a Ray thread;
 - an adapter's three S3 reads make dozens of hand-offs. With a CPU-bound loop beside them (as
-  while the engine streams tokens) one fetch took 270 ms at the median at 5 ms, 60 ms at 0.5 ms
-  (bench/RESULTS.md, "Adapters" tail).
+  while the engine streams tokens) one fetch took about 265 ms at the median at 5 ms, 52 ms
+  at 0.5 ms (bench/adapter_fetch_gil.py, bench/RESULTS.md).
 0.5 ms bounds each wait; the cost is more frequent forced switches of a busy thread.
 """
 from __future__ import annotations

@@ -115,9 +115,9 @@ def _materialise_locked(store: SnapshotStore, resolved: SnapshotRef, state: Engi
     if done.is_file() and done.read_text() == resolved.url:
         return
     nccl = [rel for rel in (state.nccl_topo_file, state.nccl_graph_file) if rel]
-    wanted = [*state.hf_files, *([state.compile_cache] if state.compile_cache else []), *nccl]
-    # all at once: on an object store each small file is a round trip of its own
-    got = fsutil.read_whole(store.fs, [fsutil.join(resolved.path, rel) for rel in wanted])
+    # the small files all at once (on an object store each is a round trip of its own); the
+    # compile cache, which can be large, as one read of its own (s3fs splits a large one in ranges)
+    got = fsutil.read_whole(store.fs, [fsutil.join(resolved.path, rel) for rel in [*state.hf_files, *nccl]])
 
     def data(rel: str) -> bytes:
         out = got[fsutil.join(resolved.path, rel)]
@@ -131,7 +131,8 @@ def _materialise_locked(store: SnapshotStore, resolved: SnapshotRef, state: Engi
     if state.compile_cache:
         target = edir / "vllm_cache" / "torch_compile_cache"
         target.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(fileobj=io.BytesIO(data(state.compile_cache))) as tar:
+        tarball = store.fs.cat_file(fsutil.join(resolved.path, state.compile_cache))
+        with tarfile.open(fileobj=io.BytesIO(tarball)) as tar:
             tar.extractall(target, filter="data")
     for rel in nccl:
         (edir / "nccl").mkdir(parents=True, exist_ok=True)
