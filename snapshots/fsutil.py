@@ -237,9 +237,13 @@ def read_whole(fs, paths: list[str]) -> dict[str, bytes | BaseException]:
     return out
 
 
+def bytes_or_raise(result: bytes | BaseException) -> bytes:
+    """One of read_whole's results: the bytes, or raise the exception its read gave."""
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
 def cat_whole(fs, path: str) -> bytes:
     """One small file's bytes in one GET (read_whole); raises what the read raised."""
-    data = read_whole(fs, [path])[path]
-    if isinstance(data, BaseException):
-        raise data
-    return data
+    return bytes_or_raise(read_whole(fs, [path])[path])

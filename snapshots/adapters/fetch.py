@@ -90,7 +90,7 @@ def _download_checked(store, info: AdapterInfo, tmp: Path, progress) -> None:
             if whole is None:
                 got = download(store.fs, paths[rel], tmp / rel, progress)
             else:
-                got = write_checked(whole.get(paths[rel], FileNotFoundError(paths[rel])), tmp / rel, progress)
+                got = write_checked(whole[paths[rel]], tmp / rel, progress)  # read_whole answers every path
         except FileNotFoundError:
             raise AdapterCorrupt(f"{where} is missing from push {info.push_id}") from None
         if got != want:

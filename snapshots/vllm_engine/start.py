@@ -120,10 +120,7 @@ def _materialise_locked(store: SnapshotStore, resolved: SnapshotRef, state: Engi
     got = fsutil.read_whole(store.fs, [fsutil.join(resolved.path, rel) for rel in [*state.hf_files, *nccl]])
 
     def data(rel: str) -> bytes:
-        out = got[fsutil.join(resolved.path, rel)]
-        if isinstance(out, BaseException):
-            raise out
-        return out
+        return fsutil.bytes_or_raise(got[fsutil.join(resolved.path, rel)])
 
     (edir / "hf").mkdir(parents=True, exist_ok=True)
     for rel in state.hf_files:
