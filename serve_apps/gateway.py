@@ -20,9 +20,10 @@ flight are not dropped. With `serve deploy`, change it under
 (a lightweight update: Serve calls reconfigure on each running replica). Changing `args` instead
 is a code change for Serve: it rolls the replicas (gracefully, draining in-flight requests).
 
-The ingress is a plain ASGI app (gateway/app.py). With RAY_SERVE_THROUGHPUT_OPTIMIZED=1 each
-replica also listens on its own port (direct ingress), skipping the proxy hop; the head node's
-proxy keeps working either way.
+The ingress is a plain ASGI app (gateway/app.py), served through Serve's proxy (or Serve's direct
+ingress with RAY_SERVE_THROUGHPUT_OPTIMIZED=1) and, with `listen` in the args, by each replica's
+own listener on a port the node's gateway replicas share (serve_apps/gateway_listener.py): no
+Serve request path, the fastest mode and the one the AWS config ships.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from ray import serve
 from ray.serve import Application
 
 from gateway.config import ConfigError, GatewayConfig, expand_store_urls, load_config, parse_config
+from serve_apps.gateway_listener import GatewayListenArgs
 
 _CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 log = logging.getLogger("thawline.gateway")
@@ -62,6 +64,9 @@ class GatewayAppArgs(BaseModel):
     config: dict[str, Any] | None = Field(None, description="The gateway config inline, instead of config_path.")
     deployment: dict[str, Any] = Field(default_factory=dict, description="Serve deployment options for the "
                                        "gateway, e.g. {num_replicas: 2}.")
+    listen: GatewayListenArgs | None = Field(None, description="Each gateway replica also serves HTTP on this "
+                                             "port itself, without Serve's request path "
+                                             "(serve_apps/gateway_listener.py); the shipped AWS mode.")
 
     @model_validator(mode="after")
     def _one_source(self) -> "GatewayAppArgs":
@@ -82,7 +87,7 @@ def resolve_config_path(p: str) -> Path:
 @serve.deployment(name="gateway")
 @serve.ingress()
 class GatewayIngress:
-    async def __init__(self, cfg: dict):
+    async def __init__(self, cfg: dict, listen: dict | None = None):
         # imports here: the deployment class is pickled by the driver, the heavy parts are
         # only needed inside the replica
         from gateway.app import Gateway
@@ -103,9 +108,27 @@ class GatewayIngress:
         self._breakers.start()
         self._gateway = Gateway(config, limits=LimitClient.from_config(config, tuning=config.limiter),
                                 costs=CostTracker.from_config(config), breakers=self._breakers.local,
-                                metrics=METRICS, on_shutdown=[self._breakers.close],
+                                metrics=METRICS, on_shutdown=[self._stop_listener, self._breakers.close],
                                 costs_factory=CostTracker.from_config)
         self._gateway.replica_header = replica_header(ctx.replica_id.unique_id)
+        self._listener = None
+        if listen is not None:
+            from serve_apps.gateway_listener import GatewayListener
+            self._listener = GatewayListener(self._gateway, GatewayListenArgs.model_validate(listen))
+            # started before it accepts (Serve's lifespan startup, after this, is then a no-op): a
+            # request on the listener never finds the providers' sessions or the key store unopened
+            await self._gateway.startup()
+            self._listener.start()
+
+    async def _stop_listener(self) -> None:
+        """First of the gateway's shutdown hooks: in-flight listener requests finish before the
+        ledger flush that follows."""
+        if self._listener is not None:
+            await self._listener.stop()
+
+    def check_health(self) -> None:
+        if self._listener is not None:
+            self._listener.check()
 
     async def reconfigure(self, user_config: dict) -> None:
         """Serve calls this after __init__ and whenever the deployment's user_config changes."""
@@ -138,8 +161,13 @@ class GatewayIngress:
             yield item
 
 
-def build_app(cfg: GatewayConfig | dict | str | os.PathLike, *, overrides: dict[str, Any] | None = None) -> Application:
+def build_app(cfg: GatewayConfig | dict | str | os.PathLike, *, overrides: dict[str, Any] | None = None,
+              listen: GatewayListenArgs | None = None) -> Application:
     """Validate the config here, in the driver (fail before deploy), then bind the deployment."""
+    if listen is not None and ((overrides or {}).get("autoscaling_config") is not None
+                               or (overrides or {}).get("num_replicas") == "auto"):
+        raise ConfigError("gateway `listen` with an autoscaling_config: Serve's autoscaler counts only "
+                          "requests that pass through Serve, and the listener's do not; set num_replicas")
     if isinstance(cfg, (str, os.PathLike)):
         config = load_config(resolve_config_path(str(cfg)))
     else:
@@ -147,10 +175,11 @@ def build_app(cfg: GatewayConfig | dict | str | os.PathLike, *, overrides: dict[
     config = expand_store_urls(config)
     dumped = config.model_dump(mode="json", exclude_none=False)
     options = {**DEFAULT_DEPLOYMENT_OPTIONS, "user_config": {"config": dumped}, **(overrides or {})}
-    return GatewayIngress.options(**options).bind(dumped)
+    return GatewayIngress.options(**options).bind(dumped, listen.model_dump() if listen is not None else None)
 
 
 def app(args: dict[str, Any]) -> Application:
     """Application builder for `import_path: serve_apps.gateway:app`."""
     a = GatewayAppArgs.model_validate(args or {})
-    return build_app(a.config_path if a.config_path is not None else a.config, overrides=a.deployment)
+    return build_app(a.config_path if a.config_path is not None else a.config, overrides=a.deployment,
+                     listen=a.listen)

@@ -1,6 +1,6 @@
 # The gateway's front door: an internet-facing Application Load Balancer that terminates TLS
-# (ACM certificate gateway_certificate_arn) and forwards to the Serve proxy on the head node
-# (gateway_port, where serve_apps/configs/aws-cluster.yaml's gateway listens). Only
+# (ACM certificate gateway_certificate_arn) and forwards to the gateway replicas' own listener on
+# the head node (gateway_port, args.listen of the gateway in serve_apps/configs/aws-cluster.yaml). Only
 # gateway_cidr_blocks reach it; only the load balancer reaches the nodes' gateway port.
 # The head registers itself in the target group when it starts (head_setup_commands in
 # cluster/aws-gpu.yaml), because the Ray launcher, not Terraform, creates the instance.
@@ -77,8 +77,9 @@ resource "aws_lb_listener" "gateway_https" {
   ssl_policy        = "ELBSecurityPolicy-TLS13-1-2-2021-06"
   certificate_arn   = var.gateway_certificate_arn
 
-  # Only the gateway's own paths (gateway/app.py's handler table) go to the proxy port: an LLM
-  # app given a route_prefix there would otherwise be reachable without a gateway key.
+  # Only the gateway's own paths (gateway/app.py's handler table) go to the gateway port. The
+  # listener there serves the gateway app alone; the path filter also holds if someone deploys a
+  # config with Serve's proxy on that port instead, where an LLM app's route_prefix would answer.
   default_action {
     type = "fixed-response"
 

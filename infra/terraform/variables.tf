@@ -111,7 +111,7 @@ variable "node_image_tag" {
 }
 
 variable "gateway_port" {
-  description = "Port of the Serve proxy on the head node where the gateway listens (http_options.port in serve_apps/configs/aws-cluster.yaml)."
+  description = "Port on the head node where the gateway replicas listen (args.listen.port of the gateway app in serve_apps/configs/aws-cluster.yaml)."
   type        = number
   default     = 8000
 }

@@ -34,6 +34,7 @@ DEPLOYED_ON = {
     "local-cpu.yaml": "fake-multinode.yaml",
     "gateway-serve.yaml": "fake-multinode.yaml",
 }
+HEAD_RESOURCE = "node:__internal_head__"   # ray._common.constants.HEAD_NODE_RESOURCE_NAME
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
 
 
@@ -90,7 +91,14 @@ def _demands(app: dict, env: dict[str, str]) -> list[tuple[str, list[dict[str, f
         assert opts["placement_group_strategy"] == "STRICT_PACK"
         return [("LLMServer", placement_bundles(args))]
     actor = ((app.get("args") or {}).get("deployment") or {}).get("ray_actor_options") or {}
-    return [(app["name"], [{"CPU": float(actor.get("num_cpus", 1)), "GPU": float(actor.get("num_gpus", 0))}])]
+    return [(app["name"], [{"CPU": float(actor.get("num_cpus", 1)), "GPU": float(actor.get("num_gpus", 0)),
+                            **{k: float(v) for k, v in (actor.get("resources") or {}).items()}}])]
+
+
+def _node_types(cluster: dict) -> dict[str, dict[str, float]]:
+    """Each node type's resources, with the one Ray adds to the head node only."""
+    return {n: {**t["resources"], **({HEAD_RESOURCE: 1.0} if n == cluster["head_node_type"] else {})}
+            for n, t in cluster["available_node_types"].items()}
 
 
 @pytest.mark.parametrize("config_name", sorted(DEPLOYED_ON))
@@ -101,11 +109,30 @@ def test_serve_config_fits_its_cluster(config_name):
     missing = _read_env(doc) - exported
     assert not missing, f"{config_name} reads {sorted(missing)}, which {DEPLOYED_ON[config_name]} does not export"
     env = {k: f"s3://bucket/{k.lower()}" for k in exported}
-    node_types = {n: t["resources"] for n, t in cluster["available_node_types"].items()}
+    node_types = _node_types(cluster)
     for app in doc["applications"]:
         for what, demand in _demands(app, env):
             fits = [n for n, res in node_types.items() if _fits(demand, res)]
             assert fits, f"{config_name}: app {app['name']} ({what}, {demand}) fits no node type of {DEPLOYED_ON[config_name]}: {node_types}"
+
+
+def test_the_aws_gateway_listens_on_the_head_the_load_balancer_targets():
+    """The load balancer registers the head only (aws-gpu.yaml head_setup_commands) on gateway_port:
+    the gateway replicas must land on the head and listen there, on every interface, on that port,
+    with a keep-alive above the balancer's idle timeout; Serve's own proxy must not hold the port."""
+    cluster = _cluster("aws-gpu.yaml")
+    doc = yaml.safe_load((CONFIGS / "aws-cluster.yaml").read_text())
+    gw = next(a for a in doc["applications"] if a["import_path"] == "serve_apps.gateway:app")
+    (_, demand), = _demands(gw, {})
+    fits = [n for n, res in _node_types(cluster).items() if _fits(demand, res)]
+    assert fits == [cluster["head_node_type"]], fits
+    tf = (REPO_ROOT / "infra" / "terraform")
+    port = int(re.search(r'variable "gateway_port".*?default\s*=\s*(\d+)', (tf / "variables.tf").read_text(), re.S).group(1))
+    idle = int(re.search(r"idle_timeout\s*=\s*(\d+)", (tf / "gateway_lb.tf").read_text()).group(1))
+    listen = gw["args"]["listen"]
+    assert (listen["host"], listen["port"]) == ("0.0.0.0", port) and listen["keep_alive_s"] > idle
+    assert doc.get("proxy_location") == "Disabled" or doc.get("http_options", {}).get("port", 8000) != port
+    assert "register_targets" in "\n".join(cluster["head_setup_commands"])
 
 
 def test_the_aws_cluster_exports_the_snapshot_store_and_runs_the_pinned_image():

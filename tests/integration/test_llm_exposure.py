@@ -56,8 +56,9 @@ def test_every_shipped_config_is_probed():
 
 
 def _apps_for_this_machine(doc: dict) -> list[dict]:
-    """The config's apps as shipped, but no pre-imported engine hosts (warm_pool_size 0) and the
-    gateway at zero CPUs: neither changes a route or an auth check, both keep 2 cores usable."""
+    """The config's apps as shipped, but no pre-imported engine hosts (warm_pool_size 0), the
+    gateway at zero CPUs and not pinned to a head resource, and a gateway `listen` on loopback at
+    a free port: none changes a route or an auth check, and tests bind loopback only."""
     apps = copy.deepcopy(doc["applications"])
     for a in apps:
         if a["import_path"] == LLM:
@@ -65,6 +66,8 @@ def _apps_for_this_machine(doc: dict) -> list[dict]:
         else:
             dep = a["args"].setdefault("deployment", {})
             dep["ray_actor_options"] = {"num_cpus": 0}
+            if "listen" in a["args"]:
+                a["args"]["listen"].update(host="127.0.0.1", port=free_port())
     return apps
 
 
@@ -108,6 +111,25 @@ def test_llm_routes_answer_no_completion_without_the_apps_own_token(port, name):
     for g in gateways:
         # the gateway itself answers on its route (it reaches the LLM apps by handle, not HTTP)
         assert httpx.get(f"{base}{g['route_prefix'].rstrip('/')}/healthz", timeout=30).status_code == 200
+        listen = g["args"].get("listen")
+        if listen:
+            # the gateway's own listener (the shipped AWS ingress) answers as the gateway: its health,
+            # and for every LLM app's path, no completion without a gateway key
+            own = f"http://127.0.0.1:{listen['port']}"
+            wait_for(lambda: _listening(own), 60, f"{name}: gateway listener on {own}")
+            for a in llm_apps:
+                for prefix in ("/", f"/{a['name']}"):
+                    for auth in (None, LLM_TOKEN, ADMIN):
+                        for what, status, text in _probe(own, prefix, auth):
+                            assert status in (400, 401, 403, 404), f"{name} listener: {what} with {auth!r}: {status} {text}"
+                            assert '"choices"' not in text and "data:" not in text, f"{name} listener: {what}: {text}"
+
+
+def _listening(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _thawline_deploy_dry_run(path) -> subprocess.CompletedProcess:
