@@ -357,7 +357,7 @@ def main() -> None:
         "litellm_rps": rps.get("litellm"), "aiohttp_forwarder_rps": rps["forwarder"],
         "thawline_added_p50_ms": added("thawline", "p50"), "thawline_added_p99_ms": added("thawline", "p99"),
         "litellm_added_p50_ms": added("litellm", "p50"), "litellm_added_p99_ms": added("litellm", "p99"),
-        "thawline_rss_growth_pct": growth, "thawline_requests_for_rss": thawline_reqs,
+        "thawline_rss_growth_pct": growth, "thawline_requests_for_rss": thawline_reqs, "rss_mode": rss_mode,
         "modes": {t: {"rps": rps[t], "ratio_vs_forwarder": round(rps[t] / rps["forwarder"], 3)} for t in targets},
         "shipped_mode": SHIPPED_MODE, "shipped_added_p50_ms": added(SHIPPED_MODE, "p50"),
         "shipped_added_p99_ms": added(SHIPPED_MODE, "p99"),

@@ -52,7 +52,8 @@ class Gateway:
     def __init__(self, cfg: GatewayConfig, *, limits: Any, costs: Any, breakers: BreakerSet | None = None,
                  metrics: Any = None, providers: dict[str, Provider] | None = None,
                  on_shutdown: list[Callable[[], Awaitable[None]]] | None = None, tracer: Any = None,
-                 costs_factory: Callable[[GatewayConfig], Any] | None = None):
+                 costs_factory: Callable[[GatewayConfig], Any] | None = None,
+                 drain_first: Callable[[], Awaitable[None]] | None = None):
         self.cfg = cfg
         # builds the cost tracker of a changed `ledger` section (reconfigure); None: keep `costs`
         self._costs_factory = costs_factory
@@ -71,6 +72,9 @@ class Gateway:
         self.dispatcher = Dispatcher(self.providers, self.breakers, cfg.retry, metrics)
         self.max_body = cfg.server.max_body_bytes
         self._on_shutdown = on_shutdown or []
+        # runs before anything is closed: requests still arriving outside Serve (the replica's own
+        # listener) finish on open providers, leases and ledger
+        self._drain_first = drain_first
         openapi = orjson.dumps(openapi_document({
             ep: [a for a, r in self.routes.items()
                  if any(self.providers[t.provider_name].supports(ep) for tier in r.tiers for t in tier)]
@@ -275,7 +279,13 @@ class Gateway:
             self._poll_task = asyncio.get_running_loop().create_task(self._poll())
 
     async def shutdown(self) -> None:
-        """Graceful: hand leases back, flush the ledger, close upstream connections."""
+        """Graceful: finish what `drain_first` drains, hand leases back, flush the ledger, close
+        upstream connections."""
+        if self._drain_first is not None:
+            try:
+                await self._drain_first()
+            except Exception:
+                log.exception("gateway drain before shutdown failed")
         if self._poll_task is not None:
             self._poll_task.cancel()
             self._poll_task = None

@@ -72,7 +72,33 @@ class GatewayAppArgs(BaseModel):
     def _one_source(self) -> "GatewayAppArgs":
         if (self.config_path is None) == (self.config is None):
             raise ValueError("give exactly one of `config_path` or `config`")
+        if self.listen is not None:
+            listener_deployment_problem(self.listen, self.deployment)
         return self
+
+
+# Of the deployment's graceful_shutdown_timeout_s, what the shutdown needs besides the listener's
+# drain: Serve's own drain wait (graceful_shutdown_wait_loop_s) before it calls the gateway's
+# shutdown, the trace exporter's budget (gateway/tracing.py SHUTDOWN_BUDGET_S), and the leases'
+# hand-back plus the ledger's flush.
+LEDGER_AND_LEASES_S = 3.0
+
+
+def listener_deployment_problem(listen: GatewayListenArgs, deployment: dict[str, Any]) -> None:
+    """Raise ValueError when the deployment options cannot carry `listen` (pure: no Ray)."""
+    from gateway.tracing import SHUTDOWN_BUDGET_S
+
+    if deployment.get("autoscaling_config") is not None or deployment.get("num_replicas") == "auto":
+        raise ValueError("gateway `listen` with autoscaling: Serve's autoscaler counts only requests that "
+                         "pass through Serve, and the listener's do not; set num_replicas")
+    opts = {**DEFAULT_DEPLOYMENT_OPTIONS, **deployment}
+    budget = float(opts["graceful_shutdown_timeout_s"])
+    reserve = float(opts.get("graceful_shutdown_wait_loop_s", 2.0)) + SHUTDOWN_BUDGET_S + LEDGER_AND_LEASES_S
+    if listen.graceful_s + reserve > budget:
+        raise ValueError(f"gateway listen.graceful_s {listen.graceful_s:g} s plus the {reserve:g} s that Serve's "
+                         f"drain wait, the trace export and the ledger flush need exceed the deployment's "
+                         f"graceful_shutdown_timeout_s {budget:g} s: "
+                         "lower graceful_s or raise graceful_shutdown_timeout_s")
 
 
 def resolve_config_path(p: str) -> Path:
@@ -106,32 +132,41 @@ class GatewayIngress:
         # one breaker board per gateway app: all its replicas share each target's breaker
         self._breakers = BreakerClient(breakers_actor_name(app_name), config.breaker)
         self._breakers.start()
+        self._listener = None
         self._gateway = Gateway(config, limits=LimitClient.from_config(config, tuning=config.limiter),
                                 costs=CostTracker.from_config(config), breakers=self._breakers.local,
-                                metrics=METRICS, on_shutdown=[self._stop_listener, self._breakers.close],
-                                costs_factory=CostTracker.from_config)
+                                metrics=METRICS, on_shutdown=[self._breakers.close],
+                                costs_factory=CostTracker.from_config, drain_first=self._stop_listener)
         self._gateway.replica_header = replica_header(ctx.replica_id.unique_id)
-        self._listener = None
         if listen is not None:
             from serve_apps.gateway_listener import GatewayListener
-            self._listener = GatewayListener(self._gateway, GatewayListenArgs.model_validate(listen))
-            # started before it accepts (Serve's lifespan startup, after this, is then a no-op): a
-            # request on the listener never finds the providers' sessions or the key store unopened
+            args = GatewayListenArgs.model_validate(listen)
+            await refuse_a_serve_proxy_on(args.port)
+            self._listener = GatewayListener(self._gateway, args)
+            self._listener.bind()         # a taken port fails the replica's start, named
+
+    async def _open_listener(self) -> None:
+        """Accept on the listener from the first applied config on. The gateway starts first (Serve's
+        lifespan startup, later, is then a no-op): a request there never finds providers unopened."""
+        if self._listener is not None and not self._listener.opened:
             await self._gateway.startup()
-            self._listener.start()
+            await self._listener.serve()
 
     async def _stop_listener(self) -> None:
-        """First of the gateway's shutdown hooks: in-flight listener requests finish before the
-        ledger flush that follows."""
         if self._listener is not None:
             await self._listener.stop()
 
-    def check_health(self) -> None:
+    async def check_health(self) -> None:
         if self._listener is not None:
+            await self._open_listener()      # a deployment without user_config opens it here
             self._listener.check()
 
     async def reconfigure(self, user_config: dict) -> None:
         """Serve calls this after __init__ and whenever the deployment's user_config changes."""
+        self._apply_user_config(user_config)
+        await self._open_listener()
+
+    def _apply_user_config(self, user_config: dict) -> None:
         cfg = (user_config or {}).get("config")
         if cfg is None:
             return
@@ -164,10 +199,11 @@ class GatewayIngress:
 def build_app(cfg: GatewayConfig | dict | str | os.PathLike, *, overrides: dict[str, Any] | None = None,
               listen: GatewayListenArgs | None = None) -> Application:
     """Validate the config here, in the driver (fail before deploy), then bind the deployment."""
-    if listen is not None and ((overrides or {}).get("autoscaling_config") is not None
-                               or (overrides or {}).get("num_replicas") == "auto"):
-        raise ConfigError("gateway `listen` with an autoscaling_config: Serve's autoscaler counts only "
-                          "requests that pass through Serve, and the listener's do not; set num_replicas")
+    if listen is not None:
+        try:
+            listener_deployment_problem(listen, overrides or {})
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if isinstance(cfg, (str, os.PathLike)):
         config = load_config(resolve_config_path(str(cfg)))
     else:
@@ -175,7 +211,28 @@ def build_app(cfg: GatewayConfig | dict | str | os.PathLike, *, overrides: dict[
     config = expand_store_urls(config)
     dumped = config.model_dump(mode="json", exclude_none=False)
     options = {**DEFAULT_DEPLOYMENT_OPTIONS, "user_config": {"config": dumped}, **(overrides or {})}
+    if listen is not None and listen.limit_concurrency is None:
+        # the listener's requests bypass Serve's queue bounds: the same bounds, applied by uvicorn
+        queued = max(0, int(options.get("max_queued_requests", -1)))
+        listen = listen.model_copy(update={"limit_concurrency": int(options["max_ongoing_requests"]) + queued})
     return GatewayIngress.options(**options).bind(dumped, listen.model_dump() if listen is not None else None)
+
+
+async def refuse_a_serve_proxy_on(port: int) -> None:
+    """Serve's HTTP proxy binds with SO_REUSEPORT too: on the same port the kernel would split the
+    connections between it and the listener without a word. A running Serve keeps its proxy
+    settings across `serve deploy` (a changed proxy_location is ignored), so check the live one."""
+    from ray.serve.config import ProxyLocation
+    from ray.serve.context import _get_global_client
+
+    controller = _get_global_client()._controller
+    location = await controller.get_proxy_location.remote()
+    http = await controller.get_http_config.remote()
+    if location not in (None, ProxyLocation.Disabled) and http.port == port:
+        raise RuntimeError(f"gateway listen.port {port} is Serve's HTTP proxy port too (proxy_location "
+                           f"{getattr(location, 'value', location)}): give the listener another port, or start "
+                           "Serve with proxy_location: Disabled (on a running cluster: `serve shutdown`, "
+                           "then deploy again)")
 
 
 def app(args: dict[str, Any]) -> Application:

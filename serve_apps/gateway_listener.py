@@ -6,27 +6,32 @@ request metrics and context) costs more CPU than the gateway's whole pipeline (b
 (gateway/app.py) from a uvicorn server on its own event loop, with nothing of Serve's in between.
 
 Shape: every gateway replica on a node binds the same host:port with SO_REUSEPORT, and the kernel
-spreads new connections over them; a load balancer in front targets that port on the node. Serve's
-own HTTP proxy keeps working (or is turned off with `proxy_location: Disabled`), and Python clients
-keep the handle transport (gateway/client/).
+spreads new connections over them; a load balancer in front targets that port on the node.
 
-Not seen by Serve: requests on this listener are not Serve requests, so Serve's request-count
-autoscaler cannot see them; the app builder refuses `listen` together with an autoscaling_config
-(serve_apps/gateway.py). Shutdown: the listener stops first in the gateway's shutdown (stop
-accepting, close idle keep-alives, finish in-flight requests within `graceful_s`), then the
-gateway flushes its ledger, so no answered request misses the ledger.
+Lifecycle (serve_apps/gateway.py): `bind()` in the replica's constructor (a taken port fails the
+start, named); `serve()` once the replica has applied its live config (its first `reconfigure`), so
+a new replica never answers with the deploy-time keys and routes; `check()` in Serve's health
+check; `stop()` first in the gateway's shutdown, before leases, ledger and providers close.
+
+Not seen by Serve: these requests are not Serve requests. Serve's request-count autoscaler cannot
+see them (the app builder refuses `listen` with autoscaling) and Serve's drain does not wait for
+them (the listener drains itself within `graceful_s`, which the builder checks against the
+deployment's graceful_shutdown_timeout_s). `limit_concurrency` bounds them instead of Serve's
+max_ongoing_requests / max_queued_requests (uvicorn answers 503 past it).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
 log = logging.getLogger("thawline.gateway")
+START_TIMEOUT_S = 10.0
 
 
 class GatewayListenArgs(BaseModel):
@@ -35,15 +40,19 @@ class GatewayListenArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     port: int = Field(..., ge=1, le=65535, description="TCP port; every gateway replica on a node binds it "
-                      "(SO_REUSEPORT). Must differ from Serve's http_options.port on nodes running a proxy.")
+                      "(SO_REUSEPORT). A replica refuses to start while Serve's HTTP proxy is on the same "
+                      "port (the two would silently split the connections).")
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 for a load balancer on another host.")
     keep_alive_s: int = Field(75, ge=1, description="Idle keep-alive before the listener closes a connection. "
                               "Behind a load balancer keep it above the balancer's idle timeout, so the "
                               "balancer, not the gateway, closes idle connections (no 502 on a reused one).")
-    graceful_s: float = Field(15.0, gt=0, description="On replica shutdown, how long in-flight requests may "
-                              "finish before they are cut. Keep it under the deployment's "
-                              "graceful_shutdown_timeout_s (20 s by default).")
+    graceful_s: float = Field(10.0, gt=0, description="On replica stop, how long in-flight requests may finish "
+                              "before they are cut. The builder checks that it leaves the ledger flush room "
+                              "inside the deployment's graceful_shutdown_timeout_s.")
     backlog: int = Field(2048, ge=1, description="Listen backlog of each replica's socket.")
+    limit_concurrency: int | None = Field(None, ge=1, description="Connections plus requests in flight per "
+                                          "replica before new ones get a 503. Default: the deployment's "
+                                          "max_ongoing_requests + max_queued_requests.")
 
 
 def bind_shared(host: str, port: int, backlog: int) -> socket.socket:
@@ -57,8 +66,8 @@ def bind_shared(host: str, port: int, backlog: int) -> socket.socket:
         sock.listen(backlog)
     except OSError as e:
         sock.close()
-        raise OSError(e.errno, f"gateway listener cannot bind {host}:{port}: {e.strerror} (another process "
-                      "holds the port without SO_REUSEPORT, e.g. Serve's HTTP proxy on the same port?)") from e
+        raise OSError(e.errno, f"gateway listener cannot bind {host}:{port}: {e.strerror} (a process "
+                      "holds the port without SO_REUSEPORT)") from e
     sock.setblocking(False)
     return sock
 
@@ -77,7 +86,7 @@ def _server_class():
 
 
 class GatewayListener:
-    """One replica's listener: `start()` on the replica's loop, `stop()` in the gateway's shutdown."""
+    """One replica's listener on the replica's event loop."""
 
     def __init__(self, app: Any, args: GatewayListenArgs):
         import uvicorn
@@ -88,24 +97,38 @@ class GatewayListener:
         self._config = uvicorn.Config(app, http="httptools", ws="none", lifespan="off", log_config=None,
                                       access_log=False, proxy_headers=False, server_header=False,
                                       timeout_keep_alive=args.keep_alive_s,
-                                      timeout_graceful_shutdown=max(1, int(args.graceful_s)),
-                                      backlog=args.backlog)
+                                      timeout_graceful_shutdown=math.ceil(args.graceful_s),
+                                      limit_concurrency=args.limit_concurrency, backlog=args.backlog)
         self._server = _server_class()(self._config)
         self._socket: socket.socket | None = None
         self._task: asyncio.Task | None = None
 
-    def start(self) -> None:
-        """Bind now (a taken port fails the replica's start with the port named), serve in a task."""
+    def bind(self) -> None:
         self._socket = bind_shared(self.args.host, self.args.port, self.args.backlog)
-        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[self._socket]),
-                                                             name="gateway-listener")
 
     @property
-    def serving(self) -> bool:
-        return self._task is not None and not self._task.done() and self._server.started
+    def opened(self) -> bool:
+        return self._task is not None
+
+    async def serve(self) -> None:
+        """Accept from now on; returns once uvicorn serves (raises if it fails to)."""
+        if self._socket is None:
+            raise RuntimeError("gateway listener: bind() first")
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[self._socket]),
+                                                             name="gateway-listener")
+        # A dead server must not keep a socket in the port's group: the kernel would go on
+        # steering a share of new connections into a backlog nobody accepts from.
+        self._task.add_done_callback(lambda _t: self._close_socket())
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
+        while not self._server.started and not self._task.done():
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"gateway listener on {self.args.host}:{self.args.port} did not start "
+                                   f"within {START_TIMEOUT_S:.0f} s")
+            await asyncio.sleep(0.01)
+        self.check()
 
     def check(self) -> None:
-        """Raise when the listener has died (Serve's health check restarts the replica)."""
+        """Raise when the listener has died (Serve's health check then replaces the replica)."""
         if self._task is not None and self._task.done():
             exc = None if self._task.cancelled() else self._task.exception()
             raise RuntimeError(f"gateway listener on {self.args.host}:{self.args.port} stopped"
@@ -113,12 +136,22 @@ class GatewayListener:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded by graceful_s), close."""
-        if self._task is None:
-            return
-        self._server.should_exit = True
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout=self.args.graceful_s + 2.0)
-        except Exception:  # noqa: BLE001 - shutdown goes on whatever the server did
-            self._task.cancel()
-            log.warning("gateway listener did not stop cleanly within %.0f s", self.args.graceful_s + 2.0)
-        self._task = None
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            self._server.should_exit = True
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=self.args.graceful_s + 2.0)
+            except asyncio.TimeoutError:
+                task.cancel()
+                log.warning("gateway listener: requests still in flight after %.1f s were cut",
+                            self.args.graceful_s)
+            except Exception as e:  # noqa: BLE001 - shutdown goes on whatever the server did
+                log.warning("gateway listener stopped with %r", e)
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        for srv in getattr(self._server, "servers", []):   # the loop's listening servers first:
+            srv.close()                                      # they unregister the socket from the loop
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None

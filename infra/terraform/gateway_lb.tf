@@ -19,7 +19,7 @@ resource "aws_security_group" "gateway_lb" {
   }
 
   egress {
-    description     = "To the Serve proxy on the Ray nodes"
+    description     = "To the gateway listener on the Ray head"
     protocol        = "tcp"
     from_port       = var.gateway_port
     to_port         = var.gateway_port

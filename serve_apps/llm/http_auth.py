@@ -6,8 +6,9 @@ limits, budgets and the ledger. So the app's HTTP routes are closed unless the o
 - `http_auth_token_env`: a bearer token (read from that env var on the replica's node) that every
   HTTP request must carry; an unset variable closes the routes instead of opening them;
 - `allow_unauthenticated_http: true`: open to anyone who reaches them (tests, benchmarks).
-Closed matters even with `route_prefix: null`: with direct ingress (RAY_SERVE_ENABLE_HA_PROXY /
-RAY_SERVE_THROUGHPUT_OPTIMIZED) Serve still gives every app's ingress replica its own HTTP port.
+Closed matters even with `route_prefix: null`: with Serve's direct ingress, should an operator turn
+it on (RAY_SERVE_ENABLE_HA_PROXY / RAY_SERVE_THROUGHPUT_OPTIMIZED; not shipped), Serve gives every
+app's ingress replica its own HTTP port.
 
 Pure logic (no Ray, no FastAPI): the router turns a refusal into its JSON response.
 """

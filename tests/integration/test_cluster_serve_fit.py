@@ -117,9 +117,13 @@ def test_serve_config_fits_its_cluster(config_name):
 
 
 def test_the_aws_gateway_listens_on_the_head_the_load_balancer_targets():
-    """The load balancer registers the head only (aws-gpu.yaml head_setup_commands) on gateway_port:
+    """The head resource is Ray's own name for it (a rename would leave the gateway pending).
+    The load balancer registers the head only (aws-gpu.yaml head_setup_commands) on gateway_port:
     the gateway replicas must land on the head and listen there, on every interface, on that port,
     with a keep-alive above the balancer's idle timeout; Serve's own proxy must not hold the port."""
+    from ray._common.constants import HEAD_NODE_RESOURCE_NAME
+
+    assert HEAD_RESOURCE == HEAD_NODE_RESOURCE_NAME
     cluster = _cluster("aws-gpu.yaml")
     doc = yaml.safe_load((CONFIGS / "aws-cluster.yaml").read_text())
     gw = next(a for a in doc["applications"] if a["import_path"] == "serve_apps.gateway:app")

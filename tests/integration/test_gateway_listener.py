@@ -4,9 +4,8 @@ ingress: two real Serve replicas of the real gateway app share one loopback port
 when the app is deleted still finishes and lands in the cost ledger."""
 from __future__ import annotations
 
-import socket
+import asyncio
 import threading
-import time
 
 import httpx
 import openai
@@ -52,7 +51,7 @@ def listening_gateway(fake_providers, ray_gateway_session, tmp_path):  # noqa: F
                                "deployment": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0}}})
     serve.run(application, name=name, route_prefix=f"/{name}", blocking=False)
     wait_for_condition(lambda: serve.status().applications[name].status == "RUNNING", timeout=120)
-    state = {"deleted": False}
+    state = {"deleted": False, "fake": fake_providers}
     yield f"http://127.0.0.1:{port}", name, tmp_path, state
     if not state["deleted"]:
         serve.delete(name)
@@ -92,12 +91,15 @@ def test_two_replicas_serve_one_port_with_the_gateways_auth_and_ledger(listening
         except Exception as e:  # noqa: BLE001 - the assertion below names it
             result["e"] = e
 
+    fake, slow_model = state["fake"], f"gpt-fake-d{int(SLOW_S * 1000)}"
+    before = fake.state.count("openai", slow_model)
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.5)
+    wait_for_condition(lambda: fake.state.count("openai", slow_model) > before, timeout=10)   # in flight upstream
     serve.delete(name)
     state["deleted"] = True
     t.join(30)
+    assert not t.is_alive()
     assert "e" not in result, result.get("e")
     assert result["r"].choices[0].message.content
     rows = _ledger_rows(ledger)
@@ -106,25 +108,31 @@ def test_two_replicas_serve_one_port_with_the_gateways_auth_and_ledger(listening
         httpx.get(base + "/healthz", timeout=5)
 
 
-def test_listen_with_autoscaling_is_refused_by_name():
+def test_listen_the_deployment_cannot_carry_is_refused_by_name():
     from gateway.config import ConfigError
     from serve_apps.gateway import app as gateway_app
+    from serve_apps.gateway import build_app
 
     cfg = {"providers": {}, "routes": {}}
     for dep in ({"autoscaling_config": {"min_replicas": 1, "max_replicas": 4}}, {"num_replicas": "auto"}):
-        with pytest.raises(ConfigError, match="listen.*autoscal"):
+        with pytest.raises(ValueError, match="listen.*autoscal"):            # args, as `thawline deploy` checks them
             gateway_app({"config": cfg, "listen": {"port": 18080}, "deployment": dep})
+    # a drain that leaves the ledger flush no room inside Serve's force-kill deadline
+    with pytest.raises(ValueError, match="graceful_s 15 s plus the 10 s .* exceed .* 20 s"):
+        gateway_app({"config": cfg, "listen": {"port": 18080, "graceful_s": 15}})
+    gateway_app({"config": cfg, "listen": {"port": 18080, "graceful_s": 15},
+                 "deployment": {"graceful_shutdown_timeout_s": 30}})
+    from serve_apps.gateway_listener import GatewayListenArgs
+    with pytest.raises(ConfigError, match="autoscal"):                        # the Python builder too
+        build_app(cfg, overrides={"num_replicas": "auto"}, listen=GatewayListenArgs(port=18080))
 
 
-def test_a_port_held_without_reuseport_is_named():
-    from serve_apps.gateway_listener import bind_shared
+def test_a_listener_on_serves_proxy_port_is_refused(ray_gateway_session):  # noqa: F811
+    from serve_apps.gateway import refuse_a_serve_proxy_on
+    from tests.integration.conftest_gateway import serve_http_port
 
-    holder = socket.create_server(("127.0.0.1", 0))
-    port = holder.getsockname()[1]
-    try:
-        with pytest.raises(OSError, match=f"cannot bind 127.0.0.1:{port}"):
-            bind_shared("127.0.0.1", port, 16)
-    finally:
-        holder.close()
-    a, b = bind_shared("127.0.0.1", port, 16), bind_shared("127.0.0.1", port, 16)   # two replicas: both bind
-    a.close(), b.close()
+    proxy_port = serve_http_port()
+    # the proxy binds with SO_REUSEPORT too: binding would succeed and silently split connections
+    with pytest.raises(RuntimeError, match=f"listen.port {proxy_port} is Serve's HTTP proxy port"):
+        asyncio.run(refuse_a_serve_proxy_on(proxy_port))
+    asyncio.run(refuse_a_serve_proxy_on(free_port()))

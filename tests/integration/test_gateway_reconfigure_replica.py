@@ -19,6 +19,7 @@ def test_an_invalid_user_config_in_the_replica_changes_nothing(caplog):
     cls = GatewayIngress.func_or_class
     ingress = cls.__new__(cls)
     ingress._gateway = g = _gateway(raw)
+    ingress._listener = None      # as __init__ leaves it without `listen`
 
     async def main():
         bad = _changed(raw)

@@ -1,0 +1,76 @@
+"""The gateway replica's own listener (serve_apps/gateway_listener.py) on its own, no Ray: a
+port shared by two listeners, a held port named, a dead server leaving the port's group at once,
+a graceful stop that lets the request in flight finish."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+import httpx
+import pytest
+
+from serve_apps.gateway_listener import GatewayListener, GatewayListenArgs, bind_shared
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _app(scope, receive, send):
+    """Answers after `?s` seconds (0 by default)."""
+    delay = float((scope.get("query_string") or b"0").decode() or 0)
+    await asyncio.sleep(delay)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_a_port_held_without_reuseport_is_named_and_two_listeners_share_one():
+    holder = socket.create_server(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    try:
+        with pytest.raises(OSError, match=f"cannot bind 127.0.0.1:{port}"):
+            bind_shared("127.0.0.1", port, 16)
+    finally:
+        holder.close()
+    with contextlib.closing(bind_shared("127.0.0.1", port, 16)), contextlib.closing(bind_shared("127.0.0.1", port, 16)):
+        pass   # two replicas of a node: both bind
+
+
+def test_serve_answers_then_a_dead_server_is_reported_and_leaves_the_port():
+    async def run():
+        port = _free_port()
+        lst = GatewayListener(_app, GatewayListenArgs(port=port))
+        lst.bind()
+        await lst.serve()
+        async with httpx.AsyncClient() as c:
+            assert (await c.get(f"http://127.0.0.1:{port}/")).text == "ok"
+        lst.check()
+        lst._task.cancel()                      # the server dies (what a crash in uvicorn looks like here)
+        await asyncio.sleep(0.05)
+        with pytest.raises(RuntimeError, match=f"listener on 127.0.0.1:{port} stopped"):
+            lst.check()
+        with pytest.raises(ConnectionRefusedError):  # its socket left the port at once
+            await asyncio.open_connection("127.0.0.1", port)
+        await lst.stop()
+    asyncio.run(run())
+
+
+def test_stop_lets_the_request_in_flight_finish_and_refuses_new_ones():
+    async def run():
+        port = _free_port()
+        lst = GatewayListener(_app, GatewayListenArgs(port=port, graceful_s=5))
+        lst.bind()
+        await lst.serve()
+        async with httpx.AsyncClient() as c:
+            slow = asyncio.create_task(c.get(f"http://127.0.0.1:{port}/?0.5"))
+            await asyncio.sleep(0.2)
+            await lst.stop()
+            assert (await slow).text == "ok"
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
+        with pytest.raises(RuntimeError, match="bind"):
+            await lst.serve()          # stopped: its socket is gone
+    asyncio.run(run())
