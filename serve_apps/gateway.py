@@ -211,10 +211,10 @@ def build_app(cfg: GatewayConfig | dict | str | os.PathLike, *, overrides: dict[
     config = expand_store_urls(config)
     dumped = config.model_dump(mode="json", exclude_none=False)
     options = {**DEFAULT_DEPLOYMENT_OPTIONS, "user_config": {"config": dumped}, **(overrides or {})}
-    if listen is not None and listen.limit_concurrency is None:
-        # the listener's requests bypass Serve's queue bounds: the same bounds, applied by uvicorn
+    if listen is not None and listen.max_requests_in_flight is None:
+        # the listener's requests bypass Serve's queue bounds: the same bounds, applied by the listener
         queued = max(0, int(options.get("max_queued_requests", -1)))
-        listen = listen.model_copy(update={"limit_concurrency": int(options["max_ongoing_requests"]) + queued})
+        listen = listen.model_copy(update={"max_requests_in_flight": int(options["max_ongoing_requests"]) + queued})
     return GatewayIngress.options(**options).bind(dumped, listen.model_dump() if listen is not None else None)
 
 

@@ -16,8 +16,8 @@ check; `stop()` first in the gateway's shutdown, before leases, ledger and provi
 Not seen by Serve: these requests are not Serve requests. Serve's request-count autoscaler cannot
 see them (the app builder refuses `listen` with autoscaling) and Serve's drain does not wait for
 them (the listener drains itself within `graceful_s`, which the builder checks against the
-deployment's graceful_shutdown_timeout_s). `limit_concurrency` bounds them instead of Serve's
-max_ongoing_requests / max_queued_requests (uvicorn answers 503 past it).
+deployment's graceful_shutdown_timeout_s). `max_requests_in_flight` bounds them instead of Serve's
+max_ongoing_requests / max_queued_requests: past it, a 503 in the OpenAI error shape.
 """
 from __future__ import annotations
 
@@ -50,9 +50,9 @@ class GatewayListenArgs(BaseModel):
                               "before they are cut. The builder checks that it leaves the ledger flush room "
                               "inside the deployment's graceful_shutdown_timeout_s.")
     backlog: int = Field(2048, ge=1, description="Listen backlog of each replica's socket.")
-    limit_concurrency: int | None = Field(None, ge=1, description="Connections plus requests in flight per "
-                                          "replica before new ones get a 503. Default: the deployment's "
-                                          "max_ongoing_requests + max_queued_requests.")
+    max_requests_in_flight: int | None = Field(None, ge=1, description="Requests in flight per replica before "
+                                               "new ones get a 503 (OpenAI error shape, Retry-After: 1). Default: "
+                                               "the deployment's max_ongoing_requests + max_queued_requests.")
 
 
 def bind_shared(host: str, port: int, backlog: int) -> socket.socket:
@@ -85,6 +85,31 @@ def _server_class():
     return ReplicaServer
 
 
+class InFlightBound:
+    """The ASGI app, refusing HTTP requests past `limit` in flight. Counts requests, not connections:
+    a load balancer's idle keep-alive connections must not take the places (uvicorn's own
+    limit_concurrency counts them, and answers in plain text)."""
+
+    def __init__(self, app: Any, limit: int | None):
+        from gateway.errors import Unavailable
+
+        self.app, self.limit, self.in_flight = app, limit, 0
+        self._refusal = Unavailable(f"this gateway replica has {limit} requests in flight, its limit; retry",
+                                    code="overloaded", headers={"retry-after": "1"})
+
+    async def __call__(self, scope, receive, send):
+        if self.limit is None or scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.limit:
+            from gateway.asgi import send_error
+            return await send_error(send, self._refusal)
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 class GatewayListener:
     """One replica's listener on the replica's event loop."""
 
@@ -94,11 +119,10 @@ class GatewayListener:
         self.args = args
         # lifespan off: Serve already runs the app's lifespan (startup at replica start, shutdown at
         # replica stop); no proxy-header rewriting and no access log: the hot path stays the gateway's.
-        self._config = uvicorn.Config(app, http="httptools", ws="none", lifespan="off", log_config=None,
+        self._config = uvicorn.Config(InFlightBound(app, args.max_requests_in_flight), http="httptools", ws="none", lifespan="off", log_config=None,
                                       access_log=False, proxy_headers=False, server_header=False,
                                       timeout_keep_alive=args.keep_alive_s,
-                                      timeout_graceful_shutdown=math.ceil(args.graceful_s),
-                                      limit_concurrency=args.limit_concurrency, backlog=args.backlog)
+                                      timeout_graceful_shutdown=math.ceil(args.graceful_s), backlog=args.backlog)
         self._server = _server_class()(self._config)
         self._socket: socket.socket | None = None
         self._task: asyncio.Task | None = None

@@ -13,7 +13,7 @@ import pytest
 from ray._private.test_utils import wait_for_condition
 
 from gateway.response_headers import REPLICA, TARGET
-from tests.conftest import free_port
+from tests.conftest import REPO_ROOT, free_port
 from tests.integration.conftest_gateway import _sha, fake_providers, ray_gateway_session, unique  # noqa: F401
 from tests.integration.test_gateway_costs import _ledger_rows
 
@@ -125,6 +125,26 @@ def test_listen_the_deployment_cannot_carry_is_refused_by_name():
     from serve_apps.gateway_listener import GatewayListenArgs
     with pytest.raises(ConfigError, match="autoscal"):                        # the Python builder too
         build_app(cfg, overrides={"num_replicas": "auto"}, listen=GatewayListenArgs(port=18080))
+
+
+def test_thawline_deploy_refuses_listen_with_autoscaling_in_the_deployments_overrides(tmp_path, monkeypatch):
+    import yaml
+
+    from cluster.cli.errors import CLIError
+    from cluster.cli.ops.deploy import validate_config
+
+    monkeypatch.setenv("THAWLINE_SNAPSHOT_STORE", "s3://b/snapshots")     # as the cluster's nodes export it
+    monkeypatch.setenv("THAWLINE_GATEWAY_STORE", "s3://b/gateway")
+    doc = yaml.safe_load((REPO_ROOT / "serve_apps" / "configs" / "aws-cluster.yaml").read_text())
+    gw = next(a for a in doc["applications"] if a["import_path"] == "serve_apps.gateway:app")
+    gw["deployments"] = [{"name": "gateway", "autoscaling_config": {"min_replicas": 1, "max_replicas": 4}}]
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(CLIError, match=r"applications\[gateway\]: gateway `listen` with autoscaling"):
+        validate_config(path)
+    gw["deployments"] = [{"name": "gateway", "num_replicas": 3}]      # a fixed count is fine
+    path.write_text(yaml.safe_dump(doc))
+    validate_config(path)
 
 
 def test_a_listener_on_serves_proxy_port_is_refused(ray_gateway_session):  # noqa: F811

@@ -27,6 +27,15 @@ async def _app(scope, receive, send):
     await send({"type": "http.response.body", "body": b"ok"})
 
 
+async def _serving(**args) -> tuple[GatewayListener, str]:
+    """A listener bound and serving on a free loopback port, and its base URL."""
+    port = _free_port()
+    lst = GatewayListener(_app, GatewayListenArgs(port=port, **args))
+    lst.bind()
+    await lst.serve()
+    return lst, f"http://127.0.0.1:{port}"
+
+
 def test_a_port_held_without_reuseport_is_named_and_two_listeners_share_one():
     holder = socket.create_server(("127.0.0.1", 0))
     port = holder.getsockname()[1]
@@ -41,12 +50,10 @@ def test_a_port_held_without_reuseport_is_named_and_two_listeners_share_one():
 
 def test_serve_answers_then_a_dead_server_is_reported_and_leaves_the_port():
     async def run():
-        port = _free_port()
-        lst = GatewayListener(_app, GatewayListenArgs(port=port))
-        lst.bind()
-        await lst.serve()
+        lst, base = await _serving()
+        port = lst.args.port
         async with httpx.AsyncClient() as c:
-            assert (await c.get(f"http://127.0.0.1:{port}/")).text == "ok"
+            assert (await c.get(f"{base}/")).text == "ok"
         lst.check()
         lst._task.cancel()                      # the server dies (what a crash in uvicorn looks like here)
         await asyncio.sleep(0.05)
@@ -60,12 +67,10 @@ def test_serve_answers_then_a_dead_server_is_reported_and_leaves_the_port():
 
 def test_stop_lets_the_request_in_flight_finish_and_refuses_new_ones():
     async def run():
-        port = _free_port()
-        lst = GatewayListener(_app, GatewayListenArgs(port=port, graceful_s=5))
-        lst.bind()
-        await lst.serve()
+        lst, base = await _serving(graceful_s=5)
+        port = lst.args.port
         async with httpx.AsyncClient() as c:
-            slow = asyncio.create_task(c.get(f"http://127.0.0.1:{port}/?0.5"))
+            slow = asyncio.create_task(c.get(f"{base}/?0.5"))
             await asyncio.sleep(0.2)
             await lst.stop()
             assert (await slow).text == "ok"
@@ -73,4 +78,19 @@ def test_stop_lets_the_request_in_flight_finish_and_refuses_new_ones():
             await asyncio.open_connection("127.0.0.1", port)
         with pytest.raises(RuntimeError, match="bind"):
             await lst.serve()          # stopped: its socket is gone
+    asyncio.run(run())
+
+
+def test_past_its_bound_the_listener_answers_503_in_the_openai_shape():
+    async def run():
+        lst, base = await _serving(max_requests_in_flight=1)
+        async with httpx.AsyncClient() as c:
+            slow = asyncio.create_task(c.get(f"{base}/?0.5"))
+            await asyncio.sleep(0.2)
+            r = await c.get(f"{base}/")
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert r.json()["error"]["code"] == "overloaded" and r.json()["error"]["type"] == "server_error"
+            assert (await slow).text == "ok"
+            assert (await c.get(f"{base}/")).text == "ok"     # the place is free again
+        await lst.stop()
     asyncio.run(run())

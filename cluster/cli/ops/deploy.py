@@ -75,6 +75,20 @@ def _deep_check(import_path: str, args: BaseModel) -> None:
             parse_config(args.config, source="args.config")
 
 
+def _check_listener_overrides(app: Any, args: BaseModel) -> None:
+    """The gateway's `listen` against the config's `deployments:` overrides too: Serve applies those
+    over the builder's options, past the args check (ValueError, one line)."""
+    listen = getattr(args, "listen", None)
+    if app.import_path != "serve_apps.gateway:app" or listen is None:
+        return
+    from serve_apps.gateway import listener_deployment_problem
+
+    for d in app.deployments or []:
+        if d.name == "gateway":
+            override = d.model_dump(exclude_unset=True)
+            listener_deployment_problem(listen, {**args.deployment, **override})
+
+
 def builder_args_schema(import_path: str) -> type[BaseModel] | None:
     """The pydantic model a typed Serve app builder takes, or None for untyped builders/apps."""
     if import_path in KNOWN_ARGS_SCHEMAS:
@@ -158,6 +172,7 @@ def validate_config(path: Path, *, check_args: bool = True) -> tuple[Any, list[A
                 raise CLIError(_format_validation(exc, f"{path}: applications[{app.name}].args")) from None
             try:
                 _deep_check(app.import_path, parsed)
+                _check_listener_overrides(app, parsed)
             except ValueError as exc:  # ConfigError is a ValueError with one line already
                 raise CLIError(f"applications[{app.name}]: {exc}") from None
         check_llm_exposure(app, str(path))  # after the args schema: its one line comes first
