@@ -32,7 +32,8 @@ growth: the shipped mode's first gateway replica's RSS after a warm-up vs after 
 requests through the mode).
 Prints a table, then one JSON line last: the fields named by the gateway issues, plus
 `shipped_added_p50_ms` / `shipped_ratio_vs_forwarder` for the shipped mode (`shipped_mode`). The
-`thawline_*` fields are the 1-replica direct-ingress mode's, as before. Everything it starts it stops.
+`thawline_*` rps and latency fields are the 1-replica direct-ingress mode's, as before; the RSS
+fields are the mode `rss_mode` names (the shipped one). Everything it starts it stops.
 """
 from __future__ import annotations
 

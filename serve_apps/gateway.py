@@ -69,7 +69,7 @@ class GatewayAppArgs(BaseModel):
                                              "(serve_apps/gateway_listener.py); the shipped AWS mode.")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "GatewayAppArgs":
+    def _consistent(self) -> "GatewayAppArgs":
         if (self.config_path is None) == (self.config is None):
             raise ValueError("give exactly one of `config_path` or `config`")
         if self.listen is not None:

@@ -30,6 +30,9 @@ from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.asgi import send_error
+from gateway.errors import Unavailable
+
 log = logging.getLogger("thawline.gateway")
 START_TIMEOUT_S = 10.0
 
@@ -91,8 +94,6 @@ class InFlightBound:
     limit_concurrency counts them, and answers in plain text)."""
 
     def __init__(self, app: Any, limit: int | None):
-        from gateway.errors import Unavailable
-
         self.app, self.limit, self.in_flight = app, limit, 0
         self._refusal = Unavailable(f"this gateway replica has {limit} requests in flight, its limit; retry",
                                     code="overloaded", headers={"retry-after": "1"})
@@ -101,7 +102,6 @@ class InFlightBound:
         if self.limit is None or scope["type"] != "http":
             return await self.app(scope, receive, send)
         if self.in_flight >= self.limit:
-            from gateway.asgi import send_error
             return await send_error(send, self._refusal)
         self.in_flight += 1
         try:
@@ -119,9 +119,9 @@ class GatewayListener:
         self.args = args
         # lifespan off: Serve already runs the app's lifespan (startup at replica start, shutdown at
         # replica stop); no proxy-header rewriting and no access log: the hot path stays the gateway's.
-        self._config = uvicorn.Config(InFlightBound(app, args.max_requests_in_flight), http="httptools", ws="none", lifespan="off", log_config=None,
-                                      access_log=False, proxy_headers=False, server_header=False,
-                                      timeout_keep_alive=args.keep_alive_s,
+        self._config = uvicorn.Config(InFlightBound(app, args.max_requests_in_flight), http="httptools", ws="none",
+                                      lifespan="off", log_config=None, access_log=False, proxy_headers=False,
+                                      server_header=False, timeout_keep_alive=args.keep_alive_s,
                                       timeout_graceful_shutdown=math.ceil(args.graceful_s), backlog=args.backlog)
         self._server = _server_class()(self._config)
         self._socket: socket.socket | None = None

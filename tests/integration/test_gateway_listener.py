@@ -22,18 +22,18 @@ pytestmark = pytest.mark.integration
 KEY = "tl-listener-key"
 MSG = [{"role": "user", "content": "hi there"}]
 SLOW_S = 6.0      # the in-flight request's upstream delay: it outlasts Serve's own 2 s drain wait
+SLOW_MODEL = f"gpt-fake-d{int(SLOW_S * 1000)}"     # testkit/fake_providers.py: -dN delays N ms
 
 
 def _config(fake, ledger_url: str) -> dict:
     price = {"input_per_1m": 1.0, "output_per_1m": 2.0}
-    slow = f"gpt-fake-d{int(SLOW_S * 1000)}"
     t = {"provider": "oa", "first_token_timeout_s": 10, "timeout_s": 20}
     return {
         "providers": {"oa": {"type": "openai_compatible", "base_url": fake.openai_url,
                              "api_key_env": "THAWLINE_TEST_OPENAI_KEY",
-                             "prices": {"gpt-fake": price, slow: price}}},
+                             "prices": {"gpt-fake": price, SLOW_MODEL: price}}},
         "routes": {"chat": {"targets": [{**t, "model": "gpt-fake"}]},
-                   "slow": {"targets": [{**t, "model": slow}]}},
+                   "slow": {"targets": [{**t, "model": SLOW_MODEL}]}},
         "keys": [{"id": "listener", "sha256": _sha(KEY)}],
         # an hour: only the shutdown flush can write the rows this test reads
         "ledger": {"url": ledger_url, "flush_interval_s": 3600},
@@ -51,13 +51,13 @@ def listening_gateway(fake_providers, ray_gateway_session, tmp_path):  # noqa: F
                                "deployment": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0}}})
     serve.run(application, name=name, route_prefix=f"/{name}", blocking=False)
     wait_for_condition(lambda: serve.status().applications[name].status == "RUNNING", timeout=120)
-    state = {"deleted": False, "fake": fake_providers}
+    state = {"deleted": False}
     yield f"http://127.0.0.1:{port}", name, tmp_path, state
     if not state["deleted"]:
         serve.delete(name)
 
 
-def test_two_replicas_serve_one_port_with_the_gateways_auth_and_ledger(listening_gateway):
+def test_two_replicas_serve_one_port_with_the_gateways_auth_and_ledger(listening_gateway, fake_providers):  # noqa: F811
     from ray import serve
 
     base, name, ledger, state = listening_gateway
@@ -91,11 +91,10 @@ def test_two_replicas_serve_one_port_with_the_gateways_auth_and_ledger(listening
         except Exception as e:  # noqa: BLE001 - the assertion below names it
             result["e"] = e
 
-    fake, slow_model = state["fake"], f"gpt-fake-d{int(SLOW_S * 1000)}"
-    before = fake.state.count("openai", slow_model)
+    before = fake_providers.state.count("openai", SLOW_MODEL)
     t = threading.Thread(target=slow)
     t.start()
-    wait_for_condition(lambda: fake.state.count("openai", slow_model) > before, timeout=10)   # in flight upstream
+    wait_for_condition(lambda: fake_providers.state.count("openai", SLOW_MODEL) > before, timeout=10)   # in flight upstream
     serve.delete(name)
     state["deleted"] = True
     t.join(30)
