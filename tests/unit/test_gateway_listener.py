@@ -27,6 +27,16 @@ async def _app(scope, receive, send):
     await send({"type": "http.response.body", "body": b"ok"})
 
 
+async def _in_flight(lst: GatewayListener, n: int) -> None:
+    """Until the listener has `n` requests in its app (the slow one is inside, not on its way)."""
+    bound = lst._config.app
+    for _ in range(500):
+        if bound.in_flight == n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{bound.in_flight} requests in flight, not {n}")
+
+
 async def _serving(**args) -> tuple[GatewayListener, str]:
     """A listener bound and serving on a free loopback port, and its base URL."""
     port = _free_port()
@@ -56,7 +66,7 @@ def test_serve_answers_then_a_dead_server_is_reported_and_leaves_the_port():
             assert (await c.get(f"{base}/")).text == "ok"
         lst.check()
         lst._task.cancel()                      # the server dies (what a crash in uvicorn looks like here)
-        await asyncio.sleep(0.05)
+        await asyncio.wait({lst._task})
         with pytest.raises(RuntimeError, match=f"listener on 127.0.0.1:{port} stopped"):
             lst.check()
         with pytest.raises(ConnectionRefusedError):  # its socket left the port at once
@@ -67,11 +77,11 @@ def test_serve_answers_then_a_dead_server_is_reported_and_leaves_the_port():
 
 def test_stop_lets_the_request_in_flight_finish_and_refuses_new_ones():
     async def run():
-        lst, base = await _serving(graceful_s=5)
+        lst, base = await _serving(graceful_s=5, max_requests_in_flight=10)   # counted, so _in_flight sees it
         port = lst.args.port
         async with httpx.AsyncClient() as c:
             slow = asyncio.create_task(c.get(f"{base}/?0.5"))
-            await asyncio.sleep(0.2)
+            await _in_flight(lst, 1)
             await lst.stop()
             assert (await slow).text == "ok"
         with pytest.raises(ConnectionRefusedError):
@@ -86,7 +96,7 @@ def test_past_its_bound_the_listener_answers_503_in_the_openai_shape():
         lst, base = await _serving(max_requests_in_flight=1)
         async with httpx.AsyncClient() as c:
             slow = asyncio.create_task(c.get(f"{base}/?0.5"))
-            await asyncio.sleep(0.2)
+            await _in_flight(lst, 1)
             r = await c.get(f"{base}/")
             assert r.status_code == 503 and r.headers["retry-after"] == "1"
             assert r.json()["error"]["code"] == "overloaded" and r.json()["error"]["type"] == "server_error"
