@@ -13,7 +13,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: test demo venv system-deps checkov-venv test-unit test-integration test-e2e bench clean node-image
+.PHONY: test demo venv system-deps checkov-venv test-deps test-unit test-integration test-e2e bench clean node-image
 
 venv: $(STAMP)
 
@@ -49,17 +49,20 @@ $(CHECKOV_VENV)/.installed:
 	$(CHECKOV_VENV)/bin/pip install -q checkov
 	@touch $@
 
-# One pytest process per tier: the unit tier forbids importing Ray/vLLM (process-wide), and
-# each tier's Ray/vLLM state stays out of the next one.
-test: venv system-deps checkov-venv
-	$(BIN)/python -m pytest -q -ra tests/unit
-	$(BIN)/python -m pytest -q -ra tests/integration
-	$(BIN)/python -m pytest -q -ra tests/e2e
+# Everything the tiers need, built side by side: the two venvs and the system packages do not
+# depend on each other, and checkov's venv (~25 s) finishes inside the main one's install.
+test-deps:
+	@$(MAKE) --no-print-directory -j3 venv system-deps checkov-venv
+
+# One pytest process per tier: unit first, then integration and e2e side by side, the e2e tier
+# at the lowest CPU priority (tests/run_tiers.sh says why that is sound).
+test: test-deps
+	@PY=$(BIN)/python bash tests/run_tiers.sh
 
 test-unit: venv
 	$(BIN)/python -m pytest -q -ra tests/unit
 
-test-integration: venv system-deps checkov-venv
+test-integration: test-deps
 	$(BIN)/python -m pytest -q -ra tests/integration
 
 test-e2e: venv

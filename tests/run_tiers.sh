@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# `make test`: the three tiers, each in its own pytest process (the unit tier forbids importing
+# Ray/vLLM process-wide, and one tier's Ray and vLLM state must stay out of another's).
+#
+# The unit tier runs first: it is quick, and a failure there stops the rest.
+# The integration and e2e tiers then run side by side. Why that is sound:
+#   - The integration tier mostly waits (Ray round trips, bounded polls, loopback servers): its
+#     pytest process used ~20% of this machine's two cores over its run.
+#   - The e2e tier mostly computes (vLLM on CPU), and every wait in it is a long bounded poll
+#     whose seconds are printed, never asserted.
+#   - So the e2e tier runs at the lowest CPU priority (nice 19, inherited by the Ray and vLLM
+#     processes it starts): whenever an integration test wants a core, it gets it as on an idle
+#     machine, and the e2e tier takes the rest.
+#   - Nothing is shared between them: each tier starts its own Ray clusters on free ports with
+#     their own temp dirs, each pytest process has its own THAWLINE_CACHE_DIR
+#     (tests/conftest.py), and no test stops a Ray it did not start (testkit/sandbox.py).
+# Output: the integration tier prints live; the e2e tier's output is kept in a file and printed
+# once the integration tier is done (what it printed so far, then live).
+# Exit status: non-zero when any tier failed, naming which.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY="${PY:-.venv/bin/python}"
+PYTEST=("$PY" -m pytest -q -ra)
+
+"${PYTEST[@]}" tests/unit || { echo "make test: the unit tier failed" >&2; exit 1; }
+
+logs="$(mktemp -d "${TMPDIR:-/tmp}/thawline-tiers.XXXXXX")"
+e2e_log="$logs/e2e.log"
+# its own session: an interrupted `make test` stops the whole e2e tree (pytest, Ray, vLLM)
+setsid nice -n 19 "${PYTEST[@]}" tests/e2e >"$e2e_log" 2>&1 &
+e2e_pid=$!
+trap 'kill -TERM -- -"$e2e_pid" 2>/dev/null; exit 130' INT TERM
+
+"${PYTEST[@]}" tests/integration
+integration_rc=$?
+
+echo
+echo "=== e2e tier (it ran alongside the integration tier; its output so far, then live) ==="
+tail -n +1 -f --pid="$e2e_pid" "$e2e_log"
+wait "$e2e_pid"
+e2e_rc=$?
+rm -rf "$logs"
+
+failed=()
+[ "$integration_rc" -eq 0 ] || failed+=("integration (exit $integration_rc)")
+[ "$e2e_rc" -eq 0 ] || failed+=("e2e (exit $e2e_rc)")
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "make test: failed tiers: ${failed[*]}" >&2
+  exit 1
+fi
