@@ -2,8 +2,9 @@
 # `make test`: the three tiers, each in its own pytest process (the unit tier forbids importing
 # Ray/vLLM process-wide, and one tier's Ray and vLLM state must stay out of another's).
 #
-# The unit tier runs first: it is quick, and a failure there stops the rest.
-# The integration and e2e tiers then run side by side. Why that is sound:
+# The e2e tier, the longest, starts at once, alongside the unit tier; a unit failure stops it
+# and the run. The integration tier follows the unit tier, still alongside the e2e tier.
+# Why running them side by side is sound:
 #   - The integration tier mostly waits (Ray round trips, bounded polls, loopback servers): its
 #     pytest process used ~20% of this machine's two cores over its run.
 #   - The e2e tier mostly computes (vLLM on CPU), and every wait in it is a long bounded poll
@@ -22,14 +23,19 @@ cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
 PYTEST=("$PY" -m pytest -q -ra)
 
-"${PYTEST[@]}" tests/unit || { echo "make test: the unit tier failed" >&2; exit 1; }
-
 logs="$(mktemp -d "${TMPDIR:-/tmp}/thawline-tiers.XXXXXX")"
 e2e_log="$logs/e2e.log"
-# its own session: an interrupted `make test` stops the whole e2e tree (pytest, Ray, vLLM)
+# its own session, so that stopping it stops its whole tree (pytest, Ray, vLLM)
 setsid nice -n 19 "${PYTEST[@]}" tests/e2e >"$e2e_log" 2>&1 &
 e2e_pid=$!
-trap 'kill -TERM -- -"$e2e_pid" 2>/dev/null; exit 130' INT TERM
+stop_e2e() { kill -TERM -- -"$e2e_pid" 2>/dev/null; wait "$e2e_pid" 2>/dev/null; rm -rf "$logs"; }
+trap 'stop_e2e; exit 130' INT TERM
+
+if ! "${PYTEST[@]}" tests/unit; then
+  stop_e2e
+  echo "make test: the unit tier failed (the e2e tier was stopped)" >&2
+  exit 1
+fi
 
 "${PYTEST[@]}" tests/integration
 integration_rc=$?

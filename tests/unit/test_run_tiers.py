@@ -15,7 +15,13 @@ FAKE_PYTEST = """#!/usr/bin/env bash
 # called as: PY -m pytest -q -ra tests/<tier>
 tier="${@: -1}"; tier="${tier#tests/}"
 echo "ran $tier"
-[ "$tier" = e2e ] && sleep 0.3   # still running when the integration tier ends
+if [ "$tier" = unit ]; then   # the e2e tier, started alongside, is up before the unit tier ends
+  until [ -s "$TMPDIR/e2e.pid" ]; do sleep 0.05; done
+fi
+if [ "$tier" = e2e ]; then   # still running when the other tiers end
+  echo $$ > "$TMPDIR/e2e.pid"
+  sleep 1
+fi
 code_var="RC_${tier^^}"
 exit "${!code_var:-0}"
 """
@@ -49,7 +55,11 @@ def test_every_tier_runs_and_a_failure_in_either_is_the_exit_status(tmp_path, co
     assert not list(tmp_path.glob("thawline-tiers.*")), "the e2e log dir was left behind"
 
 
-def test_a_failing_unit_tier_stops_before_the_others(tmp_path):
+def test_a_failing_unit_tier_stops_the_e2e_tier_and_skips_integration(tmp_path):
     run = _run(tmp_path, unit=1)
-    assert run.returncode == 1 and "the unit tier failed" in run.stderr
-    assert "ran integration" not in run.stdout and "ran e2e" not in run.stdout
+    assert run.returncode == 1 and "the unit tier failed (the e2e tier was stopped)" in run.stderr
+    assert "ran integration" not in run.stdout
+    # the e2e tier had started (it starts with the unit tier) and is gone by the time the script is
+    pid = int((tmp_path / "e2e.pid").read_text())
+    assert not Path(f"/proc/{pid}").exists(), "the e2e tier still runs after the unit tier failed"
+    assert not list(tmp_path.glob("thawline-tiers.*")), "the e2e log dir was left behind"
