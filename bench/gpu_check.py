@@ -35,8 +35,9 @@ PROMPTS = ["Hello world!", "Once upon a time"]
 
 
 def _device_used_mib(tp: int) -> float:
-    """Device memory in use on the first `tp` GPUs, every process's (the EngineCore and its rank
-    workers hold it, not this process), from NVML: no CUDA context of its own."""
+    """Device memory in use on the first `tp` GPUs as NVML numbers them (the check runs on a
+    machine of its own, CUDA_VISIBLE_DEVICES unset), every process's: the EngineCore and its rank
+    workers hold it, not this process. NVML opens no CUDA context of its own."""
     from vllm.third_party import pynvml
 
     pynvml.nvmlInit()

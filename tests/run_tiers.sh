@@ -25,9 +25,11 @@ PYTEST=("$PY" -m pytest -q -ra)
 
 logs="$(mktemp -d "${TMPDIR:-/tmp}/thawline-tiers.XXXXXX")"
 e2e_log="$logs/e2e.log"
-# its own session, so that stopping it stops its whole tree (pytest, Ray, vLLM)
-setsid nice -n 19 "${PYTEST[@]}" tests/e2e >"$e2e_log" 2>&1 &
+# its own session, so that stopping it reaches the processes it starts in that session; -w: the exit
+# status is pytest's even where setsid has to fork
+setsid -w nice -n 19 "${PYTEST[@]}" tests/e2e >"$e2e_log" 2>&1 &
 e2e_pid=$!
+echo "e2e tier started alongside (nice 19); its output follows the integration tier's: $e2e_log"
 stop_e2e() { kill -TERM -- -"$e2e_pid" 2>/dev/null; wait "$e2e_pid" 2>/dev/null; rm -rf "$logs"; }
 trap 'stop_e2e; exit 130' INT TERM
 
