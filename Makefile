@@ -52,10 +52,10 @@ $(CHECKOV_VENV)/.installed:
 # Everything the tiers need, built side by side: the two venvs and the system packages do not
 # depend on each other, and checkov's venv (~25 s) finishes inside the main one's install.
 test-deps:
-	@$(MAKE) --no-print-directory -j3 venv system-deps checkov-venv
+	@$(MAKE) --no-print-directory -j3 --output-sync=target venv system-deps checkov-venv
 
-# One pytest process per tier: unit first, then integration and e2e side by side, the e2e tier
-# at the lowest CPU priority (tests/run_tiers.sh says why that is sound).
+# One pytest process per tier: the e2e tier starts at once at the lowest CPU priority and runs
+# alongside the unit tier, then the integration tier (tests/run_tiers.sh says why that is sound).
 test: test-deps
 	@PY=$(BIN)/python bash tests/run_tiers.sh
 

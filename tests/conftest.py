@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import uuid
 from pathlib import Path
 
@@ -24,6 +25,12 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("THAWLINE_CACHE_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"thawline-test-cache-{os.getpid()}"))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# tests/run_tiers.sh starts the e2e tier as a background job, which a non-interactive shell starts
+# with SIGINT ignored; it stops that tier with SIGINT, so that pytest stops as on Ctrl-C and runs
+# its teardowns. Take SIGINT back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
