@@ -37,6 +37,10 @@ MAX_MODEL_LEN = 256
 PROMPTS = ["Hello world!", "Once upon a time"]
 
 
+def _token_ids(outputs) -> list[list[int]]:
+    return [list(o.outputs[0].token_ids) for o in outputs]
+
+
 def _device_used_mib() -> float:
     """Device memory in use on every GPU of the machine, every process's: the EngineCore and its
     rank workers hold it, not this process (whose NVML calls open no CUDA context). Every GPU, so
@@ -68,7 +72,7 @@ def _park_and_answer(llm, params, cuda: bool, tokens_before: list) -> dict:
     t2 = time.perf_counter()
     out = llm.generate(PROMPTS, params, use_tqdm=False)
     parked["first_token_s"] = round(time.perf_counter() - t2, 3)
-    parked["parity"] = [list(o.outputs[0].token_ids) for o in out] == tokens_before
+    parked["parity"] = _token_ids(out) == tokens_before
     return parked
 
 
@@ -101,8 +105,8 @@ def child(spec: dict) -> None:
     out = llm.generate(PROMPTS, params, use_tqdm=False)
     t_first = time.perf_counter()
     result = {"up_s": t_up - t0, "first_token_s": t_first - t_up, "total_s": t_first - t0,
-              "tokens": [list(o.outputs[0].token_ids) for o in out]}
-    if spec["mode"] == "parked" or (spec["mode"] == "snapshot" and not cuda):
+              "tokens": _token_ids(out)}
+    if spec.get("park"):
         result["parked"] = _park_and_answer(llm, params, cuda, result["tokens"])
     print("RESULT " + json.dumps(result), flush=True)
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
@@ -172,9 +176,13 @@ def check_tp(tp: int, work: Path, model: Path, *, dry_run: bool, device: str, ti
     base = {"tp": tp, "dry_run": dry_run, "hf_dir": str(model), "store": store}
     url = run_child({**base, "mode": "create"}, log_dir, timeout)[0]["url"]
     hf, hf_log = run_child({**base, "mode": "hf"}, log_dir, timeout)
-    snap, snap_log = run_child({**base, "mode": "snapshot", "url": url}, log_dir, timeout)
-    # on CPU the snapshot start parked its own engine (no sleep mode, nothing changes its start)
-    parked = snap["parked"] if dry_run else run_child({**base, "mode": "parked", "url": url}, log_dir, timeout)[0]["parked"]
+    # Which start parks: on CPU the timed snapshot start itself (no sleep mode, nothing changes
+    # that start); on GPU a start of its own, as sleep mode is in vLLM's compile-cache hash.
+    snap, snap_log = run_child({**base, "mode": "snapshot", "url": url, "park": dry_run}, log_dir, timeout)
+    if dry_run:
+        parked = snap["parked"]
+    else:
+        parked = run_child({**base, "mode": "parked", "url": url, "park": True}, log_dir, timeout)[0]["parked"]
     from snapshots.store import SnapshotStore
     from snapshots.vllm_engine.start import read_engine_state
 
